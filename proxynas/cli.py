@@ -1,0 +1,232 @@
+"""The ``proxynas`` command: a thin layer over the library.
+
+Each subcommand is a small class with ``add_arguments`` and ``run`` (Optuna's cli.py
+pattern), collected in ``COMMANDS``. Only ``main`` prints errors or exits: a
+``ProxyNASError`` becomes its one-line message and its exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from . import __version__
+from .exceptions import ProxyNASError
+
+console = Console(stderr=True)
+out = Console()
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, quiet: bool, metric: str = "loss") -> Iterator:
+    """A rich bar with count, metric and ETA; with ``quiet``, a log line every 10%."""
+    if quiet:
+        log = logging.getLogger("proxynas")
+        last = [-1]
+
+        def report(done: int, total: int, value: float) -> None:
+            if done * 10 // total > last[0] or done == total:
+                last[0] = done * 10 // total
+                log.info("%s %d/%d %s %.4f", description, done, total, metric, value)
+
+        yield report
+        return
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn(f"{metric} {{task.fields[value]:.4f}}"), TimeElapsedColumn(), TextColumn("ETA"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(description, total=None, value=float("nan"))
+
+        def report(done: int, total: int, value: float) -> None:
+            bar.update(task, completed=done, total=total, value=value)
+
+        yield report
+
+
+class Command:
+    name: str = ""
+    help: str = ""
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        pass
+
+    def run(self, args: argparse.Namespace) -> int:
+        raise NotImplementedError
+
+
+class DatasetsCommand(Command):
+    name, help = "datasets", "list the registered datasets"
+
+    def run(self, args: argparse.Namespace) -> int:
+        from .data import DATASETS
+
+        out.print("\n".join(DATASETS.names()))
+        return 0
+
+
+class NetworksCommand(Command):
+    name, help = "networks", "list the registered networks with parameters and FLOPs"
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--channels", type=int, default=3)
+        p.add_argument("--image-size", type=int, default=32)
+        p.add_argument("--num-classes", type=int, default=10)
+        p.add_argument("--filter", default="*", help="fnmatch pattern on names, e.g. 'ConvNet*'")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from .exceptions import UsageError
+        from .networks import NETWORKS, describe
+
+        table = Table("network", "parameters", "MFLOPs", title=f"{args.channels}x{args.image_size}x{args.image_size}")
+        for name in NETWORKS.names(args.filter):
+            try:
+                d = describe(name, args.channels, args.num_classes, args.image_size)
+                table.add_row(name, f"{d['params']:,}", f"{d['flops'] / 1e6:,.1f}")
+            except UsageError as e:
+                table.add_row(name, "-", f"({e})")
+        out.print(table)
+        return 0
+
+
+def _add_data_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="digits", help="registered dataset name (see 'proxynas datasets')")
+    p.add_argument("--data-path", help="where the data lives (a folder, or an ImageFolder .tar.gz)")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    p.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
+
+
+class CondenseCommand(Command):
+    name, help = "condense", "condense a dataset into a proxy set (DM, random or herding)"
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        from .condense import CONDENSERS
+
+        _add_data_arguments(p)
+        p.add_argument("--method", default="dm", choices=CONDENSERS.names())
+        p.add_argument("--ipc", type=int, default=10, help="images per class")
+        p.add_argument("--model", default="ConvNet", help="embedding network (see 'proxynas networks')")
+        p.add_argument("--iterations", type=int, help="DM iterations (default 20,000; 10,000 at 64x64)")
+        p.add_argument("--batch-real", type=int, default=256, help="real images per class per iteration")
+        p.add_argument("--lr-img", type=float, help="synthetic-image lr (default 1 for ipc<=50, else 10)")
+        p.add_argument("--init", default="real", choices=["real", "noise"])
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--dsa-strategy", help="augmentation families joined by '_' (default: the dataset's)")
+        p.add_argument("--exclude-split", type=float, default=0.0, metavar="FRACTION",
+                       help="hold out this class-balanced fraction of train (the NAS validation split, 0.1)")
+        p.add_argument("--split-seed", type=int, default=0)
+        p.add_argument("--classes", help="condense only these classes: '0,3,7' or a shard 'i/n'")
+        p.add_argument("--amp", action="store_true", help="bf16 autocast for the embedding passes")
+        p.add_argument("--memory-budget-gb", type=float, help="memory for one chunk of classes (default: auto)")
+        p.add_argument("--checkpoint-every", type=int, default=500)
+        p.add_argument("--resume", action="store_true", help="continue an interrupted run into --out")
+        p.add_argument("--out", type=Path, help="proxy-set file (default results/<dataset>-<method>-ipc<N>-s<seed>.safetensors)")
+        sub = p.add_subparsers(dest="action", metavar="{merge}")
+        m = sub.add_parser("merge", help="join shards condensed with --classes into one proxy set")
+        m.add_argument("parts", nargs="+", type=Path)
+        m.add_argument("--out", dest="merge_out", type=Path, required=True)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from .condense import CondenseConfig, condense, merge, parse_classes
+        from .data import DATASETS
+
+        if args.action == "merge":
+            syn = merge(args.parts, args.merge_out)
+            out.print(f"merged {len(args.parts)} parts ({len(syn.labels)} images) into {args.merge_out}")
+            return 0
+        DATASETS.get(args.dataset)  # an unknown name fails before anything is loaded
+        classes = None
+        if args.classes:
+            from .data import load_dataset
+
+            classes = parse_classes(args.classes, load_dataset(args.dataset, args.data_path).info.num_classes)
+        cfg = CondenseConfig(
+            dataset=args.dataset, data_path=args.data_path, method=args.method, ipc=args.ipc, model=args.model,
+            iterations=args.iterations, batch_real=args.batch_real, lr_img=args.lr_img, init=args.init,
+            seed=args.seed, dsa_strategy=args.dsa_strategy, val_fraction=args.exclude_split,
+            split_seed=args.split_seed, classes=classes, amp=args.amp,
+            memory_budget=int(args.memory_budget_gb * 2**30) if args.memory_budget_gb else None,
+            checkpoint_every=args.checkpoint_every)
+        target = args.out or Path("results") / default_name(cfg)
+        with progress_bar(f"condense {cfg.method}", args.quiet) as report:
+            syn = condense(cfg, target, resume=args.resume, device=args.device, report=report)
+        out.print(f"wrote {target} ({len(syn.labels)} images, {syn.meta['wall_seconds']:.1f} s) "
+                  f"and {target.with_suffix('.png')}")
+        return 0
+
+
+def default_name(cfg) -> str:
+    shard = "" if cfg.classes is None else "-c" + "_".join(map(str, cfg.classes))
+    return f"{cfg.dataset}-{cfg.method}-ipc{cfg.ipc}-{cfg.model}-s{cfg.seed}{shard}.safetensors"
+
+
+class EvaluateCommand(Command):
+    name, help = "evaluate", "train fresh networks on a proxy set and test them on real data (PROTOCOL §4)"
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        from .train import TrainConfig
+
+        d = TrainConfig()
+        p.add_argument("proxy", type=Path, help="proxy-set file written by 'proxynas condense'")
+        p.add_argument("--model", help="network to train (default: the proxy set's embedding network)")
+        p.add_argument("--num-nets", type=int, default=5)
+        p.add_argument("--epochs", type=int, default=d.epochs)
+        p.add_argument("--batch", type=int, default=d.batch_size)
+        p.add_argument("--lr", type=float, default=d.lr)
+        p.add_argument("--dsa-strategy", help="default: the dataset's; 'none' trains without augmentation")
+        p.add_argument("--amp", action="store_true")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--data-path", help="override the data location recorded in the proxy set")
+        p.add_argument("--device", default="auto")
+        p.add_argument("--quiet", action="store_true")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from .evaluate import evaluate, evaluation_path
+        from .train import TrainConfig
+
+        cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, amp=args.amp,
+                          dsa_strategy=args.dsa_strategy)
+        with progress_bar("evaluate", args.quiet, metric="acc") as report:
+            res = evaluate(args.proxy, model=args.model, num_nets=args.num_nets, cfg=cfg, seed=args.seed,
+                           device=args.device, data_path=args.data_path, report=report)
+        out.print(f"{res['model']} on {args.proxy.name}: test accuracy {100 * res['mean']:.2f} ± "
+                  f"{100 * res['std']:.2f} % over {res['num_nets']} networks -> "
+                  f"{evaluation_path(args.proxy, res['model'])}")
+        return 0
+
+
+COMMANDS: dict[str, Command] = {c.name: c for c in
+                                (DatasetsCommand(), NetworksCommand(), CondenseCommand(), EvaluateCommand())}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="proxynas", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"proxynas {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for cmd in COMMANDS.values():
+        cmd.add_arguments(sub.add_parser(cmd.name, help=cmd.help, description=cmd.help))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command].run(args)
+    except ProxyNASError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        console.print("interrupted; run the same command with --resume to continue", highlight=False)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

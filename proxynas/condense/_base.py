@@ -1,0 +1,203 @@
+"""What every condensation method shares: its config, the problem it is given, the
+proxy-set artifact it produces, and the registry that names the methods.
+
+A proxy set is one ``.safetensors`` file: the images (normalised float32, sorted by
+class), the labels, and a JSON metadata block that makes the file self-describing
+(dataset, normalisation, class names, method, config, split, versions, loss curve).
+safetensors loads without running pickled code, so a proxy set from a stranger is
+safe to open.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .._registry import Registry
+from ..data import Dataset, train_val_split
+from ..exceptions import ArtifactError, UsageError
+
+FORMAT = "proxynas.proxyset/1"
+
+
+@dataclass(frozen=True)
+class CondenseConfig:
+    dataset: str = "digits"
+    data_path: str | None = None
+    method: str = "dm"
+    ipc: int = 10  # images per class
+    model: str = "ConvNet"  # embedding network (any registered name or ConvNet config id)
+    iterations: int | None = None  # None: PROTOCOL §1 default (20,000; 10,000 at 64x64)
+    batch_real: int = 256  # real images per class per iteration
+    lr_img: float | None = None  # None: 1 for ipc <= 50, 10 above (PROTOCOL §1)
+    momentum: float = 0.5
+    init: str = "real"  # "real": random real images of the class; "noise": N(0, 1)
+    seed: int = 0
+    dsa_strategy: str | None = None  # None: the dataset's default
+    val_fraction: float = 0.0  # NAS validation hold-out excluded from the pool (0.1 for NAS)
+    split_seed: int = 0
+    classes: tuple[int, ...] | None = None  # None: every class; else this shard's classes
+    amp: bool = False  # bf16 autocast for the embedding forward passes
+    memory_budget: int | None = None  # bytes for one chunk of classes; None: automatic
+    checkpoint_every: int = 500  # iterations between checkpoints
+
+    def __post_init__(self) -> None:
+        if self.ipc < 1:
+            raise UsageError(f"--ipc must be at least 1 (got {self.ipc})")
+        if self.batch_real < 1:
+            raise UsageError(f"--batch-real must be at least 1 (got {self.batch_real})")
+        if self.iterations is not None and self.iterations < 0:
+            raise UsageError(f"--iterations must be >= 0 (got {self.iterations})")
+        if self.init not in ("real", "noise"):
+            raise UsageError(f"--init must be 'real' or 'noise' (got {self.init!r})")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise UsageError(f"--exclude-split must be in [0, 1) (got {self.val_fraction})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CondenseConfig":
+        d = dict(d)
+        if d.get("classes") is not None:
+            d["classes"] = tuple(d["classes"])
+        return cls(**d)
+
+
+@dataclass
+class Problem:
+    """What a method condenses: the data, the classes of this run, and their image pools."""
+
+    dataset: Dataset
+    classes: list[int]  # dataset class ids condensed by this run (a shard or all)
+    pools: list[torch.Tensor]  # for every dataset class: train indices it may use
+    device: torch.device
+    split_record: dict[str, Any] | None  # the excluded validation split, if any
+
+    @property
+    def ipc_limit(self) -> int:
+        return min(len(self.pools[c]) for c in self.classes)
+
+    def real_images(self, indices: torch.Tensor) -> torch.Tensor:
+        """Normalised float images for train indices, on the problem's device."""
+        images = self.dataset.train.images[indices.reshape(-1)].to(self.device, non_blocking=True)
+        return self.dataset.normalise(images)
+
+
+@dataclass
+class SyntheticSet:
+    """A proxy set: images (N, C, H, W) normalised, labels (N,), and metadata."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> None:
+        tensors = {"images": self.images.detach().float().cpu().contiguous(),
+                   "labels": self.labels.cpu().long().contiguous()}
+        atomic_save(tensors, {"format": FORMAT, "meta": json.dumps(self.meta)}, Path(path))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SyntheticSet":
+        tensors, header = read_safetensors(path)
+        if header.get("format") != FORMAT or not {"images", "labels"} <= tensors.keys():
+            raise ArtifactError(f"{path} is not a proxynas proxy set (no '{FORMAT}' header); "
+                                "pass a file written by 'proxynas condense'")
+        meta = json.loads(header["meta"])
+        images, labels = tensors["images"], tensors["labels"]
+        if images.ndim != 4 or labels.shape != (images.shape[0],):
+            raise ArtifactError(f"{path} is inconsistent: images {tuple(images.shape)}, "
+                                f"labels {tuple(labels.shape)}; re-create it with 'proxynas condense'")
+        return cls(images, labels, meta)
+
+
+def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and header metadata of a safetensors file, or an ArtifactError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path} does not exist; check the path")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ArtifactError(f"{path} is unreadable ({str(e).splitlines()[0]}); "
+                            "pass a .safetensors file written by proxynas") from None
+
+
+def atomic_save(tensors: dict[str, torch.Tensor], header: dict[str, str], path: Path) -> None:
+    """Write to a temp file in the same folder, then rename: a kill leaves the old file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=header)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class Reporter(Protocol):
+    """Progress callback: called every few iterations with (done, total, loss)."""
+
+    def __call__(self, done: int, total: int, loss: float) -> None: ...
+
+
+@dataclass
+class MethodResult:
+    images: torch.Tensor  # (len(classes) * ipc, C, H, W), class-major
+    extra: dict[str, Any] = field(default_factory=dict)  # method-specific metadata
+
+
+Method = Callable[["Problem", CondenseConfig, "Checkpoint", Reporter | None], MethodResult]
+CONDENSERS: Registry[Method] = Registry("condensation method")
+
+
+class Checkpoint:
+    """The resumable state of an iterative method, saved atomically beside the output."""
+
+    def __init__(self, path: Path, cfg: CondenseConfig) -> None:
+        self.path = path
+        self.cfg = cfg
+
+    def save(self, iteration: int, tensors: dict[str, torch.Tensor]) -> None:
+        header = {"format": FORMAT + "+checkpoint", "iteration": str(iteration),
+                  "config": json.dumps(self.cfg.to_dict())}
+        atomic_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, header, self.path)
+
+    def load(self) -> tuple[int, dict[str, torch.Tensor]] | None:
+        if not self.path.exists():
+            return None
+        tensors, header = read_safetensors(self.path)
+        if header.get("format") != FORMAT + "+checkpoint":
+            raise ArtifactError(f"{self.path} is not a proxynas checkpoint; delete it or choose another --out")
+        saved = json.loads(header["config"])
+        if saved != self.cfg.to_dict():
+            diff = sorted(k for k in saved if saved[k] != self.cfg.to_dict().get(k))
+            raise UsageError(f"--resume with different settings ({', '.join(diff)}) than the checkpoint "
+                             f"{self.path}; repeat the original flags or choose another --out")
+        return int(header["iteration"]), tensors
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def class_pools(dataset: Dataset, val_fraction: float, split_seed: int
+                ) -> tuple[list[torch.Tensor], dict[str, Any] | None]:
+    """Per-class train indices, minus the NAS validation split when one is excluded."""
+    pools = dataset.train.class_indices()
+    if val_fraction == 0:
+        return pools, None
+    split = train_val_split(dataset.train.labels, val_fraction, split_seed)
+    keep = torch.zeros(len(dataset.train.labels), dtype=torch.bool)
+    keep[split.train_idx] = True
+    return [p[keep[p]] for p in pools], split.to_dict()

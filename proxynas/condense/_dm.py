@@ -1,0 +1,146 @@
+"""Dataset Condensation with Distribution Matching (DM).
+
+Zhao & Bilen, "Dataset Condensation with Distribution Matching", WACV 2023
+(arXiv:2110.04181); reference code: github.com/VICO-UoE/DatasetCondensation (main_DM.py).
+PROTOCOL.md §1 is the spec followed here.
+
+Each iteration samples a fresh, frozen, randomly initialised embedding network and
+moves the synthetic images so that, class by class, their mean embedding matches the
+mean embedding of a batch of real images, both under the same Siamese augmentation:
+
+    L(S) = Σ_c || mean_i φ(A_c(x_real_ci)) − mean_j φ(A_c(s_cj)) ||²
+
+With InstanceNorm every image is normalised on its own, so all classes go through
+the network in one batch (chunked only to fit memory) and the result is the same as
+one forward per class. With BatchNorm, real images of all classes form one batch and
+synthetic images another, so BN statistics come from the whole batch (one chunk).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from .. import augment
+from .._seeding import derive_seed, generator
+from ..networks import build, uses_batch_stats
+from ._base import CONDENSERS, Checkpoint, CondenseConfig, MethodResult, Problem, Reporter
+from ._memory import class_chunks
+from ._sampling import sample_per_class
+
+LOG_EVERY = 10  # iterations between progress reports (each one is a host sync)
+
+
+def dm_loss(net: nn.Module, real: torch.Tensor, syn: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Σ_c ||mean φ(real_c) − mean φ(syn_c)||² for class-major batches.
+
+    real: (K*B, C, H, W), syn: (K*ipc, C, H, W), K = num_classes, both sorted by class.
+    Real features are computed without a graph: only the synthetic pixels are learned.
+    """
+    with torch.no_grad():
+        mu_real = net.embed(real).float().unflatten(0, (num_classes, -1)).mean(1)  # (K, D)
+    mu_syn = net.embed(syn).float().unflatten(0, (num_classes, -1)).mean(1)  # (K, D)
+    return ((mu_real - mu_syn) ** 2).sum()
+
+
+def dm_loss_per_class(net: nn.Module, real: torch.Tensor, syn: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The reference code's formulation of the same loss: one forward per class, graph kept.
+
+    Kept as the yardstick for tests and ``bench/dm_step.py``; ``dm_loss`` is what runs.
+    """
+    loss = torch.zeros((), device=syn.device)
+    for r, s in zip(real.chunk(num_classes), syn.chunk(num_classes)):
+        loss = loss + ((net.embed(r).mean(0) - net.embed(s).mean(0)) ** 2).sum()
+    return loss
+
+
+def default_lr(ipc: int) -> float:
+    return 1.0 if ipc <= 50 else 10.0
+
+
+@CONDENSERS.register("dm")
+def condense_dm(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report: Reporter | None) -> MethodResult:
+    info, device = problem.dataset.info, problem.device
+    iterations = cfg.iterations if cfg.iterations is not None else default_iterations(info.image_size)
+    strategy = cfg.dsa_strategy if cfg.dsa_strategy is not None else info.dsa_strategy
+    batch_real = min(cfg.batch_real, problem.ipc_limit)
+    classes = torch.tensor(problem.classes)
+    make_net = lambda it: build(cfg.model, info.channels, info.num_classes, info.image_size,  # noqa: E731
+                                seed=derive_seed(cfg.seed, "dm-net", it))
+
+    syn = initial_images(problem, cfg).to(device).requires_grad_(True)  # (K*ipc, C, H, W)
+    opt = torch.optim.SGD([syn], lr=cfg.lr_img or default_lr(cfg.ipc), momentum=cfg.momentum)
+    losses = torch.zeros(iterations, device=device)  # on the device: recording a loss never syncs
+    start, elapsed = 0, 0.0
+    if (state := ckpt.load()) is not None:
+        start, tensors = state
+        with torch.no_grad():
+            syn.copy_(tensors["images"])
+        opt.state[syn]["momentum_buffer"] = tensors["momentum"].to(device)  # SGD picks it up as is
+        losses[:start] = tensors["losses"][:start].to(device)
+        elapsed = float(tensors["elapsed"])
+
+    probe = make_net(0).to(device)
+    batch_stats = uses_batch_stats(probe)
+    chunks = [slice(0, len(classes))] if batch_stats else class_chunks(
+        probe, info, batch_real, cfg.ipc, len(classes), device, cfg.memory_budget)
+
+    def save(it: int) -> None:
+        ckpt.save(it, {"images": syn, "momentum": opt.state[syn].get("momentum_buffer", torch.zeros_like(syn)),
+                       "losses": losses, "elapsed": torch.tensor(elapsed + time.perf_counter() - t0)})
+
+    t0, done = time.perf_counter(), start
+    try:
+        for it in range(start, iterations):
+            g = generator(cfg.seed, "dm-iter", it)
+            net = make_net(it).to(device).requires_grad_(False).train()
+            # Draws for every dataset class, then this run's rows: a shard draws what the whole run draws.
+            idx = sample_per_class(problem.pools, batch_real, g)[classes]  # (K, B)
+            params = augment.sample_params(strategy, info.num_classes, (info.image_size, info.image_size), g)
+            params = params.to(device)
+            opt.zero_grad(set_to_none=True)
+            total = torch.zeros((), device=device)
+            for sl in chunks:
+                k = sl.stop - sl.start
+                real = problem.real_images(idx[sl])  # (k*B, C, H, W)
+                real_groups = classes[sl].to(device).repeat_interleave(batch_real)
+                syn_groups = classes[sl].to(device).repeat_interleave(cfg.ipc)
+                syn_chunk = syn[sl.start * cfg.ipc: sl.stop * cfg.ipc]
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                    loss = dm_loss(net, augment.apply(real, params, real_groups),
+                                   augment.apply(syn_chunk, params, syn_groups), k)
+                loss.backward()
+                total += loss.detach()
+            losses[it] = total
+            opt.step()
+            done = it + 1
+            if report is not None and (done % LOG_EVERY == 0 or done == iterations):
+                report(done, iterations, float(losses[it]))
+            if done % cfg.checkpoint_every == 0 and done < iterations:
+                save(done)
+    except KeyboardInterrupt:
+        save(done)  # an iteration cut short is redone on resume
+        raise
+    elapsed += time.perf_counter() - t0
+    return MethodResult(syn.detach(), {"iterations": iterations, "batch_real": batch_real,
+                                       "lr_img": opt.param_groups[0]["lr"], "dsa_strategy": strategy,
+                                       "embedding_uses_batch_stats": batch_stats,
+                                       "loss_curve": losses.tolist(), "condense_seconds": elapsed})
+
+
+def default_iterations(image_size: int) -> int:
+    return 10_000 if image_size >= 64 else 20_000
+
+
+def initial_images(problem: Problem, cfg: CondenseConfig) -> torch.Tensor:
+    """Random real images of each class (init=real) or Gaussian noise, class-major."""
+    if cfg.init == "noise":
+        info = problem.dataset.info
+        shape = (cfg.ipc, info.channels, info.image_size, info.image_size)
+        # one generator per class, so a shard starts from what the whole run starts from
+        return torch.cat([torch.randn(shape, generator=generator(cfg.seed, "init-noise", c))
+                          for c in problem.classes])
+    idx = sample_per_class(problem.pools, cfg.ipc, generator(cfg.seed, "init-real"))[problem.classes]
+    return problem.real_images(idx).cpu()

@@ -1,0 +1,233 @@
+"""Condensation: the DM loss, its batched formulation, coresets, artifacts, resume, shards."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from proxynas.condense import (CondenseConfig, SyntheticSet, checkpoint_path, condense, dm_loss,
+                               dm_loss_per_class, merge, parse_classes)
+from proxynas.condense._coreset import herd
+from proxynas.exceptions import ArtifactError, OutputExistsError, UsageError
+from proxynas.networks import build
+from tests.conftest import TINY_MODEL, make_dataset
+
+
+class Linear(nn.Module):
+    """embed(x) = W x on 1x1x2 'images': small enough to compute the loss by hand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ self.w.T
+
+
+def test_dm_loss_matches_hand_computed_case():
+    # class 0: real [1,2],[3,4] -> features [1,4],[3,8], mean [2,6]; syn [0,1] -> [0,2]; diff [2,4] -> 20
+    # class 1: real [1,1],[1,1] -> mean [1,2]; syn [1,0] -> [1,0]; diff [0,2] -> 4
+    real = torch.tensor([[1.0, 2], [3, 4], [1, 1], [1, 1]]).view(4, 1, 1, 2)
+    syn = torch.tensor([[0.0, 1], [1, 0]]).view(2, 1, 1, 2).requires_grad_(True)
+    loss = dm_loss(Linear(), real, syn, num_classes=2)
+    assert loss.item() == pytest.approx(24.0)
+    loss.backward()
+    # d/ds ||mu - W s||^2 = -2 W^T (mu - W s): class 0 -> -2 [2, 8]; class 1 -> -2 [0, 4]
+    assert torch.allclose(syn.grad.view(2, 2), torch.tensor([[-4.0, -16.0], [0.0, -8.0]]))
+
+
+def test_batched_and_per_class_formulations_agree_for_instancenorm():
+    net = build("ConvNet", 3, 10, 32, seed=1).requires_grad_(False)
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(4 * 6, 3, 32, 32, generator=g)
+    syn_a = torch.randn(4 * 2, 3, 32, 32, generator=g).requires_grad_(True)
+    syn_b = syn_a.detach().clone().requires_grad_(True)
+    loss_a = dm_loss(net, real, syn_a, 4)
+    loss_b = dm_loss_per_class(net, real, syn_b, 4)
+    loss_a.backward()
+    loss_b.backward()
+    assert loss_a.item() == pytest.approx(loss_b.item(), rel=1e-5)
+    assert torch.allclose(syn_a.grad, syn_b.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_dm_loss_decreases_on_a_small_problem(tiny, tmp_path):
+    cfg = CondenseConfig(ipc=2, model=TINY_MODEL, iterations=150, batch_real=16, init="noise", seed=0)
+    syn = condense(cfg, tmp_path / "p.safetensors", dataset=tiny, device="cpu")
+    curve = torch.tensor(syn.meta["loss_curve"])
+    assert len(curve) == 150
+    assert curve[-30:].mean() < 0.5 * curve[:30].mean()
+
+
+def test_batchnorm_embedding_sees_every_class_in_one_batch(tiny, tmp_path, monkeypatch):
+    import proxynas.condense._dm as dm
+
+    seen: list[int] = []
+
+    def build_recording(*args, **kwargs):
+        net = build(*args, **kwargs)
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0].shape[0]))
+        return net
+
+    monkeypatch.setattr(dm, "build", build_recording)
+    cfg = CondenseConfig(ipc=2, model="d1-w8-relu-batchnorm-avg", iterations=2, batch_real=5,
+                         memory_budget=1)  # a budget that would force one class per chunk without BN
+    syn = condense(cfg, tmp_path / "bn.safetensors", dataset=tiny, device="cpu")
+    assert syn.meta["embedding_uses_batch_stats"] is True
+    # per iteration: all 3 classes x 5 real images in one batch, then 3 x 2 synthetic ones
+    assert seen == [15, 6, 15, 6]
+
+
+def test_chunking_classes_does_not_change_instancenorm_result(tiny, tmp_path):
+    cfg = CondenseConfig(ipc=2, model=TINY_MODEL, iterations=5, batch_real=8)
+    whole = condense(cfg, tmp_path / "a.safetensors", dataset=tiny, device="cpu")
+    chunked = condense(CondenseConfig(**{**cfg.to_dict(), "memory_budget": 1}), tmp_path / "b.safetensors",
+                       dataset=tiny, device="cpu")
+    assert torch.allclose(whole.images, chunked.images, atol=1e-5)
+
+
+def test_herding_selects_what_brute_force_greedy_selects():
+    feats = torch.randn(9, 4, generator=torch.Generator().manual_seed(3))
+    target = feats.mean(0)
+    chosen: list[int] = []
+    for _ in range(4):  # at each step, try every unused row by hand
+        best = min((i for i in range(9) if i not in chosen),
+                   key=lambda i: float(((target - feats[chosen + [i]].mean(0)) ** 2).sum()))
+        chosen.append(best)
+    assert herd(feats, 4).tolist() == chosen
+
+
+def test_herding_and_random_produce_real_images_of_each_class(tiny, tmp_path):
+    for method in ("random", "herding"):
+        cfg = CondenseConfig(method=method, ipc=3, model=TINY_MODEL)
+        syn = condense(cfg, tmp_path / f"{method}.safetensors", dataset=tiny, device="cpu")
+        idx = torch.tensor(syn.meta["selected_indices"])  # (classes, ipc)
+        assert idx.shape == (3, 3)
+        assert (tiny.train.labels[idx] == torch.arange(3)[:, None]).all()
+        assert torch.allclose(syn.images, tiny.normalise(tiny.train.images[idx.flatten()]))
+        assert syn.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+
+
+def test_random_coreset_is_dm_starting_point(tiny, tmp_path):
+    rnd = condense(CondenseConfig(method="random", ipc=2), tmp_path / "r.safetensors", dataset=tiny)
+    dm0 = condense(CondenseConfig(ipc=2, model=TINY_MODEL, iterations=0), tmp_path / "d.safetensors", dataset=tiny)
+    assert torch.equal(rnd.images, dm0.images)
+
+
+def test_artifact_round_trips_with_metadata(tiny, tmp_path):
+    cfg = CondenseConfig(ipc=2, model=TINY_MODEL, iterations=3, batch_real=4, seed=7, val_fraction=0.25)
+    out = tmp_path / "p.safetensors"
+    syn = condense(cfg, out, dataset=tiny, device="cpu")
+    back = SyntheticSet.load(out)
+    assert torch.equal(back.images, syn.images) and torch.equal(back.labels, syn.labels)
+    assert back.meta == json.loads(json.dumps(syn.meta))
+    assert CondenseConfig.from_dict(back.meta["config"]) == cfg
+    assert back.meta["dataset"]["class_names"] == ["c0", "c1", "c2"]
+    assert back.meta["versions"]["torch"] == torch.__version__
+    assert len(back.meta["loss_curve"]) == 3
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert not checkpoint_path(out).exists()
+
+
+def test_excluded_validation_split_is_never_used(tiny, tmp_path):
+    cfg = CondenseConfig(method="random", ipc=15, val_fraction=0.25)  # 15 of the 20 - 5 held out
+    syn = condense(cfg, tmp_path / "p.safetensors", dataset=tiny)
+    used = set(torch.tensor(syn.meta["selected_indices"]).flatten().tolist())
+    assert used.isdisjoint(syn.meta["split"]["val_idx"])
+    assert len(syn.meta["split"]["val_idx"]) == 15
+    with pytest.raises(UsageError, match="larger than the smallest class"):
+        condense(CondenseConfig(method="random", ipc=16, val_fraction=0.25), tmp_path / "q.safetensors", dataset=tiny)
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_result(tiny, tmp_path):
+    cfg = CondenseConfig(ipc=2, model=TINY_MODEL, iterations=12, batch_real=6, checkpoint_every=4)
+    straight = condense(cfg, tmp_path / "a.safetensors", dataset=tiny, device="cpu")
+
+    def interrupt(done: int, total: int, loss: float) -> None:
+        if done == 10:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "b.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        condense(cfg, out, dataset=tiny, device="cpu", report=interrupt)
+    assert checkpoint_path(out).exists() and not out.exists()
+    with pytest.raises(OutputExistsError, match="--resume"):
+        condense(cfg, out, dataset=tiny, device="cpu")
+    resumed = condense(cfg, out, dataset=tiny, device="cpu", resume=True)
+    assert torch.allclose(resumed.images, straight.images, atol=1e-6)
+    assert resumed.meta["loss_curve"] == pytest.approx(straight.meta["loss_curve"], rel=1e-5)
+
+
+def test_resume_with_other_settings_is_refused(tiny, tmp_path):
+    cfg = CondenseConfig(ipc=2, model=TINY_MODEL, iterations=20, batch_real=4, checkpoint_every=5)
+    out = tmp_path / "p.safetensors"
+
+    def interrupt(done, total, loss):
+        if done == 10:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        condense(cfg, out, dataset=tiny, report=interrupt)
+    with pytest.raises(UsageError, match="lr_img"):
+        condense(CondenseConfig(**{**cfg.to_dict(), "lr_img": 3.0}), out, dataset=tiny, resume=True)
+
+
+def test_shards_merge_into_the_single_process_result(tmp_path):
+    data = make_dataset(num_classes=4)
+    base = dict(ipc=2, model=TINY_MODEL, iterations=4, batch_real=5)
+    whole = condense(CondenseConfig(**base), tmp_path / "whole.safetensors", dataset=data)
+    parts = []
+    for i in (1, 2):
+        classes = parse_classes(f"{i}/2", 4)
+        parts.append(tmp_path / f"part{i}.safetensors")
+        part = condense(CondenseConfig(**base, classes=classes), parts[-1], dataset=data)
+        assert part.labels.unique().tolist() == list(classes)
+    merged = merge(parts, tmp_path / "merged.safetensors")
+    assert torch.equal(merged.labels, whole.labels)
+    assert torch.allclose(merged.images, whole.images, atol=1e-5)
+    assert merged.meta["config"] == whole.meta["config"]
+    assert merged.meta["loss_curve"] == pytest.approx(whole.meta["loss_curve"], rel=1e-4)
+    # each merged class is exactly its part's images
+    part1 = SyntheticSet.load(parts[0])
+    for c in part1.labels.unique():
+        assert torch.equal(merged.images[merged.labels == c], part1.images[part1.labels == c])
+    with pytest.raises(ArtifactError, match="both"):
+        merge([parts[0], parts[0]], tmp_path / "dup.safetensors")
+
+
+@pytest.mark.parametrize("spec,expected", [("2/3", (1, 4)), ("0,3,3", (0, 3)), ("1/1", (0, 1, 2, 3, 4))])
+def test_parse_classes(spec, expected):
+    assert parse_classes(spec, 5) == expected
+
+
+@pytest.mark.parametrize("spec", ["0/3", "4/3", "7", "a,b", "-1"])
+def test_parse_classes_rejects(spec):
+    with pytest.raises(UsageError, match="--classes"):
+        parse_classes(spec, 5)
+
+
+def test_foreign_and_damaged_files_are_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"x": torch.zeros(2)}, str(foreign))
+    with pytest.raises(ArtifactError, match="not a proxynas proxy set"):
+        SyntheticSet.load(foreign)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ArtifactError, match="unreadable"):
+        SyntheticSet.load(junk)
+    with pytest.raises(ArtifactError, match="does not exist"):
+        SyntheticSet.load(tmp_path / "missing.safetensors")
+
+
+def test_all_pairs_of_seeds_give_different_sets(tiny, tmp_path):
+    sets = [condense(CondenseConfig(method="random", ipc=2, seed=s), tmp_path / f"{s}.safetensors", dataset=tiny)
+            for s in range(3)]
+    for a, b in itertools.combinations(sets, 2):
+        assert not torch.equal(a.images, b.images)
