@@ -32,23 +32,28 @@ def progress_bar(description: str, quiet: bool, metric: str = "loss") -> Iterato
         log = logging.getLogger("proxynas")
         last = [-1]
 
-        def report(done: int, total: int, value: float) -> None:
+        def report(done: int, total: int, value: float | None) -> None:
             if done * 10 // total > last[0] or done == total:
                 last[0] = done * 10 // total
-                log.info("%s %d/%d %s %.4f", description, done, total, metric, value)
+                log.info("%s %d/%d%s", description, done, total, "" if value is None else f" {metric} {value:.4f}")
 
         yield report
         return
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn(f"{metric} {{task.fields[value]:.4f}}"), TimeElapsedColumn(), TextColumn("ETA"),
+               TextColumn("{task.fields[value]}"), TimeElapsedColumn(), TextColumn("ETA"),
                TimeRemainingColumn())
-    with Progress(*columns, console=console) as bar:
-        task = bar.add_task(description, total=None, value=float("nan"))
+    bar = Progress(*columns, console=console)
+    task = bar.add_task(description, total=None, value="")
 
-        def report(done: int, total: int, value: float) -> None:
-            bar.update(task, completed=done, total=total, value=value)
+    def report(done: int, total: int, value: float | None) -> None:
+        if not bar.live.is_started:  # started at the first report, so an early error prints alone
+            bar.start()
+        bar.update(task, completed=done, total=total, value="" if value is None else f"{metric} {value:.4f}")
 
+    try:
         yield report
+    finally:
+        bar.stop()
 
 
 class Command:
@@ -99,6 +104,7 @@ class NetworksCommand(Command):
 def _add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="digits", help="registered dataset name (see 'proxynas datasets')")
     p.add_argument("--data-path", help="where the data lives (a folder, or an ImageFolder .tar.gz)")
+    p.add_argument("--download", action="store_true", help="let torchvision download the dataset (needs internet)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
 
@@ -135,18 +141,14 @@ class CondenseCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from .condense import CondenseConfig, condense, merge, parse_classes
-        from .data import DATASETS
+        from .data import load_dataset
 
         if args.action == "merge":
             syn = merge(args.parts, args.merge_out)
             out.print(f"merged {len(args.parts)} parts ({len(syn.labels)} images) into {args.merge_out}")
             return 0
-        DATASETS.get(args.dataset)  # an unknown name fails before anything is loaded
-        classes = None
-        if args.classes:
-            from .data import load_dataset
-
-            classes = parse_classes(args.classes, load_dataset(args.dataset, args.data_path).info.num_classes)
+        data = load_dataset(args.dataset, args.data_path, download=args.download)
+        classes = parse_classes(args.classes, data.info.num_classes) if args.classes else None
         cfg = CondenseConfig(
             dataset=args.dataset, data_path=args.data_path, method=args.method, ipc=args.ipc, model=args.model,
             iterations=args.iterations, batch_real=args.batch_real, lr_img=args.lr_img, init=args.init,
@@ -156,7 +158,7 @@ class CondenseCommand(Command):
             checkpoint_every=args.checkpoint_every)
         target = args.out or Path("results") / default_name(cfg)
         with progress_bar(f"condense {cfg.method}", args.quiet) as report:
-            syn = condense(cfg, target, resume=args.resume, device=args.device, report=report)
+            syn = condense(cfg, target, resume=args.resume, device=args.device, report=report, dataset=data)
         out.print(f"wrote {target} ({len(syn.labels)} images, {syn.meta['wall_seconds']:.1f} s) "
                   f"and {target.with_suffix('.png')}")
         return 0

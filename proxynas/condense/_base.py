@@ -147,9 +147,9 @@ def atomic_save(tensors: dict[str, torch.Tensor], header: dict[str, str], path: 
 
 
 class Reporter(Protocol):
-    """Progress callback: called every few iterations with (done, total, loss)."""
+    """Progress callback: called every few steps with (done, total, loss or None)."""
 
-    def __call__(self, done: int, total: int, loss: float) -> None: ...
+    def __call__(self, done: int, total: int, loss: float | None) -> None: ...
 
 
 @dataclass

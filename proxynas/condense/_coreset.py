@@ -58,5 +58,5 @@ def condense_herding(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, re
             feats = torch.cat([net.embed(problem.real_images(part)).float() for part in pool.split(EMBED_BATCH)])
         rows.append(pool[herd(feats, cfg.ipc).cpu()])
         if report is not None:
-            report(n + 1, len(problem.classes), 0.0)
+            report(n + 1, len(problem.classes), None)
     return _result(problem, torch.stack(rows))

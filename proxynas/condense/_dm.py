@@ -56,6 +56,27 @@ def dm_loss_per_class(net: nn.Module, real: torch.Tensor, syn: torch.Tensor, num
     return loss
 
 
+def dm_step(net: nn.Module, problem: Problem, syn: torch.Tensor, classes: torch.Tensor, idx: torch.Tensor,
+            params: augment.DSAParams, chunks: list[slice], amp: bool = False) -> torch.Tensor:
+    """Accumulate d(DM loss)/d(syn) into ``syn.grad`` chunk by chunk; returns the loss.
+
+    syn: (K*ipc, C, H, W) class-major; classes: (K,) dataset ids; idx: (K, B) real
+    train indices; params: one Siamese DSA draw per dataset class.
+    """
+    device = syn.device
+    ipc, batch_real = len(syn) // len(classes), idx.shape[1]
+    total = torch.zeros((), device=device)
+    for sl in chunks:
+        groups = classes[sl].to(device)
+        real = augment.apply(problem.real_images(idx[sl]), params, groups.repeat_interleave(batch_real))
+        syn_chunk = augment.apply(syn[sl.start * ipc: sl.stop * ipc], params, groups.repeat_interleave(ipc))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = dm_loss(net, real, syn_chunk, sl.stop - sl.start)
+        loss.backward()
+        total += loss.detach()
+    return total
+
+
 def default_lr(ipc: int) -> float:
     return 1.0 if ipc <= 50 else 10.0
 
@@ -101,18 +122,7 @@ def condense_dm(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report:
             params = augment.sample_params(strategy, info.num_classes, (info.image_size, info.image_size), g)
             params = params.to(device)
             opt.zero_grad(set_to_none=True)
-            total = torch.zeros((), device=device)
-            for sl in chunks:
-                k = sl.stop - sl.start
-                real = problem.real_images(idx[sl])  # (k*B, C, H, W)
-                real_groups = classes[sl].to(device).repeat_interleave(batch_real)
-                syn_groups = classes[sl].to(device).repeat_interleave(cfg.ipc)
-                syn_chunk = syn[sl.start * cfg.ipc: sl.stop * cfg.ipc]
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-                    loss = dm_loss(net, augment.apply(real, params, real_groups),
-                                   augment.apply(syn_chunk, params, syn_groups), k)
-                loss.backward()
-                total += loss.detach()
+            total = dm_step(net, problem, syn, classes, idx, params, chunks, cfg.amp)
             losses[it] = total
             opt.step()
             done = it + 1

@@ -1,0 +1,162 @@
+"""The proxynas command: end to end on the embedded digits, and bad input refused in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import pytest
+import torch
+
+from proxynas import __version__
+from proxynas.cli import COMMANDS, main
+from proxynas.condense import SyntheticSet, checkpoint_path
+from tests.conftest import TINY_MODEL
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(err: str, *fragments: str) -> None:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error:") and "Traceback" not in err
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+
+
+def test_version_and_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and __version__ in capsys.readouterr().out
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as e:
+            main([name, "--help"])
+        assert e.value.code == 0
+        assert "usage: proxynas " + name in capsys.readouterr().out
+
+
+def test_condense_then_evaluate_on_digits(capsys, tmp_path):
+    out = tmp_path / "dm.safetensors"
+    code, stdout, _ = run_cli(capsys, "condense", "--dataset", "digits", "--ipc", "2", "--model", TINY_MODEL,
+                              "--iterations", "3", "--batch-real", "8", "--out", out, "--quiet", "--device", "cpu")
+    assert code == 0 and "wrote" in stdout
+    syn = SyntheticSet.load(out)
+    assert syn.images.shape == (20, 1, 32, 32) and syn.meta["dataset"]["name"] == "digits"
+    assert out.with_suffix(".png").exists()
+
+    code, stdout, _ = run_cli(capsys, "evaluate", out, "--epochs", "2", "--num-nets", "2", "--quiet",
+                              "--device", "cpu")
+    assert code == 0 and "test accuracy" in stdout
+    result = json.loads((tmp_path / f"dm.eval-{TINY_MODEL}.json").read_text())
+    assert len(result["accuracies"]) == 2 and 0.0 <= result["mean"] <= 1.0
+    assert result["train"]["epochs"] == 2 and result["train"]["dsa_strategy"] == "color_crop_cutout_scale_rotate"
+
+
+def test_sharded_condense_and_merge(capsys, tmp_path):
+    common = ["condense", "--dataset", "digits", "--ipc", "1", "--model", TINY_MODEL, "--iterations", "2",
+              "--batch-real", "4", "--quiet", "--device", "cpu"]
+    for i in (1, 2):
+        assert run_cli(capsys, *common, "--classes", f"{i}/2", "--out", tmp_path / f"p{i}.safetensors")[0] == 0
+    code, stdout, _ = run_cli(capsys, "condense", "merge", tmp_path / "p1.safetensors", tmp_path / "p2.safetensors",
+                              "--out", tmp_path / "all.safetensors")
+    assert code == 0 and "10 images" in stdout
+    assert SyntheticSet.load(tmp_path / "all.safetensors").labels.tolist() == list(range(10))
+
+
+@pytest.mark.parametrize("argv,code,fragments", [
+    (["--ipc", "0"], 2, ["--ipc must be at least 1"]),
+    (["--ipc", "400"], 2, ["larger than the smallest class", "--ipc 139 or less"]),
+    (["--model", "NoSuchNet", "--iterations", "1"], 2, ["unknown network 'NoSuchNet'", "ConvNetBN"]),
+    (["--classes", "9/3"], 2, ["--classes '9/3' is not valid"]),
+])
+def test_condense_bad_input(capsys, tmp_path, argv, code, fragments):
+    got, _, err = run_cli(capsys, "condense", "--dataset", "digits", "--out", tmp_path / "x.safetensors",
+                          "--quiet", *argv)
+    assert got == code
+    assert_one_line_error(err, *fragments)
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_existing_output_is_never_overwritten(capsys, tmp_path):
+    out = tmp_path / "p.safetensors"
+    argv = ["condense", "--dataset", "digits", "--method", "random", "--ipc", "1", "--out", out, "--quiet"]
+    assert run_cli(capsys, *argv)[0] == 0
+    before = out.read_bytes()
+    code, _, err = run_cli(capsys, *argv, "--seed", "5")
+    assert code == 5
+    assert_one_line_error(err, "already exists", "--resume")
+    assert out.read_bytes() == before
+
+
+def test_unknown_dataset_and_missing_data(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "condense", "--dataset", "nosuch")
+    assert code == 2
+    assert_one_line_error(err, "unknown dataset 'nosuch'", "cifar10", "digits")
+    code, _, err = run_cli(capsys, "condense", "--dataset", "cifar10", "--data-path", tmp_path / "missing")
+    assert code == 3
+    assert_one_line_error(err, str(tmp_path / "missing"))
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    (tmp_path / "empty" / "test").mkdir()
+    code, _, err = run_cli(capsys, "condense", "--dataset", "folder", "--data-path", tmp_path / "empty")
+    assert code == 3
+    assert_one_line_error(err, "no")
+
+
+def test_tarball_that_is_not_an_imagefolder_tree(capsys, tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    tar = tmp_path / "bad.tar.gz"
+    with tarfile.open(tar, "w:gz") as t:
+        t.add(tmp_path / "notes.txt", arcname="notes.txt")
+    code, _, err = run_cli(capsys, "condense", "--dataset", "folder", "--data-path", tar)
+    assert code == 3
+    assert_one_line_error(err, "train")
+
+
+def test_evaluate_refuses_foreign_and_unreadable_files(capsys, tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(3)}, str(tmp_path / "weights.safetensors"))
+    code, _, err = run_cli(capsys, "evaluate", tmp_path / "weights.safetensors")
+    assert code == 4
+    assert_one_line_error(err, "not a proxynas proxy set")
+    (tmp_path / "broken.safetensors").write_bytes(b"{not safetensors")
+    code, _, err = run_cli(capsys, "evaluate", tmp_path / "broken.safetensors")
+    assert code == 4
+    assert_one_line_error(err, "unreadable")
+
+
+def test_kill_9_then_resume_completes_with_the_uninterrupted_result(tmp_path):
+    """A real process killed with SIGKILL mid-run, then --resume, ends where a straight run ends."""
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "proxynas.cli", "condense", "--dataset", "digits", "--ipc", "2", "--model",
+            TINY_MODEL, "--iterations", "150", "--batch-real", "8", "--checkpoint-every", "10", "--quiet",
+            "--device", "cpu"]
+    straight = tmp_path / "straight.safetensors"
+    subprocess.run(argv + ["--out", str(straight)], env=env, check=True, capture_output=True)
+
+    out = tmp_path / "killed.safetensors"
+    proc = subprocess.Popen(argv + ["--out", str(out)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not checkpoint_path(out).exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not out.exists()
+
+    refused = subprocess.run(argv + ["--out", str(out)], env=env, capture_output=True, text=True)
+    assert refused.returncode == 5 and "--resume" in refused.stderr and "Traceback" not in refused.stderr
+    subprocess.run(argv + ["--out", str(out), "--resume"], env=env, check=True, capture_output=True)
+    a, b = SyntheticSet.load(straight), SyntheticSet.load(out)
+    assert torch.allclose(a.images, b.images, atol=1e-5)
+    assert not checkpoint_path(out).exists()
