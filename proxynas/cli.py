@@ -204,8 +204,156 @@ class EvaluateCommand(Command):
         return 0
 
 
+class SpaceCommand(Command):
+    name, help = "space", "inspect a search space: size, ids, parameters and FLOPs"
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        sub = p.add_subparsers(dest="action", required=True)
+        show = sub.add_parser("show", help="print the size and a sample of configurations")
+        show.add_argument("--space", help="bundled space name or a TOML file (default: convnet720)")
+        show.add_argument("--restrict", help="a slice, e.g. 'depth=1,2;width=32'")
+        show.add_argument("--proxy", type=Path, help="take the input shape and classes from this proxy set")
+        show.add_argument("--channels", type=int, default=3, help="input channels (default: CIFAR-10's 3)")
+        show.add_argument("--image-size", type=int, default=32)
+        show.add_argument("--num-classes", type=int, default=10)
+        show.add_argument("--sample", type=int, default=12, help="how many configurations to list (0: all)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from .condense import SyntheticSet
+        from .search_space import describe_space, load_space
+
+        space = load_space(args.space)
+        if args.restrict:
+            space = space.restrict(args.restrict)
+        channels, size, classes = args.channels, args.image_size, args.num_classes
+        if args.proxy:
+            d = SyntheticSet.load(args.proxy).meta["dataset"]
+            channels, size, classes = d["channels"], d["image_size"], d["num_classes"]
+        ids = space.ids()
+        if args.sample and args.sample < len(ids):
+            step = len(ids) / args.sample
+            ids = [ids[int(i * step)] for i in range(args.sample)]
+        frame = describe_space(space, channels, classes, size, ids)
+        table = Table(*frame.columns, title=f"{space.name}: {len(space)} configurations "
+                                             f"({channels}x{size}x{size}, {classes} classes)")
+        for row in frame.itertuples(index=False):
+            table.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in row))
+        out.print(table)
+        return 0
+
+
+class SearchCommand(Command):
+    name, help = "search", "train every candidate of a search space on a proxy set, recorded in an Optuna study"
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        from .search import SAMPLERS
+        from .study import DEFAULT_STORAGE
+
+        p.add_argument("--proxy", type=Path, required=True, help="proxy set condensed with --exclude-split")
+        p.add_argument("--study", required=True, help="study name (re-run the same command to resume it)")
+        p.add_argument("--storage", default=DEFAULT_STORAGE, help="SQLAlchemy URL (PostgreSQL to scale out)")
+        p.add_argument("--space", help="bundled space name or a TOML file (default: convnet720)")
+        p.add_argument("--restrict", help="search a slice of the space, e.g. 'depth=1,2;width=32,64'")
+        p.add_argument("--sampler", default="exhaustive", choices=SAMPLERS.names())
+        p.add_argument("--n-trials", type=int, help="trials per worker (tpe/random)")
+        p.add_argument("--timeout", type=float, help="seconds per worker")
+        p.add_argument("--prune", action="store_true", help="median pruning on validation accuracy (tpe/random)")
+        p.add_argument("--epochs", type=int, default=200)
+        p.add_argument("--batch", type=int, default=250)
+        p.add_argument("--lr", type=float, default=0.01)
+        p.add_argument("--dsa-strategy", help="default: the dataset's; 'none' trains without augmentation")
+        p.add_argument("--amp", action="store_true")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--workers", type=int, default=1, help="local worker processes on this study")
+        p.add_argument("--device", default="auto")
+        p.add_argument("--data-path", help="override the data location recorded in the proxy set")
+        p.add_argument("--heartbeat", type=int, default=10, help="seconds between trial heartbeats")
+        p.add_argument("--grace", type=int, default=60, help="seconds without heartbeat before a trial is re-queued")
+        p.add_argument("--quiet", action="store_true")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from optuna.trial import TrialState
+
+        from .search import SearchConfig, launch
+        from .study import HeartbeatSettings
+        from .train import TrainConfig
+
+        cfg = SearchConfig(
+            proxy=str(args.proxy), study=args.study, storage=args.storage, space=args.space, restrict=args.restrict,
+            sampler=args.sampler, n_trials=args.n_trials, timeout=args.timeout, prune=args.prune,
+            train=TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, dsa_strategy=args.dsa_strategy,
+                              amp=args.amp),
+            seed=args.seed, device=args.device, data_path=args.data_path,
+            heartbeat=HeartbeatSettings(args.heartbeat, args.grace))
+        with search_display(args.study, args.quiet) as show:
+            prepared = launch(cfg, args.workers, show)
+        complete = len(prepared.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        out.print(f"study {args.study!r} in {args.storage}: {complete} trials complete; "
+                  f"view it with: proxynas dashboard --storage {args.storage}")
+        return 0
+
+
+@contextlib.contextmanager
+def search_display(name: str, quiet: bool) -> Iterator:
+    """A live line: trials done / total, best so far, throughput and ETA."""
+    import time
+
+    from rich.live import Live
+
+    def render(s: dict) -> str:
+        c, total = s["counts"], s["total"]
+        done = c["complete"] + c["pruned"]
+        hours = max(time.time() - s["started"], 1e-9) / 3600
+        fresh = sum(1 for t in s["completed"] if t.timestamp() >= s["started"])
+        rate = fresh / hours
+        eta = f"{(total - done) / rate / 60:.1f} min" if total and rate else "-"
+        best = f"{100 * s['best_value']:.2f}% ({s['best_config']})" if s["best_value"] is not None else "-"
+        return (f"[bold]{name}[/bold] {done}/{total if total else '?'} done, {c['running']} running, "
+                f"{c['fail']} failed | best {best} | {rate:.0f} candidates/h | ETA {eta}")
+
+    if quiet:
+        log = logging.getLogger("proxynas")
+        last = [None]
+
+        def show(s: dict) -> None:
+            line = render(s)
+            if line.split("|")[0] != last[0]:
+                last[0] = line.split("|")[0]
+                log.info(line.replace("[bold]", "").replace("[/bold]", ""))
+
+        yield show
+        return
+    with Live(console=console, refresh_per_second=2) as live:
+        yield lambda s: live.update(render(s))
+
+
+class DashboardCommand(Command):
+    name, help = "dashboard", "open optuna-dashboard on a study storage"
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        from .study import DEFAULT_STORAGE
+
+        p.add_argument("--storage", default=DEFAULT_STORAGE)
+        p.add_argument("--port", type=int, default=8080)
+        p.add_argument("--host", default="127.0.0.1")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from .exceptions import UsageError
+        from .study import open_storage
+
+        try:
+            from optuna_dashboard import run_server
+        except ImportError:
+            raise UsageError("optuna-dashboard is not installed; pip install 'proxynas[dashboard]'") from None
+        storage = open_storage(args.storage)
+        out.print(f"optuna-dashboard on http://{args.host}:{args.port} (Ctrl-C to stop)")
+        run_server(storage, host=args.host, port=args.port)
+        return 0
+
+
 COMMANDS: dict[str, Command] = {c.name: c for c in
-                                (DatasetsCommand(), NetworksCommand(), CondenseCommand(), EvaluateCommand())}
+                                (DatasetsCommand(), NetworksCommand(), CondenseCommand(), EvaluateCommand(),
+                                 SpaceCommand(), SearchCommand(), DashboardCommand())}
 
 
 def build_parser() -> argparse.ArgumentParser:

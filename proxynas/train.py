@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -35,11 +36,12 @@ class TrainConfig:
 
 
 def train_network(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
-                  g: torch.Generator) -> float:
+                  g: torch.Generator, on_epoch: Callable[[int], None] | None = None) -> float:
     """Train ``net`` in place on normalised ``images`` (N, C, H, W); returns seconds spent.
 
     ``images``/``labels`` should already be on the network's device; ``g`` (a CPU
     generator) drives batch order and augmentation, so the run is reproducible.
+    ``on_epoch(epoch)`` runs after each epoch (pruning hooks; it may raise to stop).
     """
     device = images.device
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -47,7 +49,7 @@ def train_network(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
     n = len(images)
     start = time.perf_counter()
     net.train()
-    for _ in range(cfg.epochs):
+    for epoch in range(cfg.epochs):
         order = torch.randperm(n, generator=g).to(device, non_blocking=True)
         for batch in order.split(cfg.batch_size):
             x = augment.augment(images[batch], cfg.dsa_strategy, g)
@@ -57,6 +59,8 @@ def train_network(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, cf
             loss.backward()
             opt.step()
         sched.step()
+        if on_epoch is not None:
+            on_epoch(epoch)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - start

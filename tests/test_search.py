@@ -1,0 +1,157 @@
+"""proxynas search: every configuration completed exactly once, whatever the workers do."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import optuna
+import psycopg
+import pytest
+from optuna.trial import TrialState
+
+from proxynas.condense import CondenseConfig, condense
+from proxynas.data import load_dataset
+from proxynas.exceptions import StudyError
+from proxynas.search import SearchConfig, launch, prepare, run_search
+from proxynas.study import CONFIG_KEY, HeartbeatSettings
+from proxynas.train import TrainConfig
+
+TINY_SPACE = """
+name = "tiny"
+[axes]
+depth = [1]
+width = [8, 16]
+act = ["relu"]
+norm = ["none", "instancenorm"]
+pool = ["avg"]
+"""
+PG = "postgresql+psycopg://postgres@127.0.0.1:5432/"
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory):
+    out = tmp_path_factory.mktemp("proxy") / "digits-random.safetensors"
+    condense(CondenseConfig(dataset="digits", method="random", ipc=2, val_fraction=0.1), out,
+             dataset=load_dataset("digits"))
+    return out
+
+
+@pytest.fixture
+def space_file(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_SPACE)
+    return path
+
+
+def config(proxy, space_file, storage, **kw) -> SearchConfig:
+    return SearchConfig(proxy=str(proxy), study="s", storage=storage, space=str(space_file),
+                        train=TrainConfig(epochs=kw.pop("epochs", 1), batch_size=250), device="cpu", **kw)
+
+
+def completed_once(storage: str, study: str = "s", total: int = 4) -> list[optuna.trial.FrozenTrial]:
+    trials = optuna.load_study(study_name=study, storage=storage).get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    counts = collections.Counter(t.user_attrs[CONFIG_KEY] for t in complete)
+    assert len(counts) == total and set(counts.values()) == {1}, counts
+    return trials
+
+
+def test_exhaustive_study_completes_each_configuration_once(proxy, space_file, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    cfg = config(proxy, space_file, storage)
+    assert run_search(cfg) == 4
+    trials = completed_once(storage)
+    assert len(trials) == 4  # nothing failed, nothing duplicated
+    # re-running the same command trains nothing again
+    assert run_search(cfg) == 0
+    assert len(optuna.load_study(study_name="s", storage=storage).trials) == 4
+
+
+def test_study_opens_through_optuna_public_api_with_all_attributes(proxy, space_file, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    run_search(config(proxy, space_file, storage))
+    study = optuna.load_study(study_name="s", storage=storage)
+    for key in ("proxy_path", "proxy_sha256", "dataset", "split", "protocol", "space", "versions", "method"):
+        assert key in study.user_attrs, key
+    assert study.user_attrs["dataset"] == "digits" and study.user_attrs["protocol"]["epochs"] == 1
+    t = study.best_trial
+    for key in ("config_id", "depth", "width", "act", "norm", "pool", "params", "flops", "val_acc", "test_acc",
+                "train_seconds", "device", "seed"):
+        assert key in t.user_attrs, key
+    assert t.value == t.user_attrs["val_acc"] and 0 <= t.user_attrs["test_acc"] <= 1
+    assert t.user_attrs["config_id"] == f"d1-w{t.params['width']}-relu-{t.params['norm']}-avg"
+
+
+def test_resuming_with_other_settings_is_refused(proxy, space_file, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    prepare(config(proxy, space_file, storage))
+    with pytest.raises(StudyError, match="protocol"):
+        prepare(config(proxy, space_file, storage, epochs=2))
+
+
+def test_proxy_without_validation_split_is_refused(space_file, tmp_path):
+    out = tmp_path / "noval.safetensors"
+    condense(CondenseConfig(dataset="digits", method="random", ipc=1), out, dataset=load_dataset("digits"))
+    with pytest.raises(StudyError, match="--exclude-split"):
+        run_search(config(out, space_file, f"sqlite:///{tmp_path / 'db.sqlite'}"))
+
+
+def test_tpe_sampler_with_trial_budget(proxy, space_file, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    assert run_search(config(proxy, space_file, storage, sampler="tpe", n_trials=3)) == 3
+    assert len(optuna.load_study(study_name="s", storage=storage).trials) == 3
+
+
+def test_two_workers_on_one_sqlite_file_never_train_twice(proxy, space_file, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    launch(config(proxy, space_file, storage), workers=2)
+    trials = completed_once(storage)
+    assert len(trials) == 4
+    assert len({t.user_attrs["worker"] for t in trials}) >= 1
+
+
+@pytest.fixture
+def pg_url():
+    name = f"proxynas_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield PG + name
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_four_workers_on_postgresql_never_train_twice(proxy, space_file, pg_url):
+    launch(config(proxy, space_file, pg_url), workers=4)
+    assert len(completed_once(pg_url)) == 4
+
+
+def test_sigkilled_worker_is_requeued_and_the_study_still_completes_once(proxy, space_file, tmp_path):
+    db = tmp_path / "db.sqlite"
+    storage = f"sqlite:///{db}"
+    argv = [sys.executable, "-m", "proxynas.cli", "search", "--proxy", str(proxy), "--study", "s", "--storage",
+            storage, "--space", str(space_file), "--epochs", "150", "--device", "cpu", "--heartbeat", "1",
+            "--grace", "3", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    running = []
+    while time.time() < deadline and not running:
+        time.sleep(0.2)
+        if db.exists():
+            try:
+                running = optuna.load_study(study_name="s", storage=storage).get_trials(states=(TrialState.RUNNING,))
+            except (KeyError, optuna.exceptions.StorageInternalError):
+                pass
+    assert running, "no trial started in time"
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its worker, mid-trial
+    proc.wait()
+    subprocess.run(argv, env=env, check=True, capture_output=True, timeout=300)
+    trials = completed_once(storage)
+    assert any(t.state == TrialState.FAIL for t in trials), "the killed trial should be recorded as failed"
