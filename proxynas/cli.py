@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -244,53 +245,105 @@ class SpaceCommand(Command):
 
 class SearchCommand(Command):
     name, help = "search", "train every candidate of a search space on a proxy set, recorded in an Optuna study"
+    default_train = {"epochs": 200, "batch_size": 250}
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         from .search import SAMPLERS
-        from .study import DEFAULT_STORAGE
 
         p.add_argument("--proxy", type=Path, required=True, help="proxy set condensed with --exclude-split")
-        p.add_argument("--study", required=True, help="study name (re-run the same command to resume it)")
-        p.add_argument("--storage", default=DEFAULT_STORAGE, help="SQLAlchemy URL (PostgreSQL to scale out)")
-        p.add_argument("--space", help="bundled space name or a TOML file (default: convnet720)")
-        p.add_argument("--restrict", help="search a slice of the space, e.g. 'depth=1,2;width=32,64'")
         p.add_argument("--sampler", default="exhaustive", choices=SAMPLERS.names())
         p.add_argument("--n-trials", type=int, help="trials per worker (tpe/random)")
         p.add_argument("--timeout", type=float, help="seconds per worker")
         p.add_argument("--prune", action="store_true", help="median pruning on validation accuracy (tpe/random)")
-        p.add_argument("--epochs", type=int, default=200)
-        p.add_argument("--batch", type=int, default=250)
+        p.add_argument("--data-path", help="override the data location recorded in the proxy set")
+        self.add_study_arguments(p)
+
+    def add_study_arguments(self, p: argparse.ArgumentParser) -> None:
+        from .study import DEFAULT_STORAGE
+
+        p.add_argument("--study", required=True, help="study name (re-run the same command to resume it)")
+        p.add_argument("--storage", default=DEFAULT_STORAGE, help="SQLAlchemy URL (PostgreSQL to scale out)")
+        p.add_argument("--space", help="bundled space name or a TOML file (default: convnet720)")
+        p.add_argument("--restrict", help="a slice of the space, e.g. 'depth=1,2;width=32,64'")
+        p.add_argument("--epochs", type=int, default=self.default_train.get("epochs"))
+        p.add_argument("--batch", type=int, default=self.default_train["batch_size"])
         p.add_argument("--lr", type=float, default=0.01)
         p.add_argument("--dsa-strategy", help="default: the dataset's; 'none' trains without augmentation")
-        p.add_argument("--amp", action="store_true")
+        p.add_argument("--amp", action="store_true", help="bf16 autocast")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--workers", type=int, default=1, help="local worker processes on this study")
         p.add_argument("--device", default="auto")
-        p.add_argument("--data-path", help="override the data location recorded in the proxy set")
         p.add_argument("--heartbeat", type=int, default=10, help="seconds between trial heartbeats")
         p.add_argument("--grace", type=int, default=60, help="seconds without heartbeat before a trial is re-queued")
         p.add_argument("--quiet", action="store_true")
 
-    def run(self, args: argparse.Namespace) -> int:
-        from optuna.trial import TrialState
-
-        from .search import SearchConfig, launch
+    def config(self, args: argparse.Namespace):
+        from .search import SearchConfig
         from .study import HeartbeatSettings
         from .train import TrainConfig
 
-        cfg = SearchConfig(
-            proxy=str(args.proxy), study=args.study, storage=args.storage, space=args.space, restrict=args.restrict,
-            sampler=args.sampler, n_trials=args.n_trials, timeout=args.timeout, prune=args.prune,
-            train=TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, dsa_strategy=args.dsa_strategy,
-                              amp=args.amp),
+        train = TrainConfig(epochs=args.epochs, steps=getattr(args, "steps", None), batch_size=args.batch, lr=args.lr,
+                            dsa_strategy=args.dsa_strategy, amp=args.amp)
+        return SearchConfig(
+            study=args.study, storage=args.storage, space=args.space, restrict=args.restrict, train=train,
             seed=args.seed, device=args.device, data_path=args.data_path,
-            heartbeat=HeartbeatSettings(args.heartbeat, args.grace))
+            heartbeat=HeartbeatSettings(args.heartbeat, args.grace), **self.source_fields(args))
+
+    def source_fields(self, args: argparse.Namespace) -> dict:
+        return {"proxy": str(args.proxy), "sampler": args.sampler, "n_trials": args.n_trials,
+                "timeout": args.timeout, "prune": args.prune}
+
+    def run(self, args: argparse.Namespace) -> int:
+        from optuna.trial import TrialState
+
+        from .search import launch
+
+        cfg = self.config(args)
         with search_display(args.study, args.quiet) as show:
             prepared = launch(cfg, args.workers, show)
         complete = len(prepared.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         out.print(f"study {args.study!r} in {args.storage}: {complete} trials complete; "
                   f"view it with: proxynas dashboard --storage {args.storage}")
         return 0
+
+
+class BaselineCommand(SearchCommand):
+    name, help = "baseline", "train candidates on the real training split (whole dataset or early stopping)"
+    default_train = {"batch_size": 250}
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        from .baselines import BASELINES
+
+        p.add_argument("--kind", required=True, choices=BASELINES.names(),
+                       help="whole: 100 epochs; early-stop: 400 steps, the cost of a proxy search")
+        p.add_argument("--dataset", required=True)
+        p.add_argument("--data-path")
+        p.add_argument("--exclude-split", type=float, default=0.1, metavar="FRACTION",
+                       help="the validation split held out (as for the proxy sets)")
+        p.add_argument("--split-seed", type=int, default=0)
+        p.add_argument("--configs", default="all",
+                       help="all | top:<study>:<fraction or k> (e.g. top:dm:0.05) | @file | id,id,...")
+        p.add_argument("--steps", type=int, help="train this many batches (default: the kind's)")
+        self.add_study_arguments(p)
+
+    def config(self, args: argparse.Namespace):
+        from .baselines import BASELINES
+
+        defaults = BASELINES.get(args.kind)
+        if args.epochs is None and args.steps is None:
+            args.epochs, args.steps = defaults.epochs, defaults.steps
+        elif args.epochs is None:
+            args.epochs = defaults.epochs  # --steps given: epochs are not used
+        return super().config(args)
+
+    def source_fields(self, args: argparse.Namespace) -> dict:
+        from .baselines import select_configs
+
+        # the command that fills this study, for the report's "run this to fill the gaps" lines
+        argv = [a for a in args.argv if a not in (args.configs, "--configs") and not a.startswith("--configs=")]
+        return {"baseline": args.kind, "dataset": args.dataset, "val_fraction": args.exclude_split,
+                "split_seed": args.split_seed, "configs": select_configs(args.configs, args.storage),
+                "command": shlex.join(["proxynas", *argv])}
 
 
 @contextlib.contextmanager
@@ -327,6 +380,44 @@ def search_display(name: str, quiet: bool) -> Iterator:
         yield lambda s: live.update(render(s))
 
 
+class ReportCommand(Command):
+    name, help = "report", "rank proxies against whole-dataset training: Spearman, Kendall, top-k, CSV and plots"
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        from .study import DEFAULT_STORAGE
+
+        p.add_argument("--storage", default=DEFAULT_STORAGE)
+        p.add_argument("--proxy", nargs="+", required=True, metavar="STUDY", help="proxy-set studies (dm, random, ...)")
+        p.add_argument("--whole", required=True, metavar="STUDY", help="the whole-dataset baseline study")
+        p.add_argument("--early-stop", metavar="STUDY", help="the early-stopping baseline study")
+        p.add_argument("--extra", nargs="*", default=[], metavar="STUDY", help="more studies to rank (zero-cost, ...)")
+        p.add_argument("--top", default="0.05", help="the top set: a fraction (0.05) or a count (36)")
+        p.add_argument("--k", type=int, default=10, help="k of the top-k overlap")
+        p.add_argument("--out", type=Path, default=Path("results/report"), help="folder for the CSVs and plots")
+
+    def run(self, args: argparse.Namespace) -> int:
+        import math
+
+        from .report import SUMMARY_COLUMNS, build_report, write_report
+
+        top = int(args.top) if args.top.isdigit() else float(args.top)
+        rep = build_report(args.storage, args.proxy, args.whole, args.early_stop, args.extra, top, args.k)
+        paths = write_report(rep, args.out)
+        table = Table(*SUMMARY_COLUMNS, title=f"proxy rankings against {args.whole!r} (top {args.top})")
+        for row in rep.summary.itertuples(index=False):
+            table.add_row(*("-" if isinstance(v, float) and math.isnan(v) else f"{v:.3f}" if isinstance(v, float)
+                            else str(v) for v in row))
+        out.print(table)
+        for note in rep.notes:
+            out.print(f"note: {note}", highlight=False)
+        if rep.fill_commands:
+            out.print("whole-dataset results are missing for part of a top set; fill them with:")
+            for command in rep.fill_commands:
+                out.print(f"  {command}", highlight=False, soft_wrap=True)
+        out.print("wrote " + ", ".join(str(p) for p in paths.values()), highlight=False, soft_wrap=True)
+        return 0
+
+
 class DashboardCommand(Command):
     name, help = "dashboard", "open optuna-dashboard on a study storage"
 
@@ -353,7 +444,8 @@ class DashboardCommand(Command):
 
 COMMANDS: dict[str, Command] = {c.name: c for c in
                                 (DatasetsCommand(), NetworksCommand(), CondenseCommand(), EvaluateCommand(),
-                                 SpaceCommand(), SearchCommand(), DashboardCommand())}
+                                 SpaceCommand(), SearchCommand(), BaselineCommand(), ReportCommand(),
+                                 DashboardCommand())}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -367,7 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return COMMANDS[args.command].run(args)
     except ProxyNASError as e:

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import optuna
 import torch
+from optuna.trial import TrialState
 
 from ._registry import Registry
 from ._seeding import derive_seed, generator
@@ -45,8 +46,13 @@ PRUNE_CHECKS = 10  # validation checks per candidate when pruning
 
 @dataclass(frozen=True)
 class SearchConfig:
-    proxy: str  # proxy-set file (condensed with --exclude-split)
     study: str
+    proxy: str | None = None  # proxy-set file (condensed with --exclude-split) ...
+    baseline: str | None = None  # ... or a baseline kind ("whole", "early-stop") trained on real data
+    dataset: str | None = None  # baselines: the dataset and the validation split they hold out
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    configs: tuple[str, ...] | None = None  # only these configuration ids (None: the whole space)
     storage: str = DEFAULT_STORAGE
     space: str | None = None  # bundled space name or a TOML file; None: convnet720
     restrict: str | None = None  # a slice of the space, e.g. "depth=1,2;width=32"
@@ -59,9 +65,12 @@ class SearchConfig:
     device: str = "auto"
     data_path: str | None = None  # overrides the data location recorded in the proxy set
     heartbeat: HeartbeatSettings = HeartbeatSettings()
+    command: str | None = None  # the CLI command that fills the study (recorded, never compared)
 
     def __post_init__(self) -> None:
         SAMPLERS.get(self.sampler)
+        if (self.proxy is None) == (self.baseline is None):
+            raise StudyError("give either a proxy set (--proxy) or a baseline kind (--kind), not both")
         if self.prune and self.sampler == "exhaustive":
             raise StudyError("--prune needs --sampler tpe or random: an exhaustive search trains every candidate")
 
@@ -74,18 +83,42 @@ def sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-class ProxyObjective:
-    """Train one candidate on the proxy set; return its validation accuracy."""
+@dataclass
+class Source:
+    """What candidates train on, the validation split they are ranked on, and how to record it."""
 
-    def __init__(self, cfg: SearchConfig, syn: SyntheticSet, dataset: Dataset, space: SearchSpace) -> None:
-        split = syn.meta["split"]
-        self.cfg, self.space, self.dataset = cfg, space, dataset
+    dataset: Dataset
+    images: torch.Tensor  # normalised floats (a proxy set) or uint8 (a real training split)
+    labels: torch.Tensor
+    normalised: bool  # False: uint8 images normalised batch by batch
+    split: TrainValSplit
+    attrs: dict[str, Any]  # study attributes: kind, method, dataset, split, ...
+
+
+def proxy_source(cfg: SearchConfig) -> Source:
+    syn = SyntheticSet.load(cfg.proxy)
+    if not syn.meta.get("split"):
+        raise StudyError(f"{cfg.proxy} was condensed without --exclude-split, so no validation split is "
+                         "held out of it; condense again with --exclude-split 0.1")
+    meta = syn.meta
+    dataset = load_dataset(meta["dataset"]["name"], cfg.data_path or meta["config"]["data_path"])
+    split = TrainValSplit.from_dict(meta["split"])
+    attrs = {"kind": "proxy", "method": meta["method"], "ipc": meta["ipc"], "proxy_sha256": sha256(cfg.proxy)}
+    return Source(dataset, syn.images, syn.labels, True, split, attrs)
+
+
+class CandidateObjective:
+    """Train one candidate from scratch on the source; return its validation accuracy."""
+
+    def __init__(self, cfg: SearchConfig, source: Source, space: SearchSpace) -> None:
+        self.cfg, self.space, self.source, self.dataset = cfg, space, source, source.dataset
         self.device = resolve_device(cfg.device)
         self.train_cfg = (cfg.train if cfg.train.dsa_strategy is not None
-                          else dataclasses.replace(cfg.train, dsa_strategy=dataset.info.dsa_strategy))
-        self.images, self.labels = syn.images.to(self.device), syn.labels.to(self.device)
-        val_idx = TrainValSplit.from_dict(split).val_idx
-        self.val = dataset.train.images[val_idx], dataset.train.labels[val_idx]
+                          else dataclasses.replace(cfg.train, dsa_strategy=self.dataset.info.dsa_strategy))
+        # a proxy set or a real split small enough lives on the device; batches are index slices of it
+        self.images, self.labels = source.images.to(self.device), source.labels.to(self.device)
+        train = self.dataset.train
+        self.val = train.images[source.split.val_idx], train.labels[source.split.val_idx]
 
     def __call__(self, trial: optuna.Trial) -> float:
         info, cfg = self.dataset.info, self.cfg
@@ -107,7 +140,8 @@ class ProxyObjective:
                     raise optuna.TrialPruned()
 
         seconds = train_network(net, self.images, self.labels, self.train_cfg,
-                                generator(cfg.seed, "candidate-train", cid), check if cfg.prune else None)
+                                generator(cfg.seed, "candidate-train", cid), check if cfg.prune else None,
+                                normalise=None if self.source.normalised else self.dataset.normalise)
         val_acc = self._accuracy(net, *self.val)
         attrs = {"val_acc": val_acc, "test_acc": self._accuracy(net, self.dataset.test.images, self.dataset.test.labels),
                  "train_seconds": seconds, "device": str(self.device), "seed": cfg.seed,
@@ -120,13 +154,20 @@ class ProxyObjective:
         return accuracy(net, images, labels, self.dataset.normalise, self.train_cfg.amp)
 
 
-def study_attrs(cfg: SearchConfig, syn: SyntheticSet, space: SearchSpace) -> dict[str, Any]:
+def make_source(cfg: SearchConfig) -> Source:
+    if cfg.proxy is not None:
+        return proxy_source(cfg)
+    from .baselines import baseline_source
+
+    return baseline_source(cfg)
+
+
+def study_attrs(cfg: SearchConfig, source: Source, space: SearchSpace) -> dict[str, Any]:
     """What a study records about itself: enough for the dashboard to interpret it."""
-    split = syn.meta["split"]
+    split = source.split
     return {
-        "kind": "proxy", "method": syn.meta["method"], "ipc": syn.meta["ipc"],
-        "proxy_sha256": sha256(cfg.proxy), "dataset": syn.meta["dataset"]["name"],
-        "split": {"val_fraction": split["val_fraction"], "seed": split["seed"], "fingerprint": split["fingerprint"]},
+        **source.attrs, "dataset": source.dataset.info.name,
+        "split": {"val_fraction": split.val_fraction, "seed": split.seed, "fingerprint": split.fingerprint},
         "protocol": {**dataclasses.asdict(cfg.train), "objective": "validation accuracy"},
         "space": space.to_dict(), "sampler": cfg.sampler, "seed": cfg.seed,
     }
@@ -137,40 +178,48 @@ class Prepared:
     storage: Any
     study: optuna.Study
     space: SearchSpace
-    syn: SyntheticSet
+    source: Source
     total: int | None  # configurations the study will complete (exhaustive), else None
 
 
 def prepare(cfg: SearchConfig) -> Prepared:
     """Open the storage and study, record its attributes, enqueue the configurations (idempotent)."""
-    syn = SyntheticSet.load(cfg.proxy)
-    if not syn.meta.get("split"):
-        raise StudyError(f"{cfg.proxy} was condensed without --exclude-split, so no validation split is "
-                         "held out of it; condense again with --exclude-split 0.1")
+    source = make_source(cfg)
     space = load_space(cfg.space)
     if cfg.restrict:
         space = space.restrict(cfg.restrict)
-    shape = syn.meta["dataset"]
-    space.check_buildable(shape["channels"], shape["image_size"])
+    info = source.dataset.info
+    space.check_buildable(info.channels, info.image_size)
+    configs = space.configs()
+    if cfg.configs is not None:
+        known = {c.id for c in configs}
+        unknown = [cid for cid in cfg.configs if cid not in known]
+        if unknown:
+            raise StudyError(f"configuration {unknown[0]!r} is not in the space {space.name} ({len(unknown)} "
+                             "unknown); check --configs against 'proxynas space show'")
+        configs = [c for c in configs if c.id in set(cfg.configs)]
     storage = open_storage(cfg.storage, cfg.heartbeat)
     sampler = SAMPLERS.get(cfg.sampler)(derive_seed(cfg.seed, "sampler", os.getpid()) % 2**32)  # numpy seeds are 32-bit
     pruner = optuna.pruners.MedianPruner(n_warmup_steps=1) if cfg.prune else optuna.pruners.NopPruner()
     study = open_study(storage, cfg.study, sampler=sampler, pruner=pruner)
-    check_study_attrs(study, study_attrs(cfg, syn, space))
-    study.set_user_attr("proxy_path", str(Path(cfg.proxy).resolve()))
+    check_study_attrs(study, study_attrs(cfg, source, space))
+    if cfg.proxy is not None:
+        study.set_user_attr("proxy_path", str(Path(cfg.proxy).resolve()))
     study.set_user_attr("versions", versions())
+    if cfg.command is not None:
+        study.set_user_attr("command", cfg.command)
     total = None
     if cfg.sampler == "exhaustive":
-        enqueue_configs(storage, study, {c.id: {a: getattr(c, a) for a in space.axes} for c in space.configs()})
-        total = len(space)
-    return Prepared(storage, study, space, syn, total)
+        enqueue_configs(storage, study, {c.id: {a: getattr(c, a) for a in space.axes} for c in configs})
+        done = {t.user_attrs.get(CONFIG_KEY) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+        total = len(done | {c.id for c in configs})  # a baseline study grows as --configs adds to it
+    return Prepared(storage, study, space, source, total)
 
 
 def run_search(cfg: SearchConfig, prepared: Prepared | None = None) -> int:
     """Run one worker in this process; returns the number of trials it finished."""
     p = prepared or prepare(cfg)
-    dataset = load_dataset(p.syn.meta["dataset"]["name"], cfg.data_path or p.syn.meta["config"]["data_path"])
-    objective = ProxyObjective(cfg, p.syn, dataset, p.space)
+    objective = CandidateObjective(cfg, p.source, p.space)
     return run_worker(p.study, objective, queue_only=cfg.sampler == "exhaustive", n_trials=cfg.n_trials,
                       timeout=cfg.timeout, heartbeat_interval=cfg.heartbeat.interval)
 

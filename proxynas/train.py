@@ -8,6 +8,7 @@ slices of it (as airbench does): no DataLoader, and no host sync inside the loop
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -24,8 +25,9 @@ EVAL_BATCH = 1024
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 1000  # the paper's Table 1; 300 is a common faster setting
+    steps: int | None = None  # train exactly this many batches instead (the early-stopping baseline)
     batch_size: int = 256
-    lr: float = 0.01
+    lr: float = 0.01  # x0.1 at half the steps
     momentum: float = 0.9
     weight_decay: float = 5e-4
     dsa_strategy: str | None = None  # None: the dataset's default; "none" trains without DSA
@@ -34,33 +36,43 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def total_steps(self, n: int) -> int:
+        return self.steps if self.steps is not None else self.epochs * math.ceil(n / self.batch_size)
+
 
 def train_network(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
-                  g: torch.Generator, on_epoch: Callable[[int], None] | None = None) -> float:
-    """Train ``net`` in place on normalised ``images`` (N, C, H, W); returns seconds spent.
+                  g: torch.Generator, on_epoch: Callable[[int], None] | None = None,
+                  normalise: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+    """Train ``net`` in place on ``images`` (N, C, H, W); returns seconds spent.
 
-    ``images``/``labels`` should already be on the network's device; ``g`` (a CPU
-    generator) drives batch order and augmentation, so the run is reproducible.
-    ``on_epoch(epoch)`` runs after each epoch (pruning hooks; it may raise to stop).
+    ``images`` are normalised floats (a proxy set), or uint8 with ``normalise`` applied
+    batch by batch (a whole training split). ``labels`` live on the images' device;
+    ``g`` (a CPU generator) drives batch order and augmentation, so a run is
+    reproducible. ``on_epoch(epoch)`` runs after each pass over the data (pruning
+    hooks; it may raise to stop).
     """
-    device = images.device
+    device = next(net.parameters()).device
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[cfg.epochs // 2], gamma=0.1)
-    n = len(images)
-    start = time.perf_counter()
+    total = cfg.total_steps(len(images))
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[total // 2], gamma=0.1)  # stepped per batch
+    start, step, epoch = time.perf_counter(), 0, 0
     net.train()
-    for epoch in range(cfg.epochs):
-        order = torch.randperm(n, generator=g).to(device, non_blocking=True)
-        for batch in order.split(cfg.batch_size):
-            x = augment.augment(images[batch], cfg.dsa_strategy, g)
+    while step < total:
+        order = torch.randperm(len(images), generator=g)
+        for batch in order.split(cfg.batch_size)[: total - step]:
+            x = images[batch.to(images.device, non_blocking=True)].to(device, non_blocking=True)
+            x = augment.augment(normalise(x) if normalise is not None else x, cfg.dsa_strategy, g)
+            y = labels[batch.to(labels.device, non_blocking=True)].to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-                loss = F.cross_entropy(net(x), labels[batch])
+                loss = F.cross_entropy(net(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        sched.step()
+            sched.step()
+            step += 1
         if on_epoch is not None:
             on_epoch(epoch)
+        epoch += 1
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - start

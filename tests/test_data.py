@@ -35,7 +35,11 @@ from proxynas.data import (
 from proxynas.data import _cache, _images
 from proxynas.exceptions import ArtifactError, DatasetError, UnknownNameError, UsageError
 
-CIFAR10_TARBALL = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+# the shared offline copy: beside the checkout (../shared), or where PROXYNAS_SHARED_DATASETS points
+_SHARED = [Path(os.environ.get("PROXYNAS_SHARED_DATASETS", "/nonexistent")),
+           Path(__file__).resolve().parents[2] / "shared" / "datasets", Path("/work/shared/datasets")]
+CIFAR10_TARBALL = next((d / "cifar10-jpeg.tar.gz" for d in _SHARED if (d / "cifar10-jpeg.tar.gz").is_file()),
+                       _SHARED[1] / "cifar10-jpeg.tar.gz")
 CIFAR10_FILES = {**{f"data_batch_{i}": "train" for i in range(1, 6)}, "test_batch": "test"}
 CIFAR100_NAMES = tuple(f"c{i}" for i in range(100))
 

@@ -1,0 +1,336 @@
+"""How far a proxy ranking can be trusted: rank correlations against whole-dataset training.
+
+References:
+- Zhao & Bilen, "Dataset Condensation with Distribution Matching" (WACV 2023), Table 5
+  and Figure F8; PROTOCOL.md §5 is the spec this module follows.
+- Zhao, Mopuri & Bilen, "Dataset Condensation with Gradient Matching" (ICLR 2021):
+  the NAS protocol and the 720-ConvNet space Table 5 reuses.
+
+Every study holds one method's ranking: one COMPLETE trial per configuration, ranked by
+validation accuracy (FAIL, PRUNED and WAITING trials do not count). Each method is
+compared with the whole-dataset study:
+
+- ``spearman_top``, the paper's metric: Spearman's rho between the method's and the
+  whole-dataset validation accuracies over the method's own top 5% (36 of 720), using
+  those configurations of the set that have a whole-dataset result. Whole-dataset
+  training is the expensive part and need only cover the union of the methods' top
+  sets (§5's note), so the ones it lacks are listed with a command that trains them.
+- ``spearman_all``, ``kendall_all`` (tau-b) and ``topk_overlap``: over every
+  configuration both studies hold. Where the whole-dataset study covers only the top
+  sets, that is a hand-picked subset of the space, not a sample of it.
+- ``selected``: the configuration the method ranks first, with its whole-dataset test
+  accuracy (the paper's "selected architecture" column).
+
+A correlation that is undefined (fewer than two configurations, or constant accuracies)
+is NaN, and ``Report.notes`` says why: nothing is dropped silently. Figure F8 plots test
+accuracies; ``scatter_top.png`` plots the validation accuracies the correlation uses.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import numbers
+import shlex
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import optuna
+import pandas as pd
+import sqlalchemy
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
+from scipy import stats
+
+from .exceptions import StudyError, UsageError
+from .study import CONFIG_KEY, _sqlite_path, open_storage, open_study
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["FRAME_COLUMNS", "SUMMARY_COLUMNS", "WHOLE", "Report", "build_report", "study_frame", "top_configs",
+           "top_count", "write_report"]
+
+log = logging.getLogger(__name__)
+
+AXES = ("depth", "width", "act", "norm", "pool")
+FRAME_COLUMNS = ("config_id", *AXES, "params", "flops", "val_acc", "test_acc", "train_seconds")
+SUMMARY_COLUMNS = ("method", "spearman_top", "n_top", "n_top_missing", "spearman_all", "kendall_all", "n_shared",
+                   "topk_overlap", "selected", "selected_whole_test_acc", "selected_own_test_acc", "train_hours")
+WHOLE = "whole"  # the whole-dataset study's name in the report; a method of that name is renamed
+_INFO = FRAME_COLUMNS[:8]  # what describes a configuration, whichever study it comes from
+_NAN = float("nan")
+
+
+def _open(storage: str | RDBStorage) -> RDBStorage:
+    """The storage behind a URL; a missing SQLite file is an error, not a new empty database."""
+    if not isinstance(storage, str):
+        return storage
+    if storage.startswith("sqlite") and (path := _sqlite_path(storage)) is not None and not path.exists():
+        raise StudyError(f"no database at {path}; give the --storage the searches wrote to")
+    return open_storage(storage)
+
+
+def study_frame(storage: str | RDBStorage, study_name: str) -> pd.DataFrame:
+    """One row per configuration with a COMPLETE trial in the study; columns ``FRAME_COLUMNS``."""
+    return _frame(open_study(_open(storage), study_name, create=False))
+
+
+def _frame(study: optuna.Study) -> pd.DataFrame:
+    rows: dict[str, dict] = {}
+    extra: collections.Counter[str] = collections.Counter()
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    for t in sorted(complete, key=lambda t: t.number):
+        cid = t.user_attrs.get(CONFIG_KEY)
+        if cid is None:
+            log.warning("study %r: complete trial %d has no %s; skipped", study.study_name, t.number, CONFIG_KEY)
+        elif cid in rows:
+            extra[cid] += 1
+        else:
+            rows[cid] = {c: t.user_attrs.get(c, _NAN) for c in FRAME_COLUMNS} | {
+                "config_id": cid, "val_acc": t.user_attrs.get("val_acc", t.value)}
+    for cid, n in sorted(extra.items()):
+        log.warning("study %r has %d complete trials of %s; the report keeps the first", study.study_name, n + 1, cid)
+    frame = pd.DataFrame(list(rows.values()), columns=list(FRAME_COLUMNS))
+    frame = frame.astype({"val_acc": float, "test_acc": float, "train_seconds": float})
+    return frame.sort_values("config_id", ignore_index=True)
+
+
+def top_count(top: float | int, n: int) -> int:
+    """How many of ``n`` configurations ``top`` selects.
+
+    A fraction 0 < top < 1 selects ``max(1, round(top * n))`` (Python's round, half to
+    even, as ``baselines.select_configs``): 5% of 720 is 36. A whole number >= 1 (an
+    int, or a float such as 36.0 from a command line) is a count; never more than ``n``.
+    """
+    if isinstance(top, numbers.Real) and not isinstance(top, bool):
+        if 0 < top < 1:
+            return min(n, max(1, round(top * n)))
+        if top >= 1 and float(top).is_integer():
+            return min(n, int(top))
+    raise UsageError(f"top must be a fraction in (0, 1) such as 0.05, or a count >= 1 such as 36; not {top!r}")
+
+
+def top_configs(frame: pd.DataFrame, top: float | int, by: str = "val_acc") -> list[str]:
+    """The best configurations of ``frame`` by ``by`` (descending), best first; ties go to the smaller id."""
+    ordered = frame.sort_values([by, "config_id"], ascending=[False, True])
+    return ordered["config_id"].head(top_count(top, len(frame))).tolist()
+
+
+def _describe_top(top: float | int) -> str:
+    return f"top {top * 100:g}%" if 0 < top < 1 else f"top {int(top)}"
+
+
+@dataclass
+class Report:
+    ranking: pd.DataFrame  # one row per configuration in any study: info, <method>_val_acc/_rank, whole_test_acc
+    summary: pd.DataFrame  # one row per method, whole last; columns SUMMARY_COLUMNS
+    missing: dict[str, list[str]]  # method -> its top-set ids lacking a whole-dataset result (only where some do)
+    fill_commands: list[str]  # commands that train the missing configurations on the whole dataset
+    notes: list[str]  # undefined statistics and other caveats, one sentence each
+    studies: dict[str, str]  # method -> study name (whole included)
+    top: dict[str, list[str]]  # method -> its top set, best first
+
+
+def build_report(storage: str | RDBStorage, proxy_studies: Sequence[str], whole: str, early_stop: str | None = None,
+                 extra: Sequence[str] = (), top: float | int = 0.05, k: int = 10) -> Report:
+    """Compare each method's study (proxies, early stopping, any extra) with the whole-dataset study.
+
+    Methods are named by their study's ``method`` attribute, or by the study name where
+    that is missing or taken by another study (then ``"<method> (<study>)"``).
+    """
+    top_count(top, 1)  # a bad --top fails before any database work
+    if k < 1:
+        raise UsageError(f"k must be >= 1 for the top-k overlap; not {k}")
+    names = [*proxy_studies, *([early_stop] if early_stop else []), *extra]
+    if not names:
+        raise UsageError("nothing to compare with the whole-dataset study: name a proxy, early-stop or extra study")
+    twice = sorted(n for n, c in collections.Counter([*names, whole]).items() if c > 1)
+    if twice:
+        raise UsageError(f"study {twice[0]!r} is named twice; each study can appear in a report once")
+    rdb = _open(storage)
+    studies = {n: open_study(rdb, n, create=False) for n in [*names, whole]}
+    _check_one_dataset(studies)
+    methods = _method_names({n: studies[n] for n in names}) | {WHOLE: whole}
+    frames = {m: _frame(studies[s]) for m, s in methods.items()}
+
+    notes: list[str] = []
+    if (kind := studies[whole].user_attrs.get("kind", WHOLE)) != WHOLE:
+        notes.append(f"the whole-dataset study {whole!r} has kind {kind!r}, not {WHOLE!r}")
+    rows, tops, missing = [], {}, {}
+    for m, frame in frames.items():
+        row, tops[m] = _compare(m, frame, frames[WHOLE], top, k, notes)
+        rows.append(row)
+        # the selected configuration heads the top set, so a missing selection is listed here too
+        if m != WHOLE and (lacking := [c for c in tops[m] if c not in set(frames[WHOLE].config_id)]):
+            missing[m] = lacking
+    todo = sorted({c for ids in missing.values() for c in ids})
+    fill = [_fill_command(studies[whole], rdb, todo)] if todo else []
+    return Report(_ranking(frames), pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS)), missing, fill, notes,
+                  methods, tops)
+
+
+def _check_one_dataset(studies: dict[str, optuna.Study]) -> None:
+    datasets = {n: s.user_attrs["dataset"] for n, s in studies.items() if "dataset" in s.user_attrs}
+    if len(set(datasets.values())) > 1:
+        listing = ", ".join(f"{n}: {d}" for n, d in datasets.items())
+        raise StudyError(f"the studies are on different datasets ({listing}); compare studies of one dataset")
+
+
+def _method_names(studies: dict[str, optuna.Study]) -> dict[str, str]:
+    """Method name -> study name (see build_report)."""
+    wanted = {n: str(s.user_attrs.get("method", n)) for n, s in studies.items()}
+    taken = collections.Counter([*wanted.values(), WHOLE])
+    return {(w if taken[w] == 1 else f"{w} ({n})"): n for n, w in wanted.items()}
+
+
+def _compare(method: str, frame: pd.DataFrame, whole: pd.DataFrame, top: float | int, k: int,
+             notes: list[str]) -> tuple[dict, list[str]]:
+    """The method's summary row and its top set."""
+    if frame.empty:
+        notes.append(f"{method}: the study has no complete trials")
+    # (configs both studies hold) x (config_id, val_acc, test_acc, ..., val_acc_whole, test_acc_whole)
+    shared = frame.merge(whole[["config_id", "val_acc", "test_acc"]], on="config_id", suffixes=("", "_whole"))
+    top_ids = top_configs(frame, top)
+    in_top = shared[shared.config_id.isin(top_ids)]
+    label = _describe_top(top)
+    if len(in_top) < len(top_ids):
+        notes.append(f"{method}: {len(top_ids) - len(in_top)} of its {len(top_ids)} {label} configs lack "
+                     f"whole-dataset results; its Spearman over the {label} uses the other {len(in_top)}")
+    selected = top_ids[0] if top_ids else None
+    whole_test = whole.set_index("config_id").test_acc
+    row = {
+        "method": method,
+        "spearman_top": _correlation(stats.spearmanr, in_top, f"{method}: Spearman over the {label}",
+                                     "with whole-dataset results", method, notes),
+        "n_top": len(in_top), "n_top_missing": len(top_ids) - len(in_top),
+        "spearman_all": _correlation(stats.spearmanr, shared, f"{method}: Spearman over all shared configs",
+                                     "shared with the whole-dataset study", method, notes),
+        "kendall_all": _correlation(stats.kendalltau, shared, f"{method}: Kendall's tau over all shared configs",
+                                    "shared with the whole-dataset study", method, notes),
+        "n_shared": len(shared),
+        "topk_overlap": _overlap(shared, k, method, notes),
+        "selected": selected,
+        "selected_whole_test_acc": whole_test.get(selected, _NAN),
+        "selected_own_test_acc": frame.set_index("config_id").test_acc.get(selected, _NAN),
+        "train_hours": frame.train_seconds.sum(min_count=1) / 3600,
+    }
+    return row, top_ids
+
+
+def _correlation(fn: Callable, pairs: pd.DataFrame, what: str, where: str, method: str, notes: list[str]) -> float:
+    """``fn``'s statistic of val_acc against val_acc_whole, or NaN and a note saying why it is undefined.
+
+    Undefined inputs are caught here rather than left to scipy, which would return NaN
+    with a warning and no reason.
+    """
+    x, y, n = pairs.val_acc, pairs.val_acc_whole, len(pairs)
+    if n < 2:
+        why = f"{n} config{'' if n == 1 else 's'} {where}"
+    elif x.nunique() == 1 or y.nunique() == 1:
+        who = method if x.nunique() == 1 else "whole-dataset"
+        why = f"constant {who} accuracies over the {n} configs {where}"
+    else:
+        return float(fn(x, y).statistic)
+    notes.append(f"{what} undefined ({why})")
+    return _NAN
+
+
+def _overlap(shared: pd.DataFrame, k: int, method: str, notes: list[str]) -> float:
+    """|top-k(method) ∩ top-k(whole)| / k over the shared configurations; k shrinks to their number."""
+    if shared.empty:
+        notes.append(f"{method}: top-{k} overlap undefined (no configs shared with the whole-dataset study)")
+        return _NAN
+    if len(shared) < k:
+        notes.append(f"{method}: top-{k} overlap over only {len(shared)} shared configs, so divided by {len(shared)}")
+    kk = min(k, len(shared))
+    return len(set(top_configs(shared, kk)) & set(top_configs(shared, kk, by="val_acc_whole"))) / kk
+
+
+def _fill_command(whole: optuna.Study, storage: RDBStorage, ids: list[str]) -> str:
+    """The command the whole-dataset study was filled with, asked for ``ids`` only."""
+    base = whole.user_attrs.get("command")
+    if base is None:  # a study filled some other way: the generic command (its password hidden, not printed)
+        url = sqlalchemy.engine.make_url(storage.url).render_as_string(hide_password=True)
+        base = f"proxynas baseline --kind whole --study {shlex.quote(whole.study_name)} --storage {shlex.quote(url)}"
+    return f"{base} --configs {shlex.quote(','.join(ids))}"
+
+
+def _ranking(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per configuration in any study, best whole-dataset rank first (see Report)."""
+    known = [f[list(_INFO)] for f in frames.values() if not f.empty]
+    info = pd.concat(known) if known else pd.DataFrame(columns=list(_INFO))
+    ranking = info.drop_duplicates("config_id").set_index("config_id")
+    for m, frame in frames.items():
+        acc = frame.set_index("config_id").val_acc
+        ranking[f"{m}_val_acc"] = acc
+        ranking[f"{m}_rank"] = acc.rank(ascending=False, method="min")  # 1 = best; ties share the best rank
+    ranking["whole_test_acc"] = frames[WHOLE].set_index("config_id").test_acc
+    ranking = ranking.reset_index()
+    return ranking.sort_values([f"{WHOLE}_rank", "config_id"], na_position="last", ignore_index=True)
+
+
+def write_report(report: Report, out_dir: str | Path) -> dict[str, Path]:
+    """Write ranking.csv, summary.csv, scatter_top.png and correlations.png (replacing old ones).
+
+    The CSVs keep floats at full precision (shortest round-trip repr), so ``pd.read_csv``
+    gives the frames back exactly (pandas 2.x: pass ``float_precision="round_trip"``).
+    The plots use matplotlib's object API, not pyplot: no backend is switched and no
+    global state is touched.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"ranking": out / "ranking.csv", "summary": out / "summary.csv",
+             "scatter_top": out / "scatter_top.png", "correlations": out / "correlations.png"}
+    report.ranking.to_csv(paths["ranking"], index=False)
+    report.summary.to_csv(paths["summary"], index=False)
+    _plot_top(report).savefig(paths["scatter_top"], dpi=120)
+    _plot_correlations(report.summary).savefig(paths["correlations"], dpi=120)
+    return paths
+
+
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure  # imported late: only writing plots needs matplotlib
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _plot_top(report: Report) -> Figure:
+    """Figure F8: per method, its accuracies (x) against the whole dataset's (y) over its top set."""
+    rows = {r.method: r for r in report.summary.itertuples() if r.method != WHOLE}
+    cols = min(3, len(rows))
+    nrows = math.ceil(len(rows) / cols)
+    fig = _figure(4 * cols, 3.6 * nrows)
+    axes = fig.subplots(nrows, cols, squeeze=False).ravel()
+    ranking = report.ranking
+    for ax, (method, row) in zip(axes, rows.items()):
+        points = ranking[ranking.config_id.isin(report.top[method]) & ranking[f"{WHOLE}_val_acc"].notna()]
+        ax.scatter(points[f"{method}_val_acc"], points[f"{WHOLE}_val_acc"], s=18)
+        rho = "undefined" if math.isnan(row.spearman_top) else f"{row.spearman_top:.2f}"
+        ax.set_title(f"{method}: Spearman {rho} (n={row.n_top})", fontsize=10)
+        ax.set_xlabel(f"{method} validation accuracy")
+        ax.set_ylabel("whole-dataset validation accuracy")
+    for ax in axes[len(rows):]:
+        ax.set_visible(False)
+    return fig
+
+
+def _plot_correlations(summary: pd.DataFrame) -> Figure:
+    """Spearman over each method's top set and over all shared configurations, side by side."""
+    fig = _figure(max(5.0, 1.2 * len(summary)), 3.6)
+    ax = fig.subplots()
+    at = range(len(summary))
+    for shift, column, label in ((-0.2, "spearman_top", "Spearman over its top set"),
+                                 (0.2, "spearman_all", "Spearman over all shared configs")):
+        ax.bar([i + shift for i in at], summary[column], width=0.4, label=label)  # NaN: no bar, but "n/a"
+        for i in summary.index[summary[column].isna()]:
+            ax.text(i + shift, 0.02, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
+    ax.set_xticks(list(at), summary.method, rotation=20, ha="right")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_ylabel("rank correlation with the whole dataset")
+    ax.legend(fontsize=8)
+    return fig

@@ -1,0 +1,255 @@
+"""proxynas.report: Table 5 statistics against hand-computed values, on studies built here."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState, create_trial
+
+from proxynas.exceptions import StudyError, UsageError
+from proxynas.report import (FRAME_COLUMNS, SUMMARY_COLUMNS, build_report, study_frame, top_configs, top_count,
+                             write_report)
+from proxynas.study import open_storage
+
+# 40 configuration ids of the real form, in a fixed order
+IDS = [f"d{d}-w{w}-relu-{n}-{p}" for d, w, n, p in itertools.product(
+    (1, 2), (32, 64, 128, 256, 512), ("none", "instancenorm"), ("avg", "max"))]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def storage(tmp_path):
+    return open_storage(f"sqlite:///{tmp_path / 'report.db'}")
+
+
+def trial_attrs(cid: str, val: float, test: float) -> dict:
+    depth, width, act, norm, pool = cid.split("-")
+    return {"config_id": cid, "depth": int(depth[1:]), "width": int(width[1:]), "act": act, "norm": norm,
+            "pool": pool, "params": 1000 * int(width[1:]), "flops": 7, "val_acc": val, "test_acc": test,
+            "train_seconds": 60.0, "device": "cpu", "seed": 0}
+
+
+def add_study(storage, name: str, accs: dict[str, float], tests: dict[str, float] | None = None,
+              **attrs) -> optuna.Study:
+    """A study with one COMPLETE trial per config (test accuracy val - 0.01 unless given)."""
+    study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
+    for key, value in {"kind": "proxy", "method": name, "dataset": "cifar10", **attrs}.items():
+        if value is not None:  # None: leave the attribute out
+            study.set_user_attr(key, value)
+    for cid, val in accs.items():
+        test = (tests or {}).get(cid, val - 0.01)
+        study.add_trial(create_trial(value=val, user_attrs=trial_attrs(cid, val, test)))
+    return study
+
+
+def descending(ids: list[str], start: float = 0.9, step: float = 0.01) -> dict[str, float]:
+    return {cid: start - i * step for i, cid in enumerate(ids)}
+
+
+def row(report, method: str) -> pd.Series:
+    return report.summary.set_index("method").loc[method]
+
+
+def test_top_count_rounds_fractions_and_caps_counts():
+    assert top_count(0.05, 720) == 36
+    assert top_count(0.05, 40) == 2
+    assert top_count(0.05, 50) == 2  # round(2.5) is 2: half to even, as baselines.select_configs
+    assert top_count(0.05, 70) == 4  # round(3.5) is 4
+    assert top_count(0.05, 10) == 1  # never empty
+    assert top_count(3, 40) == 3 and top_count(36.0, 720) == 36 and top_count(50, 40) == 40
+    assert top_count(0.5, 0) == 0
+    assert top_count(1.0, 40) == 1  # a whole number is a count, as in baselines.select_configs
+    for bad in (0, 0.0, 1.5, -1, -0.5, True, "0.05"):
+        with pytest.raises(UsageError, match="fraction in"):
+            top_count(bad, 40)
+
+
+def test_top_configs_by_accuracy_with_ties_to_the_smaller_id():
+    frame = pd.DataFrame({"config_id": IDS, "val_acc": [0.5] * 40})
+    frame.loc[frame.config_id == IDS[7], "val_acc"] = 0.9
+    frame.loc[frame.config_id == IDS[3], "val_acc"] = 0.8
+    assert top_configs(frame, 0.05) == [IDS[7], IDS[3]]
+    # three-way tie below the best: the smallest ids win, and the order is the same every time
+    tied = frame.assign(val_acc=[0.9 if cid == "d2-w32-relu-none-max" else 0.5 for cid in IDS])
+    assert top_configs(tied, 3) == ["d2-w32-relu-none-max", *sorted(IDS)[:2]]
+
+
+def test_study_frame_keeps_complete_trials_once(storage, caplog):
+    study = add_study(storage, "dm", {IDS[0]: 0.6, IDS[1]: 0.7})
+    study.add_trial(create_trial(value=0.99, user_attrs=trial_attrs(IDS[0], 0.99, 0.99)))  # a second COMPLETE
+    for state in (TrialState.FAIL, TrialState.PRUNED):
+        study.add_trial(create_trial(state=state, user_attrs={"config_id": IDS[2]}))
+    study.enqueue_trial({}, user_attrs={"config_id": IDS[3]})  # WAITING
+    with caplog.at_level(logging.WARNING, logger="proxynas.report"):
+        frame = study_frame(storage, "dm")
+    assert list(frame.columns) == list(FRAME_COLUMNS)
+    assert frame.config_id.tolist() == [IDS[0], IDS[1]]
+    assert frame.val_acc.tolist() == [0.6, 0.7]  # the first COMPLETE trial of IDS[0], not the later 0.99
+    assert frame.loc[0, ["depth", "width", "act", "norm", "pool", "params"]].tolist() == [
+        1, 32, "relu", "none", "avg", 32000]
+    assert f"2 complete trials of {IDS[0]}" in caplog.text
+
+
+def test_correlations_with_ties_match_hand_computation(storage):
+    ids = IDS[:4]
+    add_study(storage, "dm", dict(zip(ids, (0.1, 0.2, 0.2, 0.3))))
+    add_study(storage, "random", dict(zip(ids, (0.4, 0.2, 0.3, 0.1))))  # the exact reverse of whole
+    add_study(storage, "w", dict(zip(ids, (0.1, 0.3, 0.2, 0.4))), kind="whole", method="whole")
+    report = build_report(storage, ["dm", "random"], "w", top=4)
+    assert list(report.summary.columns) == list(SUMMARY_COLUMNS)
+    assert report.summary.method.tolist() == ["dm", "random", "whole"]
+    dm = row(report, "dm")
+    # ranks x = (1, 2.5, 2.5, 4), y = (1, 3, 2, 4); deviations (-1.5, 0, 0, 1.5) and (-1.5, .5, -.5, 1.5):
+    # rho = 4.5 / sqrt(4.5 * 5) = sqrt(0.9)
+    assert dm.spearman_top == pytest.approx(math.sqrt(0.9)) and dm.spearman_all == pytest.approx(math.sqrt(0.9))
+    # 5 concordant pairs, 0 discordant, 1 pair tied in x only: tau_b = 5 / sqrt((6 - 1) * 6)
+    assert dm.kendall_all == pytest.approx(5 / math.sqrt(30))
+    assert (dm.n_top, dm.n_top_missing, dm.n_shared) == (4, 0, 4)
+    assert dm.selected == ids[3] and dm.selected_whole_test_acc == pytest.approx(0.39)
+    assert dm.selected_own_test_acc == pytest.approx(0.29)
+    assert dm.train_hours == pytest.approx(4 * 60 / 3600)
+    rnd = row(report, "random")
+    assert rnd.spearman_top == pytest.approx(-1) and rnd.kendall_all == pytest.approx(-1)
+    assert rnd.selected == ids[0] and rnd.selected_whole_test_acc == pytest.approx(0.09)
+    whole = row(report, "whole")
+    assert whole.spearman_top == pytest.approx(1) and whole.kendall_all == pytest.approx(1)
+    assert whole.topk_overlap == 1
+    assert report.missing == {} and report.fill_commands == [] and report.notes == [
+        "dm: top-10 overlap over only 4 shared configs, so divided by 4",
+        "random: top-10 overlap over only 4 shared configs, so divided by 4",
+        "whole: top-10 overlap over only 4 shared configs, so divided by 4"]
+
+
+def test_top_set_is_the_methods_own_top_fraction(storage):
+    add_study(storage, "dm", descending(IDS))  # IDS[0] best
+    # whole agrees on IDS[0] > IDS[1] but reverses everything else
+    add_study(storage, "w", {IDS[0]: 0.95, IDS[1]: 0.94, **descending(IDS[2:], start=0.1, step=-0.001)},
+              kind="whole", method="whole")
+    dm = row(build_report(storage, ["dm"], "w"), "dm")
+    assert (dm.n_top, dm.spearman_top) == (2, pytest.approx(1.0))  # 5% of 40 = 2: the agreeing pair
+    assert dm.spearman_all < 0
+
+
+def test_topk_overlap(storage):
+    ids = IDS[:6]
+    add_study(storage, "dm", descending(ids))  # top 3: ids 0, 1, 2
+    add_study(storage, "w", descending([ids[0], ids[3], ids[1], ids[2], ids[4], ids[5]]), kind="whole")
+    assert row(build_report(storage, ["dm"], "w", k=3), "dm").topk_overlap == pytest.approx(2 / 3)
+    assert row(build_report(storage, ["dm"], "w", k=1), "dm").topk_overlap == 1
+    assert row(build_report(storage, ["dm"], "w", k=2), "dm").topk_overlap == pytest.approx(1 / 2)
+
+
+def test_missing_whole_results_are_listed_with_a_fill_command(storage):
+    dm_accs = descending(IDS)  # top 10% = IDS[0..3]
+    add_study(storage, "dm", dm_accs)
+    add_study(storage, "herding", descending(IDS[::-1]))  # top 10% = IDS[39..36]
+    whole_ids = [c for c in IDS if c not in (IDS[0], IDS[38])]
+    whole_accs = {c: 0.5 for c in whole_ids} | {IDS[1]: 0.7, IDS[2]: 0.9, IDS[3]: 0.8}
+    whole = add_study(storage, "w", whole_accs, kind="whole", method="whole",
+                      command="proxynas baseline --kind whole --dataset cifar10 --study w")
+    whole.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"config_id": IDS[0]}))  # failed: still missing
+    report = build_report(storage, ["dm", "herding"], "w", top=0.1)
+    assert report.missing == {"dm": [IDS[0]], "herding": [IDS[38]]}
+    assert report.top["dm"] == IDS[:4]
+    assert report.fill_commands == [
+        f"proxynas baseline --kind whole --dataset cifar10 --study w --configs {','.join(sorted([IDS[0], IDS[38]]))}"]
+    dm = row(report, "dm")
+    # over IDS[1..3] only: dm ranks (1, 2, 3), whole ranks (3, 1, 2): rho = 1 - 6 * (4 + 1 + 1) / (3 * 8)
+    assert dm.spearman_top == pytest.approx(-0.5)
+    assert (dm.n_top, dm.n_top_missing) == (3, 1)
+    assert dm.selected == IDS[0] and math.isnan(dm.selected_whole_test_acc)
+    assert dm.selected_own_test_acc == pytest.approx(0.89)
+    assert "dm: 1 of its 4 top 10% configs lack whole-dataset results" in " ".join(report.notes)
+
+
+def test_fill_command_without_a_recorded_command(storage):
+    add_study(storage, "dm", descending(IDS[:2]))
+    add_study(storage, "w", {IDS[1]: 0.5}, kind="whole")
+    report = build_report(storage, ["dm"], "w", top=1)
+    assert report.fill_commands == [
+        f"proxynas baseline --kind whole --study w --storage {storage.url} --configs {IDS[0]}"]
+
+
+def test_undefined_correlations_are_nan_with_a_note(storage):
+    add_study(storage, "dm", descending(IDS[:5]))
+    add_study(storage, "flat", {c: 0.5 for c in IDS[:5]})
+    add_study(storage, "w", {IDS[0]: 0.9}, kind="whole")  # one config shared with each method
+    report = build_report(storage, ["dm", "flat"], "w", top=3)
+    dm = row(report, "dm")
+    assert math.isnan(dm.spearman_top) and math.isnan(dm.spearman_all) and math.isnan(dm.kendall_all)
+    assert (dm.n_top, dm.n_top_missing, dm.n_shared) == (1, 2, 1)
+    assert "dm: Spearman over the top 3 undefined (1 config with whole-dataset results)" in report.notes
+    assert "dm: Kendall's tau over all shared configs undefined (1 config shared with the whole-dataset study)" \
+        in report.notes
+
+    add_study(storage, "w2", {c: 0.1 * i for i, c in enumerate(IDS[:5])}, kind="whole")
+    report = build_report(storage, ["flat"], "w2", top=3)
+    flat = row(report, "flat")
+    assert math.isnan(flat.spearman_top) and math.isnan(flat.kendall_all) and flat.n_shared == 5
+    assert "flat: Spearman over all shared configs undefined (constant flat accuracies over the 5 configs shared " \
+           "with the whole-dataset study)" in report.notes
+
+
+def test_method_names_come_from_the_study_and_stay_unique(storage):
+    add_study(storage, "s1", descending(IDS[:3]), method="dm")
+    add_study(storage, "s2", descending(IDS[:3]), method="dm")
+    add_study(storage, "es", descending(IDS[:3]), kind="early-stop", method="early-stop")
+    add_study(storage, "zc", descending(IDS[:3]), kind="zero-cost", method="whole")  # clashes with the whole row
+    add_study(storage, "plain", descending(IDS[:3]), method=None)
+    add_study(storage, "w", descending(IDS[:3]), kind="whole", method="whole")
+    report = build_report(storage, ["s1", "s2"], "w", early_stop="es", extra=["zc", "plain"])
+    assert report.summary.method.tolist() == ["dm (s1)", "dm (s2)", "early-stop", "whole (zc)", "plain", "whole"]
+    assert report.studies == {"dm (s1)": "s1", "dm (s2)": "s2", "early-stop": "es", "whole (zc)": "zc",
+                              "plain": "plain", "whole": "w"}
+
+
+def test_ranking_frame(storage):
+    add_study(storage, "dm", {IDS[0]: 0.5, IDS[1]: 0.7, IDS[2]: 0.7})
+    add_study(storage, "w", {IDS[1]: 0.6, IDS[3]: 0.8}, tests={IDS[3]: 0.75}, kind="whole")
+    ranking = build_report(storage, ["dm"], "w").ranking
+    assert list(ranking.columns) == [*FRAME_COLUMNS[:8], "dm_val_acc", "dm_rank", "whole_val_acc", "whole_rank",
+                                     "whole_test_acc"]
+    # whole rank first, then the rest by id (IDS[2] is d1-w32-relu-instancenorm-avg < IDS[0], ...-none-avg)
+    assert ranking.config_id.tolist() == [IDS[3], IDS[1], IDS[2], IDS[0]]
+    assert ranking.dm_rank.tolist()[1:] == [1, 1, 3]  # the tie at 0.7 shares rank 1; then 3
+    assert math.isnan(ranking.dm_rank[0]) and ranking.whole_rank.tolist()[:2] == [1, 2]
+    assert ranking.whole_test_acc[0] == 0.75 and ranking.width.tolist() == [32, 32, 32, 32]
+
+
+def test_write_report_round_trips_and_plots(storage, tmp_path):
+    add_study(storage, "dm", descending(IDS, step=1 / 3 / 40))
+    add_study(storage, "random", {c: 0.5 for c in IDS})  # undefined correlations: plotted as n/a
+    add_study(storage, "w", {c: (i * 7919 % 40) / 41 for i, c in enumerate(IDS)}, kind="whole")
+    report = build_report(storage, ["dm", "random"], "w", top=0.25)
+    paths = write_report(report, tmp_path / "out" / "report")
+    assert sorted(paths) == ["correlations", "ranking", "scatter_top", "summary"]
+    for name in ("ranking", "summary"):
+        back = pd.read_csv(paths[name])
+        pd.testing.assert_frame_equal(back, getattr(report, name), check_exact=True)
+    assert list(pd.read_csv(paths["summary"]).columns) == list(SUMMARY_COLUMNS)
+    for name in ("scatter_top", "correlations"):
+        data = paths[name].read_bytes()
+        assert len(data) > 1000 and data.startswith(PNG)
+
+
+def test_errors_name_the_problem(storage, tmp_path):
+    add_study(storage, "dm", descending(IDS[:3]))
+    add_study(storage, "mnist-dm", descending(IDS[:3]), dataset="mnist")
+    add_study(storage, "w", descending(IDS[:3]), kind="whole")
+    with pytest.raises(StudyError, match="different datasets"):
+        build_report(storage, ["dm", "mnist-dm"], "w")
+    with pytest.raises(UsageError, match="'dm' is named twice"):
+        build_report(storage, ["dm", "dm"], "w")
+    with pytest.raises(StudyError, match="no study named 'nope'"):
+        build_report(storage, ["nope"], "w")
+    with pytest.raises(UsageError, match="k must be >= 1"):
+        build_report(storage, ["dm"], "w", k=0)
+    with pytest.raises(StudyError, match="no database at"):
+        study_frame(f"sqlite:///{tmp_path / 'missing.db'}", "dm")
+    assert not (tmp_path / "missing.db").exists()
+    assert build_report(storage, ["w"], "dm").notes[0] == "the whole-dataset study 'dm' has kind 'proxy', not 'whole'"
