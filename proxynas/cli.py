@@ -26,6 +26,10 @@ console = Console(stderr=True)
 out = Console()
 
 
+_COLUMNS = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[value]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+
+
 @contextlib.contextmanager
 def progress_bar(description: str, quiet: bool, metric: str = "loss") -> Iterator:
     """A rich bar with count, metric and ETA; with ``quiet``, a log line every 10%."""
@@ -40,10 +44,7 @@ def progress_bar(description: str, quiet: bool, metric: str = "loss") -> Iterato
 
         yield report
         return
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[value]}"), TimeElapsedColumn(), TextColumn("ETA"),
-               TimeRemainingColumn())
-    bar = Progress(*columns, console=console)
+    bar = Progress(*_COLUMNS, console=console)
     task = bar.add_task(description, total=None, value="")
 
     def report(done: int, total: int, value: float | None) -> None:
@@ -376,8 +377,17 @@ def search_display(name: str, quiet: bool) -> Iterator:
 
         yield show
         return
-    with Live(console=console, refresh_per_second=2) as live:
-        yield lambda s: live.update(render(s))
+    live = Live(console=console, refresh_per_second=2)
+
+    def show(s: dict) -> None:
+        if not live.is_started:  # started at the first update, so an early error prints alone
+            live.start()
+        live.update(render(s))
+
+    try:
+        yield show
+    finally:
+        live.stop()
 
 
 class ReportCommand(Command):
@@ -396,14 +406,21 @@ class ReportCommand(Command):
         p.add_argument("--out", type=Path, default=Path("results/report"), help="folder for the CSVs and plots")
 
     def run(self, args: argparse.Namespace) -> int:
-        import math
-
-        from .report import SUMMARY_COLUMNS, build_report, write_report
+        from .report import build_report, write_report
 
         top = int(args.top) if args.top.isdigit() else float(args.top)
         rep = build_report(args.storage, args.proxy, args.whole, args.early_stop, args.extra, top, args.k)
-        paths = write_report(rep, args.out)
-        table = Table(*SUMMARY_COLUMNS, title=f"proxy rankings against {args.whole!r} (top {args.top})")
+        self.show(rep, f"proxy rankings against {args.whole!r} (top {args.top})", write_report(rep, args.out))
+        return 0
+
+    @staticmethod
+    def show(rep, title: str, paths: dict) -> None:
+        """The summary as a rich table, the notes, the commands that fill gaps, and the files."""
+        import math
+
+        from .report import SUMMARY_COLUMNS
+
+        table = Table(*SUMMARY_COLUMNS, title=title)
         for row in rep.summary.itertuples(index=False):
             table.add_row(*("-" if isinstance(v, float) and math.isnan(v) else f"{v:.3f}" if isinstance(v, float)
                             else str(v) for v in row))
@@ -415,6 +432,44 @@ class ReportCommand(Command):
             for command in rep.fill_commands:
                 out.print(f"  {command}", highlight=False, soft_wrap=True)
         out.print("wrote " + ", ".join(str(p) for p in paths.values()), highlight=False, soft_wrap=True)
+
+
+class QuickstartCommand(Command):
+    name, help = "quickstart", "the whole pipeline on the embedded digits dataset (a few minutes on a CPU)"
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--out", type=Path, default=Path("results/quickstart"))
+        p.add_argument("--device", default="auto")
+        p.add_argument("--quiet", action="store_true")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from .quickstart import QuickstartPlan, run_quickstart
+
+        plan = QuickstartPlan(out=args.out, device=args.device)
+        log = logging.getLogger("proxynas")
+        # one bar per stage, in one rich display (rich allows one live display at a time)
+        bar = Progress(*_COLUMNS, console=console, disable=args.quiet)
+        task: list = []
+
+        def stage(name: str) -> None:
+            log.info(name) if args.quiet else task.append(bar.add_task(name, total=None, value=""))
+
+        def condense_progress(done: int, total: int, value: float | None) -> None:
+            if task:
+                bar.update(task[-1], completed=done, total=total, value="" if value is None else f"loss {value:.4f}")
+
+        def search_progress(s: dict) -> None:
+            best = "" if s["best_value"] is None else f"best {100 * s['best_value']:.1f}%"
+            if task:
+                bar.update(task[-1], completed=s["counts"]["complete"] + s["counts"]["pruned"], total=s["total"],
+                           value=best)
+
+        with bar:
+            report, paths = run_quickstart(plan, on_stage=stage, condense_progress=condense_progress,
+                                           search_progress=search_progress)
+        ReportCommand.show(report, f"quickstart: proxies against whole-dataset training (top {plan.top})", paths)
+        out.print(f"studies: {plan.storage}; open them with: proxynas dashboard --storage {plan.storage}",
+                  highlight=False, soft_wrap=True)
         return 0
 
 
@@ -445,7 +500,7 @@ class DashboardCommand(Command):
 COMMANDS: dict[str, Command] = {c.name: c for c in
                                 (DatasetsCommand(), NetworksCommand(), CondenseCommand(), EvaluateCommand(),
                                  SpaceCommand(), SearchCommand(), BaselineCommand(), ReportCommand(),
-                                 DashboardCommand())}
+                                 QuickstartCommand(), DashboardCommand())}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -272,8 +272,9 @@ def _run_trial(study: optuna.Study, trial: Trial, objective: Callable[[Trial], f
             return
         except Exception as e:
             # Recorded and skipped; re-running the search retries failed configurations.
-            log.warning("trial %d (%s) failed: %s", trial.number, trial.user_attrs.get(CONFIG_KEY), e)
-            _retry(lambda: trial.set_user_attr("error", f"{type(e).__name__}: {e}"))
+            error = f"{type(e).__name__}: {e}"
+            log.warning("trial %d (%s) failed: %s", trial.number, trial.user_attrs.get(CONFIG_KEY), error)
+            _retry(lambda: trial.set_user_attr("error", error))
             _retry(lambda: study.tell(trial, state=TrialState.FAIL))
             return
         except BaseException:

@@ -160,3 +160,27 @@ def test_kill_9_then_resume_completes_with_the_uninterrupted_result(tmp_path):
     a, b = SyntheticSet.load(straight), SyntheticSet.load(out)
     assert torch.allclose(a.images, b.images, atol=1e-5)
     assert not checkpoint_path(out).exists()
+
+
+def test_quickstart_runs_end_to_end_and_resumes_after_an_interruption(tmp_path):
+    import optuna
+
+    from proxynas.quickstart import QuickstartPlan, run_quickstart
+
+    plan = QuickstartPlan(out=tmp_path / "qs", ipc=2, dm_iterations=4, batch_real=8, proxy_epochs=2,
+                          whole_epochs=1, restrict="depth=1;width=32;act=relu;norm=none,instancenorm;pool=avg",
+                          device="cpu")
+
+    def stop_before_whole(stage: str) -> None:
+        if stage == "baseline whole":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_quickstart(plan, on_stage=stop_before_whole)
+    dm_trials = len(optuna.load_study(study_name="dm", storage=plan.storage).trials)
+    report, paths = run_quickstart(plan)
+    assert len(optuna.load_study(study_name="dm", storage=plan.storage).trials) == dm_trials == 2  # not retrained
+    assert list(report.summary["method"]) == ["dm", "random", "early-stop", "whole"]
+    for path in paths.values():
+        assert path.stat().st_size > 0
+    assert (plan.out / "digits-dm-ipc2.safetensors").exists()

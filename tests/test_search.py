@@ -19,7 +19,7 @@ from proxynas.condense import CondenseConfig, condense
 from proxynas.data import load_dataset
 from proxynas.exceptions import StudyError
 from proxynas.search import SearchConfig, launch, prepare, run_search
-from proxynas.study import CONFIG_KEY, HeartbeatSettings
+from proxynas.study import CONFIG_KEY, enqueue_configs, open_storage, open_study, run_worker
 from proxynas.train import TrainConfig
 
 TINY_SPACE = """
@@ -155,3 +155,25 @@ def test_sigkilled_worker_is_requeued_and_the_study_still_completes_once(proxy, 
     subprocess.run(argv, env=env, check=True, capture_output=True, timeout=300)
     trials = completed_once(storage)
     assert any(t.state == TrialState.FAIL for t in trials), "the killed trial should be recorded as failed"
+
+
+def test_a_failing_trial_is_recorded_and_retried_on_the_next_run(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    study = open_study(storage, "f")
+    params = {f"c{i}": {"x": i} for i in range(3)}
+    attempts = []
+
+    def objective(trial):
+        x = trial.suggest_categorical("x", [0, 1, 2])
+        attempts.append(x)
+        if x == 1 and attempts.count(1) == 1:
+            raise ValueError("boom")
+        return float(x)
+
+    assert enqueue_configs(storage, study, params) == 3
+    assert run_worker(study, objective, queue_only=True) == 3
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert [t.user_attrs["error"] for t in failed] == ["ValueError: boom"]
+    assert enqueue_configs(storage, study, params) == 1  # only the failed configuration goes back
+    run_worker(study, objective, queue_only=True)
+    completed_once(storage.url, "f", total=3)
