@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -23,7 +24,7 @@ from . import __version__
 from .exceptions import ProxyNASError
 
 console = Console(stderr=True)
-out = Console()
+out = Console(markup=False, highlight=False)  # results: paths and ids print as they are
 
 
 _COLUMNS = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -236,10 +237,10 @@ class SpaceCommand(Command):
             step = len(ids) / args.sample
             ids = [ids[int(i * step)] for i in range(args.sample)]
         frame = describe_space(space, channels, classes, size, ids)
-        table = Table(*frame.columns, title=f"{space.name}: {len(space)} configurations "
-                                             f"({channels}x{size}x{size}, {classes} classes)")
-        for row in frame.itertuples(index=False):
-            table.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in row))
+        table = Table("id", "parameters", "MFLOPs", title=f"{space.name}: {len(space)} configurations "
+                                                      f"({channels}x{size}x{size}, {classes} classes)")
+        for row in frame.itertuples(index=False):  # the id spells out the axes
+            table.add_row(row.id, f"{row.params:,}", f"{row.flops / 1e6:,.1f}")
         out.print(table)
         return 0
 
@@ -426,12 +427,12 @@ class ReportCommand(Command):
                             else str(v) for v in row))
         out.print(table)
         for note in rep.notes:
-            out.print(f"note: {note}", highlight=False)
+            out.print(f"note: {note}")
         if rep.fill_commands:
             out.print("whole-dataset results are missing for part of a top set; fill them with:")
             for command in rep.fill_commands:
-                out.print(f"  {command}", highlight=False, soft_wrap=True)
-        out.print("wrote " + ", ".join(str(p) for p in paths.values()), highlight=False, soft_wrap=True)
+                out.print(f"  {command}", soft_wrap=True)
+        out.print("wrote " + ", ".join(str(p) for p in paths.values()), soft_wrap=True)
 
 
 class QuickstartCommand(Command):
@@ -520,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command].run(args)
     except ProxyNASError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         return e.exit_code
     except KeyboardInterrupt:
         console.print("interrupted; run the same command with --resume to continue", highlight=False)

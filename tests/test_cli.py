@@ -184,3 +184,25 @@ def test_quickstart_runs_end_to_end_and_resumes_after_an_interruption(tmp_path):
     for path in paths.values():
         assert path.stat().st_size > 0
     assert (plan.out / "digits-dm-ipc2.safetensors").exists()
+
+
+def test_dashboard_without_the_extra_names_the_fix(capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_dashboard(name, *args, **kwargs):
+        if name.startswith("optuna_dashboard"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_dashboard)
+    code, _, err = run_cli(capsys, "dashboard")
+    assert code == 2
+    assert_one_line_error(err, "pip install 'proxynas[dashboard]'")
+
+
+def test_space_show_prints_size_and_counts(capsys):
+    code, stdout, _ = run_cli(capsys, "space", "show", "--sample", "3")
+    assert code == 0
+    assert "720 configurations" in stdout and "d1-w32-sigmoid-none-none" in stdout

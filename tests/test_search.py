@@ -177,3 +177,19 @@ def test_a_failing_trial_is_recorded_and_retried_on_the_next_run(tmp_path):
     assert enqueue_configs(storage, study, params) == 1  # only the failed configuration goes back
     run_worker(study, objective, queue_only=True)
     completed_once(storage.url, "f", total=3)
+
+
+def test_pruning_reports_validation_accuracy_during_training(proxy, space_file, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    cfg = config(proxy, space_file, storage, sampler="random", n_trials=4, prune=True, epochs=20)
+    assert run_search(cfg) == 4
+    trials = optuna.load_study(study_name="s", storage=storage).trials
+    # 10 validation checks during 20 epochs (every 2nd), the last one left to the final accuracy
+    assert all(sorted(t.intermediate_values) == list(range(2, 20, 2)) for t in trials
+               if t.state == TrialState.COMPLETE)
+    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+
+
+def test_prune_with_exhaustive_sampler_is_refused(proxy, space_file, tmp_path):
+    with pytest.raises(StudyError, match="--prune needs"):
+        config(proxy, space_file, f"sqlite:///{tmp_path / 'db.sqlite'}", prune=True)
