@@ -130,7 +130,7 @@ def main() -> None:
     cfg = TrainConfig(epochs=args.epochs, batch_size=BATCH, dsa_strategy=info.dsa_strategy)
     cfgs = {"proxynas": dataclasses.replace(cfg, amp=args.amp), "plain": cfg}
     ids = load_space().ids()
-    sample = ids[:: len(ids) // args.configs - 1][: args.configs]
+    sample = ids[:: max(1, len(ids) // args.configs - 1)][: args.configs]
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads")

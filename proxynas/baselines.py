@@ -28,15 +28,20 @@ BASELINES.add("whole", TrainConfig(epochs=100, batch_size=250))
 BASELINES.add("early-stop", TrainConfig(steps=400, batch_size=250))
 
 
-def baseline_source(cfg: SearchConfig) -> Source:
-    """The real training split minus the validation split, as uint8 images."""
-    BASELINES.get(cfg.baseline)
+def real_split_source(cfg: SearchConfig) -> Source:
+    """The real training split minus the validation split, as uint8 images (baselines, zero-cost)."""
+    kind, method = ("zero-cost", cfg.zero_cost) if cfg.zero_cost is not None else (cfg.baseline, cfg.baseline)
+    if cfg.baseline is not None:
+        BASELINES.get(cfg.baseline)
     if cfg.dataset is None:
-        raise UsageError("a baseline needs --dataset (and --data-path where the data lives)")
+        raise UsageError(f"a {kind} study needs --dataset (and --data-path where the data lives)")
     dataset = load_dataset(cfg.dataset, cfg.data_path)
     split = train_val_split(dataset.train.labels, cfg.val_fraction, cfg.split_seed)
     images, labels = dataset.train.images[split.train_idx], dataset.train.labels[split.train_idx]
-    return Source(dataset, images, labels, False, split, {"kind": cfg.baseline, "method": cfg.baseline})
+    attrs = {"kind": kind, "method": method}
+    if cfg.zero_cost is not None:
+        attrs["minibatch"] = cfg.zero_cost_batch
+    return Source(dataset, images, labels, False, split, attrs)
 
 
 def select_configs(spec: str, storage: str) -> tuple[str, ...] | None:

@@ -113,7 +113,7 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
 
 
 class CondenseCommand(Command):
-    name, help = "condense", "condense a dataset into a proxy set (DM, random or herding)"
+    name, help = "condense", "condense a dataset into a proxy set (DM, DSA, or a random/herding/k-center coreset)"
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         from .condense import CONDENSERS
@@ -122,9 +122,9 @@ class CondenseCommand(Command):
         p.add_argument("--method", default="dm", choices=CONDENSERS.names())
         p.add_argument("--ipc", type=int, default=10, help="images per class")
         p.add_argument("--model", default="ConvNet", help="embedding network (see 'proxynas networks')")
-        p.add_argument("--iterations", type=int, help="DM iterations (default 20,000; 10,000 at 64x64)")
+        p.add_argument("--iterations", type=int, help="default: DM 20,000 (10,000 at 64x64); DSA 1,000")
         p.add_argument("--batch-real", type=int, default=256, help="real images per class per iteration")
-        p.add_argument("--lr-img", type=float, help="synthetic-image lr (default 1 for ipc<=50, else 10)")
+        p.add_argument("--lr-img", type=float, help="synthetic-image lr (default: DM 1 for ipc<=50, else 10; DSA 0.1)")
         p.add_argument("--init", default="real", choices=["real", "noise"])
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--dsa-strategy", help="augmentation families joined by '_' (default: the dataset's)")
@@ -258,20 +258,30 @@ class SearchCommand(Command):
         p.add_argument("--timeout", type=float, help="seconds per worker")
         p.add_argument("--prune", action="store_true", help="median pruning on validation accuracy (tpe/random)")
         p.add_argument("--data-path", help="override the data location recorded in the proxy set")
+        self.add_training_arguments(p)
         self.add_study_arguments(p)
 
-    def add_study_arguments(self, p: argparse.ArgumentParser) -> None:
-        from .study import DEFAULT_STORAGE
-
-        p.add_argument("--study", required=True, help="study name (re-run the same command to resume it)")
-        p.add_argument("--storage", default=DEFAULT_STORAGE, help="SQLAlchemy URL (PostgreSQL to scale out)")
-        p.add_argument("--space", help="bundled space name or a TOML file (default: convnet720)")
-        p.add_argument("--restrict", help="a slice of the space, e.g. 'depth=1,2;width=32,64'")
+    def add_training_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--epochs", type=int, default=self.default_train.get("epochs"))
         p.add_argument("--batch", type=int, default=self.default_train["batch_size"])
         p.add_argument("--lr", type=float, default=0.01)
         p.add_argument("--dsa-strategy", help="default: the dataset's; 'none' trains without augmentation")
         p.add_argument("--amp", action="store_true", help="bf16 autocast")
+
+    def train_config(self, args: argparse.Namespace):
+        from .train import TrainConfig
+
+        return TrainConfig(epochs=args.epochs, steps=getattr(args, "steps", None), batch_size=args.batch, lr=args.lr,
+                           dsa_strategy=args.dsa_strategy, amp=args.amp)
+
+    def add_study_arguments(self, p: argparse.ArgumentParser, study: bool = True) -> None:
+        from .study import DEFAULT_STORAGE
+
+        if study:
+            p.add_argument("--study", required=True, help="study name (re-run the same command to resume it)")
+        p.add_argument("--storage", default=DEFAULT_STORAGE, help="SQLAlchemy URL (PostgreSQL to scale out)")
+        p.add_argument("--space", help="bundled space name or a TOML file (default: convnet720)")
+        p.add_argument("--restrict", help="a slice of the space, e.g. 'depth=1,2;width=32,64'")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--workers", type=int, default=1, help="local worker processes on this study")
         p.add_argument("--device", default="auto")
@@ -282,12 +292,10 @@ class SearchCommand(Command):
     def config(self, args: argparse.Namespace):
         from .search import SearchConfig
         from .study import HeartbeatSettings
-        from .train import TrainConfig
 
-        train = TrainConfig(epochs=args.epochs, steps=getattr(args, "steps", None), batch_size=args.batch, lr=args.lr,
-                            dsa_strategy=args.dsa_strategy, amp=args.amp)
         return SearchConfig(
-            study=args.study, storage=args.storage, space=args.space, restrict=args.restrict, train=train,
+            study=args.study, storage=args.storage, space=args.space, restrict=args.restrict,
+            train=self.train_config(args),
             seed=args.seed, device=args.device, data_path=args.data_path,
             heartbeat=HeartbeatSettings(args.heartbeat, args.grace), **self.source_fields(args))
 
@@ -326,6 +334,7 @@ class BaselineCommand(SearchCommand):
         p.add_argument("--configs", default="all",
                        help="all | top:<study>:<fraction or k> (e.g. top:dm:0.05) | @file | id,id,...")
         p.add_argument("--steps", type=int, help="train this many batches (default: the kind's)")
+        self.add_training_arguments(p)
         self.add_study_arguments(p)
 
     def config(self, args: argparse.Namespace):
@@ -361,7 +370,7 @@ def search_display(name: str, quiet: bool) -> Iterator:
         hours = max(time.time() - s["started"], 1e-9) / 3600
         fresh = sum(1 for t in s["completed"] if t.timestamp() >= s["started"])
         rate = fresh / hours
-        eta = f"{(total - done) / rate / 60:.1f} min" if total and rate else "-"
+        eta = f"{(total - done) / rate * 60:.1f} min" if total and rate else "-"  # rate is per hour
         best = f"{100 * s['best_value']:.2f}% ({s['best_config']})" if s["best_value"] is not None else "-"
         return (f"[bold]{name}[/bold] {done}/{total if total else '?'} done, {c['running']} running, "
                 f"{c['fail']} failed | best {best} | {rate:.0f} candidates/h | ETA {eta}")
@@ -389,6 +398,48 @@ def search_display(name: str, quiet: bool) -> Iterator:
         yield show
     finally:
         live.stop()
+
+
+class ScoreCommand(BaselineCommand):
+    name, help = "score", "score every candidate at initialisation with zero-cost proxies, one study per proxy"
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        from .zero_cost import ZERO_COST
+
+        p.add_argument("--metrics", default=",".join(ZERO_COST.names()),
+                       help=f"comma-separated zero-cost proxies ({', '.join(ZERO_COST.names())})")
+        p.add_argument("--dataset", required=True)
+        p.add_argument("--data-path")
+        p.add_argument("--exclude-split", type=float, default=0.1, metavar="FRACTION")
+        p.add_argument("--split-seed", type=int, default=0)
+        p.add_argument("--configs", default="all", help="all | top:<study>:<fraction or k> | @file | id,id,...")
+        p.add_argument("--minibatch", type=int, default=64, help="training images each proxy sees")
+        p.add_argument("--study-prefix", default="", help="studies are named <prefix><metric>")
+        self.add_study_arguments(p, study=False)
+
+    def train_config(self, args: argparse.Namespace):
+        from .train import TrainConfig
+
+        return TrainConfig(epochs=0)  # nothing is trained
+
+    def config(self, args: argparse.Namespace):
+        return SearchCommand.config(self, args)  # BaselineCommand's defaults are about training
+
+    def source_fields(self, args: argparse.Namespace) -> dict:
+        from .baselines import select_configs
+
+        return {"zero_cost": args.metric, "zero_cost_batch": args.minibatch, "dataset": args.dataset,
+                "val_fraction": args.exclude_split, "split_seed": args.split_seed,
+                "configs": select_configs(args.configs, args.storage)}
+
+    def run(self, args: argparse.Namespace) -> int:
+        from .zero_cost import ZERO_COST
+
+        for metric in args.metrics.split(","):
+            ZERO_COST.get(metric)
+            args.metric, args.study = metric, args.study_prefix + metric
+            super().run(args)
+        return 0
 
 
 class ReportCommand(Command):
@@ -500,7 +551,7 @@ class DashboardCommand(Command):
 
 COMMANDS: dict[str, Command] = {c.name: c for c in
                                 (DatasetsCommand(), NetworksCommand(), CondenseCommand(), EvaluateCommand(),
-                                 SpaceCommand(), SearchCommand(), BaselineCommand(), ReportCommand(),
+                                 SpaceCommand(), SearchCommand(), BaselineCommand(), ScoreCommand(), ReportCommand(),
                                  QuickstartCommand(), DashboardCommand())}
 
 
@@ -515,6 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("optuna").setLevel(logging.WARNING)  # our own display says what Optuna would log
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     args.argv = argv

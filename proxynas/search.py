@@ -48,8 +48,10 @@ PRUNE_CHECKS = 10  # validation checks per candidate when pruning
 class SearchConfig:
     study: str
     proxy: str | None = None  # proxy-set file (condensed with --exclude-split) ...
-    baseline: str | None = None  # ... or a baseline kind ("whole", "early-stop") trained on real data
-    dataset: str | None = None  # baselines: the dataset and the validation split they hold out
+    baseline: str | None = None  # ... or a baseline kind ("whole", "early-stop") trained on real data ...
+    zero_cost: str | None = None  # ... or a zero-cost proxy ("naswot", ...) scored at initialisation
+    zero_cost_batch: int = 64  # minibatch size the zero-cost proxy sees
+    dataset: str | None = None  # baselines, zero-cost: the dataset and the validation split held out
     val_fraction: float = 0.1
     split_seed: int = 0
     configs: tuple[str, ...] | None = None  # only these configuration ids (None: the whole space)
@@ -69,8 +71,8 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         SAMPLERS.get(self.sampler)
-        if (self.proxy is None) == (self.baseline is None):
-            raise StudyError("give either a proxy set (--proxy) or a baseline kind (--kind), not both")
+        if sum(x is not None for x in (self.proxy, self.baseline, self.zero_cost)) != 1:
+            raise StudyError("give exactly one of a proxy set, a baseline kind or a zero-cost proxy")
         if self.prune and self.sampler == "exhaustive":
             raise StudyError("--prune needs --sampler tpe or random: an exhaustive search trains every candidate")
 
@@ -107,6 +109,15 @@ def proxy_source(cfg: SearchConfig) -> Source:
     return Source(dataset, syn.images, syn.labels, True, split, attrs)
 
 
+def record_config(trial: optuna.Trial, net_cfg: NetConfig, net: torch.nn.Module, info) -> None:
+    """The user attributes that say which configuration a trial is: id, axes, size, cost."""
+    trial.set_user_attr(CONFIG_KEY, net_cfg.id)
+    for axis, value in dataclasses.asdict(net_cfg).items():
+        trial.set_user_attr(axis, value)
+    trial.set_user_attr("params", count_params(net))
+    trial.set_user_attr("flops", count_flops(net_cfg, info.channels, info.image_size))
+
+
 class CandidateObjective:
     """Train one candidate from scratch on the source; return its validation accuracy."""
 
@@ -126,11 +137,7 @@ class CandidateObjective:
         cid = net_cfg.id
         net = build(net_cfg, info.channels, info.num_classes, info.image_size,
                     seed=derive_seed(cfg.seed, "candidate", cid)).to(self.device)
-        trial.set_user_attr(CONFIG_KEY, cid)
-        for axis, value in dataclasses.asdict(net_cfg).items():
-            trial.set_user_attr(axis, value)
-        trial.set_user_attr("params", count_params(net))
-        trial.set_user_attr("flops", count_flops(net_cfg, info.channels, info.image_size))
+        record_config(trial, net_cfg, net, info)
 
         def check(epoch: int) -> None:
             every = max(1, self.train_cfg.epochs // PRUNE_CHECKS)
@@ -157,9 +164,17 @@ class CandidateObjective:
 def make_source(cfg: SearchConfig) -> Source:
     if cfg.proxy is not None:
         return proxy_source(cfg)
-    from .baselines import baseline_source
+    from .baselines import real_split_source
 
-    return baseline_source(cfg)
+    return real_split_source(cfg)
+
+
+def make_objective(cfg: SearchConfig, source: Source, space: SearchSpace) -> Callable[[optuna.Trial], float]:
+    if cfg.zero_cost is not None:
+        from .zero_cost import ZeroCostObjective
+
+        return ZeroCostObjective(cfg, source, space)
+    return CandidateObjective(cfg, source, space)
 
 
 def study_attrs(cfg: SearchConfig, source: Source, space: SearchSpace) -> dict[str, Any]:
@@ -219,7 +234,7 @@ def prepare(cfg: SearchConfig) -> Prepared:
 def run_search(cfg: SearchConfig, prepared: Prepared | None = None) -> int:
     """Run one worker in this process; returns the number of trials it finished."""
     p = prepared or prepare(cfg)
-    objective = CandidateObjective(cfg, p.source, p.space)
+    objective = make_objective(cfg, p.source, p.space)
     return run_worker(p.study, objective, queue_only=cfg.sampler == "exhaustive", n_trials=cfg.n_trials,
                       timeout=cfg.timeout, heartbeat_interval=cfg.heartbeat.interval)
 

@@ -1,7 +1,8 @@
 """Condensing a dataset into a proxy set: ``condense(cfg, out)`` runs any registered method.
 
 Methods (one module each, registered in ``CONDENSERS``): ``dm`` (Distribution
-Matching, the default), ``random`` and ``herding`` coresets.
+Matching, the default), ``dsa`` (gradient matching with Siamese augmentation), and the
+``random``, ``herding`` and ``kcenter`` coresets.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from ..data import Dataset, load_dataset
 from ..devices import resolve_device
 from ..exceptions import ArtifactError, OutputExistsError, UsageError
 from . import _coreset, _dm  # noqa: F401  (registers the methods)
+from . import _dsa  # noqa: F401
+from . import _kcenter  # noqa: F401  (registers the method)
 from ..provenance import versions
 from ._base import CONDENSERS, Checkpoint, CondenseConfig, Problem, Reporter, SyntheticSet, class_pools
 from ._dm import dm_loss, dm_loss_per_class

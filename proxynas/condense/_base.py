@@ -36,9 +36,9 @@ class CondenseConfig:
     method: str = "dm"
     ipc: int = 10  # images per class
     model: str = "ConvNet"  # embedding network (any registered name or ConvNet config id)
-    iterations: int | None = None  # None: PROTOCOL §1 default (20,000; 10,000 at 64x64)
+    iterations: int | None = None  # None: the method's default (DM 20,000, 10,000 at 64x64; DSA 1,000)
     batch_real: int = 256  # real images per class per iteration
-    lr_img: float | None = None  # None: 1 for ipc <= 50, 10 above (PROTOCOL §1)
+    lr_img: float | None = None  # None: the method's default (DM: 1 for ipc <= 50, 10 above; DSA: 0.1)
     momentum: float = 0.5
     init: str = "real"  # "real": random real images of the class; "noise": N(0, 1)
     seed: int = 0
@@ -186,6 +186,23 @@ class Checkpoint:
             raise UsageError(f"--resume with different settings ({', '.join(diff)}) than the checkpoint "
                              f"{self.path}; repeat the original flags or choose another --out")
         return int(header["iteration"]), tensors
+
+    def restore(self, syn: torch.Tensor, opt: torch.optim.SGD, losses: torch.Tensor) -> tuple[int, float]:
+        """Load the images, their momentum and the loss curve; returns (start iteration, seconds so far)."""
+        if (state := self.load()) is None:
+            return 0, 0.0
+        start, tensors = state
+        with torch.no_grad():
+            syn.copy_(tensors["images"])
+        opt.state[syn]["momentum_buffer"] = tensors["momentum"].to(syn.device)  # SGD picks it up as is
+        losses[:start] = tensors["losses"][:start].to(losses.device)
+        return start, float(tensors["elapsed"])
+
+    def save_state(self, done: int, syn: torch.Tensor, opt: torch.optim.SGD, losses: torch.Tensor,
+                   elapsed: float) -> None:
+        """Save what ``restore`` reads: an iterative method resumes exactly where it stopped."""
+        self.save(done, {"images": syn, "momentum": opt.state[syn].get("momentum_buffer", torch.zeros_like(syn)),
+                         "losses": losses, "elapsed": torch.tensor(elapsed)})
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -8,6 +8,8 @@ randomly initialised network.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .._seeding import derive_seed, generator
@@ -46,8 +48,10 @@ def herd(features: torch.Tensor, k: int) -> torch.Tensor:
     return torch.tensor(chosen)
 
 
-@CONDENSERS.register("herding")
-def condense_herding(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report: Reporter | None) -> MethodResult:
+def select_in_embedding(problem: Problem, cfg: CondenseConfig, report: Reporter | None,
+                        select: Callable[[torch.Tensor, int], torch.Tensor]) -> MethodResult:
+    """Per class, ``select(features (N, D), ipc)`` picks rows of the class pool, embedded by
+    one randomly initialised ``cfg.model``; herding and k-center share this space."""
     info = problem.dataset.info
     net = build(cfg.model, info.channels, info.num_classes, info.image_size,
                 seed=derive_seed(cfg.seed, "herding-net")).to(problem.device).eval()
@@ -56,7 +60,12 @@ def condense_herding(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, re
         pool = problem.pools[c]
         with torch.no_grad():
             feats = torch.cat([net.embed(problem.real_images(part)).float() for part in pool.split(EMBED_BATCH)])
-        rows.append(pool[herd(feats, cfg.ipc).cpu()])
+        rows.append(pool[select(feats, cfg.ipc).cpu()])
         if report is not None:
             report(n + 1, len(problem.classes), None)
     return _result(problem, torch.stack(rows))
+
+
+@CONDENSERS.register("herding")
+def condense_herding(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report: Reporter | None) -> MethodResult:
+    return select_in_embedding(problem, cfg, report, herd)

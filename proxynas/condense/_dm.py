@@ -94,23 +94,15 @@ def condense_dm(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report:
     syn = initial_images(problem, cfg).to(device).requires_grad_(True)  # (K*ipc, C, H, W)
     opt = torch.optim.SGD([syn], lr=cfg.lr_img or default_lr(cfg.ipc), momentum=cfg.momentum)
     losses = torch.zeros(iterations, device=device)  # on the device: recording a loss never syncs
-    start, elapsed = 0, 0.0
-    if (state := ckpt.load()) is not None:
-        start, tensors = state
-        with torch.no_grad():
-            syn.copy_(tensors["images"])
-        opt.state[syn]["momentum_buffer"] = tensors["momentum"].to(device)  # SGD picks it up as is
-        losses[:start] = tensors["losses"][:start].to(device)
-        elapsed = float(tensors["elapsed"])
+    start, elapsed = ckpt.restore(syn, opt, losses)
 
     probe = make_net(0).to(device)
     batch_stats = uses_batch_stats(probe)
     chunks = [slice(0, len(classes))] if batch_stats else class_chunks(
         probe, info, batch_real, cfg.ipc, len(classes), device, cfg.memory_budget)
 
-    def save(it: int) -> None:
-        ckpt.save(it, {"images": syn, "momentum": opt.state[syn].get("momentum_buffer", torch.zeros_like(syn)),
-                       "losses": losses, "elapsed": torch.tensor(elapsed + time.perf_counter() - t0)})
+    def save(done: int) -> None:
+        ckpt.save_state(done, syn, opt, losses, elapsed + time.perf_counter() - t0)
 
     t0, done = time.perf_counter(), start
     try:
