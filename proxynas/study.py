@@ -109,7 +109,8 @@ def _retry(fn: Callable[[], T], attempts: int = 5) -> T:
     for attempt in range(attempts):
         try:
             return fn()
-        except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError) as e:
+        except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError,
+                sqlalchemy.exc.IntegrityError) as e:
             if attempt == attempts - 1 or not _transient(e):
                 raise
             log.warning("storage busy (%s); retrying", str(e).splitlines()[0])
@@ -119,7 +120,8 @@ def _retry(fn: Callable[[], T], attempts: int = 5) -> T:
 
 def _transient(e: Exception) -> bool:
     text = f"{e} {e.__cause__}".lower()
-    return any(s in text for s in ("database is locked", "deadlock", "could not serialize", "connection"))
+    return any(s in text for s in ("database is locked", "deadlock", "could not serialize", "connection",
+                                   "alembic_version", "already exists"))  # two processes creating one schema
 
 
 @contextlib.contextmanager
@@ -263,12 +265,20 @@ def run_worker(study: optuna.Study, objective: Callable[[Trial], float], *, queu
     return done
 
 
+# A trial declared stale while it ran (heartbeats starved for longer than the grace period)
+# has a re-queued copy that will run; its own result is dropped rather than recorded twice.
+_STALE = "trial %d was declared stale while it ran; its re-queued copy will be run instead"
+
+
 def _run_trial(study: optuna.Study, trial: Trial, objective: Callable[[Trial], float], interval: int) -> None:
     with heartbeat(study._storage, trial, interval):
         try:
             value = objective(trial)
         except optuna.TrialPruned:
             _retry(lambda: study.tell(trial, state=TrialState.PRUNED))
+            return
+        except optuna.exceptions.UpdateFinishedTrialError:
+            log.warning(_STALE, trial.number)
             return
         except Exception as e:
             # Recorded and skipped; re-running the search retries failed configurations.
@@ -284,7 +294,12 @@ def _run_trial(study: optuna.Study, trial: Trial, objective: Callable[[Trial], f
                 retry = RetryHeartbeatStaleTrialCallback()
             _retry(lambda: retry(study, study._storage.get_trial(trial._trial_id)))
             raise
-    _retry(lambda: study.tell(trial, value))
+    try:
+        _retry(lambda: study.tell(trial, value))
+    except ValueError:  # "Cannot tell a FAIL trial": failed as stale by another worker meanwhile
+        if not study._storage.get_trial(trial._trial_id).state.is_finished():
+            raise
+        log.warning(_STALE, trial.number)
 
 
 def summary(study: optuna.Study) -> dict[str, Any]:

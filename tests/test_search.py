@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -136,19 +137,19 @@ def test_sigkilled_worker_is_requeued_and_the_study_still_completes_once(proxy, 
     storage = f"sqlite:///{db}"
     argv = [sys.executable, "-m", "proxynas.cli", "search", "--proxy", str(proxy), "--study", "s", "--storage",
             storage, "--space", str(space_file), "--epochs", "150", "--device", "cpu", "--heartbeat", "1",
-            "--grace", "3", "--quiet"]
+            "--grace", "10", "--quiet"]
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    deadline = time.time() + 120
-    running = []
+    deadline = time.time() + 300
+    running = 0
     while time.time() < deadline and not running:
         time.sleep(0.2)
-        if db.exists():
-            try:
-                running = optuna.load_study(study_name="s", storage=storage).get_trials(states=(TrialState.RUNNING,))
-            except (KeyError, optuna.exceptions.StorageInternalError):
-                pass
+        try:  # read the table directly: the poller must not race the worker to create the schema
+            with sqlite3.connect(db, timeout=30) as conn:
+                running = conn.execute("SELECT count(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0]
+        except sqlite3.OperationalError:  # no database or no tables yet
+            pass
     assert running, "no trial started in time"
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its worker, mid-trial
     proc.wait()
@@ -193,3 +194,36 @@ def test_pruning_reports_validation_accuracy_during_training(proxy, space_file, 
 def test_prune_with_exhaustive_sampler_is_refused(proxy, space_file, tmp_path):
     with pytest.raises(StudyError, match="--prune needs"):
         config(proxy, space_file, f"sqlite:///{tmp_path / 'db.sqlite'}", prune=True)
+
+
+def _open(url: str) -> str:
+    return open_storage(url).url
+
+
+def test_several_processes_creating_one_fresh_database_all_succeed(tmp_path):
+    import multiprocessing
+
+    url = f"sqlite:///{tmp_path / 'fresh.sqlite'}"
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        assert pool.map(_open, [url] * 4) == [url] * 4
+
+
+def test_a_trial_declared_stale_while_running_is_completed_once_by_its_requeued_copy(tmp_path):
+    from proxynas.study import HeartbeatSettings
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'db.sqlite'}", HeartbeatSettings(interval=100, grace_period=1))
+    study = open_study(storage, "stale")
+    enqueue_configs(storage, study, {"a": {"x": 0}, "b": {"x": 1}})
+    runs = []
+
+    def objective(trial):
+        x = trial.suggest_categorical("x", [0, 1])
+        runs.append(x)
+        if runs == [0]:  # the first run of "a" starves its heartbeat past the grace period
+            time.sleep(2.5)
+            optuna.storages.fail_stale_trials(study)  # what any other worker would do
+        return float(x)
+
+    run_worker(study, objective, queue_only=True, heartbeat_interval=100)
+    assert runs.count(0) == 2  # the stale run, then its re-queued copy
+    completed_once(storage.url, "stale", total=2)
