@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import logging
 import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -24,7 +25,8 @@ from . import __version__
 from .exceptions import ProxyNASError
 
 console = Console(stderr=True)
-out = Console(markup=False, highlight=False)  # results: paths and ids print as they are
+# results: paths and ids print as they are; piped output is not squeezed into 80 columns
+out = Console(markup=False, highlight=False, width=shutil.get_terminal_size((140, 24)).columns)
 
 
 _COLUMNS = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -472,9 +474,13 @@ class ReportCommand(Command):
 
         from .report import SUMMARY_COLUMNS
 
-        table = Table(*SUMMARY_COLUMNS, title=title)
+        headers = {"method": "method", "spearman_top": "ρ top", "n_top": "n", "n_top_missing": "miss",
+                   "spearman_all": "ρ all", "kendall_all": "τ all", "n_shared": "shared", "topk_overlap": "top-k",
+                   "selected": "selected", "selected_whole_test_acc": "its test", "selected_own_test_acc": "own test",
+                   "train_hours": "hours"}  # short, so the table fits 80 columns; the CSV has the full names
+        table = Table(*(headers[c] for c in SUMMARY_COLUMNS), title=title)
         for row in rep.summary.itertuples(index=False):
-            table.add_row(*("-" if isinstance(v, float) and math.isnan(v) else f"{v:.3f}" if isinstance(v, float)
+            table.add_row(*("-" if isinstance(v, float) and math.isnan(v) else f"{v:.2f}" if isinstance(v, float)
                             else str(v) for v in row))
         out.print(table)
         for note in rep.notes:
