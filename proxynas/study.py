@@ -190,7 +190,11 @@ def claim_waiting(study: optuna.Study) -> Trial | None:
     storage = study._storage
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         try:
-            # FrozenTrial._trial_id is the storage key Optuna's own queue pop uses
+            # The heartbeat goes first: a worker killed right after its claim (before its
+            # heartbeat thread ran) must still leave a heartbeat that goes stale, or its
+            # trial would stay RUNNING forever. FrozenTrial._trial_id is the storage key
+            # Optuna's own queue pop uses.
+            _retry(lambda: storage.record_heartbeat(frozen._trial_id))
             if _retry(lambda: storage.set_trial_state_values(frozen._trial_id, TrialState.RUNNING)):
                 return Trial(study, frozen._trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:

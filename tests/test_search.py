@@ -227,3 +227,17 @@ def test_a_trial_declared_stale_while_running_is_completed_once_by_its_requeued_
     run_worker(study, objective, queue_only=True, heartbeat_interval=100)
     assert runs.count(0) == 2  # the stale run, then its re-queued copy
     completed_once(storage.url, "stale", total=2)
+
+
+def test_a_worker_killed_between_claim_and_first_heartbeat_still_gets_its_trial_requeued(tmp_path):
+    from proxynas.study import HeartbeatSettings, claim_waiting
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'db.sqlite'}", HeartbeatSettings(interval=1, grace_period=1))
+    study = open_study(storage, "orphan")
+    enqueue_configs(storage, study, {"a": {"x": 0}, "b": {"x": 1}})
+    assert claim_waiting(study) is not None  # claimed, then the "worker" dies: no heartbeat thread ever runs
+    time.sleep(1.5)
+    objective = lambda trial: float(trial.suggest_categorical("x", [0, 1]))  # noqa: E731
+    run_worker(study, objective, queue_only=True, timeout=30, poll=0.2, heartbeat_interval=1)
+    trials = completed_once(storage.url, "orphan", total=2)
+    assert [t.state for t in trials].count(TrialState.FAIL) == 1
