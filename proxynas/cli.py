@@ -402,7 +402,7 @@ def search_display(name: str, quiet: bool) -> Iterator:
         live.stop()
 
 
-class ScoreCommand(BaselineCommand):
+class ScoreCommand(SearchCommand):
     name, help = "score", "score every candidate at initialisation with zero-cost proxies, one study per proxy"
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
@@ -423,9 +423,6 @@ class ScoreCommand(BaselineCommand):
         from .train import TrainConfig
 
         return TrainConfig(epochs=0)  # nothing is trained
-
-    def config(self, args: argparse.Namespace):
-        return SearchCommand.config(self, args)  # BaselineCommand's defaults are about training
 
     def source_fields(self, args: argparse.Namespace) -> dict:
         from .baselines import select_configs

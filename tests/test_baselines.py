@@ -94,3 +94,16 @@ def test_baseline_command_top_of_a_proxy_study(capsys, tmp_path, proxy):  # noqa
     assert len(whole.trials) == 2
     assert whole.user_attrs["command"].startswith("proxynas baseline --kind whole --dataset digits --study whole")
     assert "--configs" not in whole.user_attrs["command"] and "top:rnd:2" not in whole.user_attrs["command"]
+
+
+def test_score_command_writes_one_study_per_zero_cost_proxy(tmp_path):
+    space = tmp_path / "tiny.toml"
+    space.write_text(TINY_SPACE)
+    storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    assert main(["score", "--dataset", "digits", "--metrics", "naswot,grad_norm", "--minibatch", "8",
+                 "--study-prefix", "zc-", "--storage", storage, "--space", str(space), "--device", "cpu",
+                 "--quiet"]) == 0
+    for metric in ("naswot", "grad_norm"):
+        study = optuna.load_study(study_name=f"zc-{metric}", storage=storage)
+        assert study.user_attrs["kind"] == "zero-cost" and study.user_attrs["method"] == metric
+        completed_once(storage, f"zc-{metric}", total=4)
