@@ -568,8 +568,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import optuna
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("optuna").setLevel(logging.WARNING)  # our own display says what Optuna would log
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own display says what Optuna would log
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     args.argv = argv

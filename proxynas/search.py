@@ -239,8 +239,9 @@ def run_search(cfg: SearchConfig, prepared: Prepared | None = None) -> int:
                       timeout=cfg.timeout, heartbeat_interval=cfg.heartbeat.interval)
 
 
-def _worker_main(cfg: SearchConfig, threads: int) -> None:
+def _worker_main(cfg: SearchConfig, threads: int, verbosity: int) -> None:
     torch.set_num_threads(threads)  # CPU workers share the cores instead of oversubscribing them
+    optuna.logging.set_verbosity(verbosity)  # a spawned process starts with Optuna's defaults
     run_search(cfg)
 
 
@@ -252,7 +253,8 @@ def launch(cfg: SearchConfig, workers: int, on_progress: Callable[[dict[str, Any
     p = prepare(cfg)
     ctx = multiprocessing.get_context("spawn")
     threads = max(1, torch.get_num_threads() // workers)
-    procs = [ctx.Process(target=_worker_main, args=(cfg, threads), name=f"proxynas-worker-{i}")
+    verbosity = optuna.logging.get_verbosity()
+    procs = [ctx.Process(target=_worker_main, args=(cfg, threads, verbosity), name=f"proxynas-worker-{i}")
              for i in range(workers)]
     started = time.time()
     for proc in procs:

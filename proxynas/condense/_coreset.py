@@ -29,6 +29,8 @@ def _result(problem: Problem, chosen: torch.Tensor) -> MethodResult:
 def condense_random(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report: Reporter | None) -> MethodResult:
     # the same draw as DM's init=real, so "random" is exactly DM's starting point
     chosen = sample_per_class(problem.pools, cfg.ipc, generator(cfg.seed, "init-real"))[problem.classes]
+    if report is not None:
+        report(len(problem.classes), len(problem.classes), None)  # one step: every class at once
     return _result(problem, chosen)
 
 
