@@ -3,8 +3,11 @@
 Each trial builds one configuration of the search space, trains it from scratch on
 the proxy set (200 epochs, batch 250, DSA, SGD as §4), and returns its accuracy on
 the validation split the proxy set excluded (10% of the training set); the test
-accuracy is recorded as a user attribute. ``run_search`` is one worker in this
-process; ``launch`` starts several worker processes on one study and waits for them.
+accuracy is recorded as a user attribute. The same machinery runs the baselines
+(``baselines.py``: candidates trained on the real split) and the zero-cost proxies
+(``zero_cost.py``: candidates scored at initialisation), so every study looks alike.
+``run_search`` is one worker in this process; ``launch`` starts several worker
+processes on one study and waits for them.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from .networks import NetConfig, build, count_flops, count_params
 from .provenance import versions
 from .search_space import SearchSpace, load_space
 from .study import (CONFIG_KEY, DEFAULT_STORAGE, HeartbeatSettings, check_study_attrs, enqueue_configs,
-                    open_storage, open_study, run_worker)
+                    open_storage, open_study, run_worker, summary)
 from .train import TrainConfig, accuracy, train_network
 
 SAMPLERS: Registry[Callable[[int], optuna.samplers.BaseSampler | None]] = Registry("sampler")
@@ -248,8 +251,6 @@ def _worker_main(cfg: SearchConfig, threads: int, verbosity: int) -> None:
 def launch(cfg: SearchConfig, workers: int, on_progress: Callable[[dict[str, Any]], None] | None = None,
            poll: float = 1.0) -> Prepared:
     """Start ``workers`` processes on one study and wait for them, reporting progress."""
-    from .study import summary
-
     p = prepare(cfg)
     ctx = multiprocessing.get_context("spawn")
     threads = max(1, torch.get_num_threads() // workers)
