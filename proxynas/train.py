@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -32,9 +32,6 @@ class TrainConfig:
     weight_decay: float = 5e-4
     dsa_strategy: str | None = None  # None: the dataset's default; "none" trains without DSA
     amp: bool = False  # bf16 autocast
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     def total_steps(self, n: int) -> int:
         return self.steps if self.steps is not None else self.epochs * math.ceil(n / self.batch_size)

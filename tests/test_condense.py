@@ -231,3 +231,19 @@ def test_all_pairs_of_seeds_give_different_sets(tiny, tmp_path):
             for s in range(3)]
     for a, b in itertools.combinations(sets, 2):
         assert not torch.equal(a.images, b.images)
+
+
+def test_a_shard_of_an_imbalanced_dataset_draws_within_the_smallest_class(tmp_path):
+    from proxynas.data import Dataset, Split
+
+    data = make_dataset(num_classes=3)
+    keep = (data.train.labels != 0) | (torch.arange(len(data.train.labels)) % 20 < 6)  # class 0: 6 images
+    train = Split(data.train.images[keep], data.train.labels[keep], 3)
+    lopsided = Dataset(data.info, train, data.test, data.source)
+    base = dict(ipc=2, model=TINY_MODEL, iterations=3, batch_real=10)
+    whole = condense(CondenseConfig(**base), tmp_path / "whole.safetensors", dataset=lopsided)
+    shard = condense(CondenseConfig(**base, classes=(1, 2)), tmp_path / "shard.safetensors", dataset=lopsided)
+    assert whole.meta["batch_real"] == shard.meta["batch_real"] == 6
+    assert torch.allclose(shard.images, whole.images[whole.labels != 0], atol=1e-5)
+    with pytest.raises(UsageError, match="smallest class \\(6 images\\)"):
+        condense(CondenseConfig(method="random", ipc=7, classes=(1, 2)), tmp_path / "r.safetensors", dataset=lopsided)

@@ -71,11 +71,10 @@ def condense(cfg: CondenseConfig, out: str | Path, *, resume: bool = False, devi
     info = dataset.info
     classes = list(cfg.classes) if cfg.classes is not None else list(range(info.num_classes))
     pools, split = class_pools(dataset, cfg.val_fraction, cfg.split_seed)
-    smallest = min(len(pools[c]) for c in classes)
-    if cfg.ipc > smallest:
-        raise UsageError(f"--ipc {cfg.ipc} is larger than the smallest class ({smallest} images); "
-                         f"use --ipc {smallest} or less")
     problem = Problem(dataset, classes, pools, resolve_device(device), split)
+    if cfg.ipc > problem.smallest_pool:
+        raise UsageError(f"--ipc {cfg.ipc} is larger than the smallest class ({problem.smallest_pool} images); "
+                         f"use --ipc {problem.smallest_pool} or less")
 
     started = time.perf_counter()
     result = method(problem, cfg, ckpt, report)

@@ -84,8 +84,10 @@ class Problem:
     split_record: dict[str, Any] | None  # the excluded validation split, if any
 
     @property
-    def ipc_limit(self) -> int:
-        return min(len(self.pools[c]) for c in self.classes)
+    def smallest_pool(self) -> int:
+        """The most images a per-class draw may take: draws cover every dataset class, not
+        only this run's, so that a shard draws exactly what the whole run draws."""
+        return min(len(p) for p in self.pools)
 
     def real_images(self, indices: torch.Tensor) -> torch.Tensor:
         """Normalised float images for train indices, on the problem's device."""

@@ -86,7 +86,7 @@ def condense_dm(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report:
     info, device = problem.dataset.info, problem.device
     iterations = cfg.iterations if cfg.iterations is not None else default_iterations(info.image_size)
     strategy = cfg.dsa_strategy if cfg.dsa_strategy is not None else info.dsa_strategy
-    batch_real = min(cfg.batch_real, problem.ipc_limit)
+    batch_real = min(cfg.batch_real, problem.smallest_pool)
     classes = torch.tensor(problem.classes)
     make_net = lambda it: build(cfg.model, info.channels, info.num_classes, info.image_size,  # noqa: E731
                                 seed=derive_seed(cfg.seed, "dm-net", it))

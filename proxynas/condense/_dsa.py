@@ -157,8 +157,7 @@ def condense_dsa(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report
     strategy = cfg.dsa_strategy if cfg.dsa_strategy is not None else info.dsa_strategy
     outer, inner = loops(cfg.ipc)
     lr_img = cfg.lr_img if cfg.lr_img is not None else LR_IMG
-    # Draws cover every dataset class (so shards draw what the run draws): bounded by the smallest pool.
-    smallest = min(len(p) for p in problem.pools)
+    smallest = problem.smallest_pool
     batch_real, bn_per_class = min(cfg.batch_real, smallest), min(BN_PER_CLASS, smallest)
     classes = torch.tensor(problem.classes)
     labels = classes.repeat_interleave(cfg.ipc).to(device)  # (K*ipc,)
