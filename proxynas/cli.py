@@ -33,6 +33,16 @@ _COLUMNS = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteCol
             TextColumn("{task.fields[value]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
 
 
+def _metric(value: float | None, name: str) -> str:
+    """A progress line's metric: '' when a step has none (coresets), else 'loss 0.1234'."""
+    return "" if value is None else f"{name} {value:.4f}"
+
+
+def _finished(counts: dict[str, int]) -> int:
+    """Trials that are done for good: complete or pruned (failed ones are retried)."""
+    return counts["complete"] + counts["pruned"]
+
+
 @contextlib.contextmanager
 def progress_bar(description: str, quiet: bool, metric: str = "loss") -> Iterator:
     """A rich bar with count, metric and ETA; with ``quiet``, a log line every 10%."""
@@ -43,7 +53,7 @@ def progress_bar(description: str, quiet: bool, metric: str = "loss") -> Iterato
         def report(done: int, total: int, value: float | None) -> None:
             if done * 10 // total > last[0] or done == total:
                 last[0] = done * 10 // total
-                log.info("%s %d/%d%s", description, done, total, "" if value is None else f" {metric} {value:.4f}")
+                log.info("%s %d/%d %s", description, done, total, _metric(value, metric))
 
         yield report
         return
@@ -53,7 +63,7 @@ def progress_bar(description: str, quiet: bool, metric: str = "loss") -> Iterato
     def report(done: int, total: int, value: float | None) -> None:
         if not bar.live.is_started:  # started at the first report, so an early error prints alone
             bar.start()
-        bar.update(task, completed=done, total=total, value="" if value is None else f"{metric} {value:.4f}")
+        bar.update(task, completed=done, total=total, value=_metric(value, metric))
 
     try:
         yield report
@@ -368,7 +378,7 @@ def search_display(name: str, quiet: bool) -> Iterator:
 
     def render(s: dict) -> str:
         c, total = s["counts"], s["total"]
-        done = c["complete"] + c["pruned"]
+        done = _finished(c)
         hours = max(time.time() - s["started"], 1e-9) / 3600
         fresh = sum(1 for t in s["completed"] if t.timestamp() >= s["started"])
         rate = fresh / hours
@@ -507,24 +517,26 @@ class QuickstartCommand(Command):
         task: list = []
 
         def stage(name: str) -> None:
-            log.info(name) if args.quiet else task.append(bar.add_task(name, total=None, value=""))
+            if args.quiet:
+                log.info(name)
+            else:
+                task.append(bar.add_task(name, total=None, value=""))
 
         def condense_progress(done: int, total: int, value: float | None) -> None:
             if task:
-                bar.update(task[-1], completed=done, total=total, value="" if value is None else f"loss {value:.4f}")
+                bar.update(task[-1], completed=done, total=total, value=_metric(value, "loss"))
 
         def search_progress(s: dict) -> None:
             best = "" if s["best_value"] is None else f"best {100 * s['best_value']:.1f}%"
             if task:
-                bar.update(task[-1], completed=s["counts"]["complete"] + s["counts"]["pruned"], total=s["total"],
-                           value=best)
+                bar.update(task[-1], completed=_finished(s["counts"]), total=s["total"], value=best)
 
         with bar:
             report, paths = run_quickstart(plan, on_stage=stage, condense_progress=condense_progress,
                                            search_progress=search_progress)
         ReportCommand.show(report, f"quickstart: proxies against whole-dataset training (top {plan.top})", paths)
         out.print(f"studies: {plan.storage}; open them with: proxynas dashboard --storage {plan.storage}",
-                  highlight=False, soft_wrap=True)
+                  soft_wrap=True)
         return 0
 
 
