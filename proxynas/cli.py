@@ -147,7 +147,7 @@ class CondenseCommand(Command):
         p.add_argument("--amp", action="store_true", help="bf16 autocast for the embedding passes")
         p.add_argument("--memory-budget-gb", type=float, help="memory for one chunk of classes (default: auto)")
         p.add_argument("--checkpoint-every", type=int, default=500)
-        p.add_argument("--resume", action="store_true", help="continue an interrupted run into --out")
+        p.add_argument("--resume", action="store_true", help="continue an interrupted run into --out (--iterations may change)")
         p.add_argument("--out", type=Path, help="proxy-set file (default results/<dataset>-<method>-ipc<N>-s<seed>.safetensors)")
         sub = p.add_subparsers(dest="action", metavar="{merge}")
         m = sub.add_parser("merge", help="join shards condensed with --classes into one proxy set")

@@ -200,12 +200,20 @@ class Prepared:
     total: int | None  # configurations the study will complete (exhaustive), else None
 
 
+def _space(cfg: SearchConfig) -> SearchSpace:
+    space = load_space(cfg.space)
+    return space.restrict(cfg.restrict) if cfg.restrict else space
+
+
+def _open_study(cfg: SearchConfig, storage: Any) -> optuna.Study:
+    sampler = SAMPLERS.get(cfg.sampler)(derive_seed(cfg.seed, "sampler", os.getpid()) % 2**32)  # numpy seeds are 32-bit
+    pruner = optuna.pruners.MedianPruner(n_warmup_steps=1) if cfg.prune else optuna.pruners.NopPruner()
+    return open_study(storage, cfg.study, sampler=sampler, pruner=pruner)
+
+
 def prepare(cfg: SearchConfig) -> Prepared:
     """Open the storage and study, record its attributes, enqueue the configurations (idempotent)."""
-    source = make_source(cfg)
-    space = load_space(cfg.space)
-    if cfg.restrict:
-        space = space.restrict(cfg.restrict)
+    source, space = make_source(cfg), _space(cfg)
     info = source.dataset.info
     space.check_buildable(info.channels, info.image_size)
     configs = space.configs()
@@ -217,9 +225,7 @@ def prepare(cfg: SearchConfig) -> Prepared:
                              "unknown); check --configs against 'proxynas space show'")
         configs = [c for c in configs if c.id in set(cfg.configs)]
     storage = open_storage(cfg.storage, cfg.heartbeat)
-    sampler = SAMPLERS.get(cfg.sampler)(derive_seed(cfg.seed, "sampler", os.getpid()) % 2**32)  # numpy seeds are 32-bit
-    pruner = optuna.pruners.MedianPruner(n_warmup_steps=1) if cfg.prune else optuna.pruners.NopPruner()
-    study = open_study(storage, cfg.study, sampler=sampler, pruner=pruner)
+    study = _open_study(cfg, storage)
     check_study_attrs(study, study_attrs(cfg, source, space))
     if cfg.proxy is not None:
         study.set_user_attr("proxy_path", str(Path(cfg.proxy).resolve()))
@@ -234,6 +240,12 @@ def prepare(cfg: SearchConfig) -> Prepared:
     return Prepared(storage, study, space, source, total)
 
 
+def attach(cfg: SearchConfig) -> Prepared:
+    """What a launched worker needs of a study its parent prepared: no checks repeated, nothing written."""
+    storage = open_storage(cfg.storage, cfg.heartbeat)
+    return Prepared(storage, _open_study(cfg, storage), _space(cfg), make_source(cfg), None)
+
+
 def run_search(cfg: SearchConfig, prepared: Prepared | None = None) -> int:
     """Run one worker in this process; returns the number of trials it finished."""
     p = prepared or prepare(cfg)
@@ -245,7 +257,7 @@ def run_search(cfg: SearchConfig, prepared: Prepared | None = None) -> int:
 def _worker_main(cfg: SearchConfig, threads: int, verbosity: int) -> None:
     torch.set_num_threads(threads)  # CPU workers share the cores instead of oversubscribing them
     optuna.logging.set_verbosity(verbosity)  # a spawned process starts with Optuna's defaults
-    run_search(cfg)
+    run_search(cfg, attach(cfg))
 
 
 def launch(cfg: SearchConfig, workers: int, on_progress: Callable[[dict[str, Any]], None] | None = None,

@@ -144,18 +144,22 @@ def test_excluded_validation_split_is_never_used(tiny, tmp_path):
         condense(CondenseConfig(method="random", ipc=16, val_fraction=0.25), tmp_path / "q.safetensors", dataset=tiny)
 
 
+def interrupt_at(iteration: int, cfg: CondenseConfig, out, data) -> None:
+    """Run ``cfg`` into ``out`` and Ctrl-C it when ``iteration`` is reported; leaves the checkpoint."""
+    def interrupt(done, total, loss):
+        if done == iteration:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        condense(cfg, out, dataset=data, report=interrupt)
+    assert checkpoint_path(out).exists() and not out.exists()
+
+
 def test_interrupted_run_resumes_to_the_uninterrupted_result(tiny, tmp_path):
     cfg = CondenseConfig(ipc=2, model=TINY_MODEL, iterations=12, batch_real=6, checkpoint_every=4)
     straight = condense(cfg, tmp_path / "a.safetensors", dataset=tiny, device="cpu")
-
-    def interrupt(done: int, total: int, loss: float) -> None:
-        if done == 10:
-            raise KeyboardInterrupt
-
     out = tmp_path / "b.safetensors"
-    with pytest.raises(KeyboardInterrupt):
-        condense(cfg, out, dataset=tiny, device="cpu", report=interrupt)
-    assert checkpoint_path(out).exists() and not out.exists()
+    interrupt_at(10, cfg, out, tiny)
     with pytest.raises(OutputExistsError, match="--resume"):
         condense(cfg, out, dataset=tiny, device="cpu")
     resumed = condense(cfg, out, dataset=tiny, device="cpu", resume=True)
@@ -166,15 +170,24 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tiny, tmp_path):
 def test_resume_with_other_settings_is_refused(tiny, tmp_path):
     cfg = CondenseConfig(ipc=2, model=TINY_MODEL, iterations=20, batch_real=4, checkpoint_every=5)
     out = tmp_path / "p.safetensors"
-
-    def interrupt(done, total, loss):
-        if done == 10:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        condense(cfg, out, dataset=tiny, report=interrupt)
+    interrupt_at(10, cfg, out, tiny)
     with pytest.raises(UsageError, match="lr_img"):
         condense(CondenseConfig(**{**cfg.to_dict(), "lr_img": 3.0}), out, dataset=tiny, resume=True)
+
+
+def test_resume_may_change_the_iteration_count(tiny, tmp_path):
+    cfg = CondenseConfig(ipc=2, model=TINY_MODEL, iterations=20, batch_real=4, checkpoint_every=2)
+    short = condense(CondenseConfig(**{**cfg.to_dict(), "iterations": 12}), tmp_path / "short.safetensors",
+                     dataset=tiny)
+    out = tmp_path / "p.safetensors"
+    interrupt_at(10, cfg, out, tiny)
+    with pytest.raises(UsageError, match="at iteration 10, beyond --iterations 9; pass --iterations 10"):
+        condense(CondenseConfig(**{**cfg.to_dict(), "iterations": 9}), out, dataset=tiny, resume=True)
+    # stopping at 12 instead of 20 gives what a run asked for 12 from the start gives
+    resumed = condense(CondenseConfig(**{**cfg.to_dict(), "iterations": 12}), out, dataset=tiny, resume=True)
+    assert torch.allclose(resumed.images, short.images, atol=1e-6)
+    assert resumed.meta["loss_curve"] == pytest.approx(short.meta["loss_curve"], rel=1e-5)
+    assert resumed.meta["config"]["iterations"] == 12
 
 
 def test_shards_merge_into_the_single_process_result(tmp_path):

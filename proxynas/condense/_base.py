@@ -164,6 +164,11 @@ Method = Callable[["Problem", CondenseConfig, "Checkpoint", Reporter | None], Me
 CONDENSERS: Registry[Method] = Registry("condensation method")
 
 
+# Settings a resumed run may change: no method schedules anything by the iteration count,
+# so a run interrupted at iteration i can stop at any count >= i or go on longer.
+RESUMABLE_CHANGES = frozenset({"iterations", "checkpoint_every"})
+
+
 class Checkpoint:
     """The resumable state of an iterative method, saved atomically beside the output."""
 
@@ -182,9 +187,9 @@ class Checkpoint:
         tensors, header = read_safetensors(self.path)
         if header.get("format") != FORMAT + "+checkpoint":
             raise ArtifactError(f"{self.path} is not a proxynas checkpoint; delete it or choose another --out")
-        saved = json.loads(header["config"])
-        if saved != self.cfg.to_dict():
-            diff = sorted(k for k in saved if saved[k] != self.cfg.to_dict().get(k))
+        saved, now = json.loads(header["config"]), self.cfg.to_dict()
+        diff = sorted(k for k in saved if saved[k] != now.get(k) and k not in RESUMABLE_CHANGES)
+        if diff:
             raise UsageError(f"--resume with different settings ({', '.join(diff)}) than the checkpoint "
                              f"{self.path}; repeat the original flags or choose another --out")
         return int(header["iteration"]), tensors
@@ -194,6 +199,9 @@ class Checkpoint:
         if (state := self.load()) is None:
             return 0, 0.0
         start, tensors = state
+        if start > len(losses):
+            raise UsageError(f"the checkpoint {self.path} is at iteration {start}, beyond --iterations "
+                             f"{len(losses)}; pass --iterations {start} or more")
         with torch.no_grad():
             syn.copy_(tensors["images"])
         opt.state[syn]["momentum_buffer"] = tensors["momentum"].to(syn.device)  # SGD picks it up as is
