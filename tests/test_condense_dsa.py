@@ -74,14 +74,14 @@ def test_artifact_records_method_and_loops(tmp_path, small_loops):
     data = make_dataset()
     seen = []
     syn = condense(_cfg(iterations=10), tmp_path / "p.safetensors", dataset=data, device="cpu",
-                   report=lambda done, total, loss: seen.append((done, total)))
+                   report=lambda done, total, loss: seen.append((done, total, loss)))
     assert syn.images.shape == (6, 3, 16, 16) and syn.labels.tolist() == [0, 0, 1, 1, 2, 2]
     meta = syn.meta
     assert meta["method"] == "dsa" and (meta["outer_loop"], meta["inner_loop"]) == (2, 2)
     assert meta["lr_img"] == 0.1 and meta["lr_net"] == 0.01 and meta["iterations"] == 10
     assert meta["dsa_strategy"] == data.info.dsa_strategy and len(meta["loss_curve"]) == 10
     assert all(math.isfinite(v) and v > 0 for v in meta["loss_curve"])
-    assert seen == [(10, 10)]
+    assert seen == [(i + 1, 10, pytest.approx(v)) for i, v in enumerate(meta["loss_curve"])]  # every iteration
     assert not checkpoint_path(tmp_path / "p.safetensors").exists()
 
 

@@ -17,10 +17,8 @@ from torchvision.utils import save_image
 from ..data import Dataset, load_dataset
 from ..devices import resolve_device
 from ..exceptions import ArtifactError, OutputExistsError, UsageError
-from . import _coreset, _dm  # noqa: F401  (registers the methods)
-from . import _dsa  # noqa: F401
-from . import _kcenter  # noqa: F401  (registers the method)
 from ..provenance import versions
+from . import _coreset, _dm, _dsa, _kcenter  # noqa: F401  (importing a method's module registers it)
 from ._base import CONDENSERS, Checkpoint, CondenseConfig, Problem, Reporter, SyntheticSet, class_pools
 from ._dm import dm_loss, dm_loss_per_class
 
