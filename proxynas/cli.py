@@ -260,6 +260,7 @@ class SpaceCommand(Command):
 class SearchCommand(Command):
     name, help = "search", "train every candidate of a search space on a proxy set, recorded in an Optuna study"
     default_train = {"epochs": 200, "batch_size": 250}
+    value_format = "{:.2%}"  # trials return validation accuracy
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         from .search import SAMPLERS
@@ -321,7 +322,7 @@ class SearchCommand(Command):
         from .search import launch
 
         cfg = self.config(args)
-        with search_display(args.study, args.quiet) as show:
+        with search_display(args.study, args.quiet, self.value_format) as show:
             prepared = launch(cfg, args.workers, show)
         complete = len(prepared.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         out.print(f"study {args.study!r} in {args.storage}: {complete} trials complete; "
@@ -370,8 +371,8 @@ class BaselineCommand(SearchCommand):
 
 
 @contextlib.contextmanager
-def search_display(name: str, quiet: bool) -> Iterator:
-    """A live line: trials done / total, best so far, throughput and ETA."""
+def search_display(name: str, quiet: bool, value_format: str = "{:.2%}") -> Iterator:
+    """A live line: trials done / total, best value so far (``value_format``), throughput and ETA."""
     import time
 
     from rich.live import Live
@@ -383,7 +384,7 @@ def search_display(name: str, quiet: bool) -> Iterator:
         fresh = sum(1 for t in s["completed"] if t.timestamp() >= s["started"])
         rate = fresh / hours
         eta = f"{(total - done) / rate * 60:.1f} min" if total and rate else "-"  # rate is per hour
-        best = f"{100 * s['best_value']:.2f}% ({s['best_config']})" if s["best_value"] is not None else "-"
+        best = f"{value_format.format(s['best_value'])} ({s['best_config']})" if s["best_value"] is not None else "-"
         return (f"[bold]{name}[/bold] {done}/{total if total else '?'} done, {c['running']} running, "
                 f"{c['fail']} failed | best {best} | {rate:.0f} candidates/h | ETA {eta}")
 
@@ -414,6 +415,7 @@ def search_display(name: str, quiet: bool) -> Iterator:
 
 class ScoreCommand(SearchCommand):
     name, help = "score", "score every candidate at initialisation with zero-cost proxies, one study per proxy"
+    value_format = "{:.4g}"  # a score, not an accuracy
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         from .zero_cost import ZERO_COST

@@ -96,7 +96,8 @@ def test_baseline_command_top_of_a_proxy_study(capsys, tmp_path, proxy):  # noqa
     assert "--configs" not in whole.user_attrs["command"] and "top:rnd:2" not in whole.user_attrs["command"]
 
 
-def test_score_command_writes_one_study_per_zero_cost_proxy(tmp_path):
+def test_score_command_writes_one_study_per_zero_cost_proxy(tmp_path, caplog):
+    caplog.set_level("INFO", logger="proxynas")
     space = tmp_path / "tiny.toml"
     space.write_text(TINY_SPACE)
     storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
@@ -107,3 +108,6 @@ def test_score_command_writes_one_study_per_zero_cost_proxy(tmp_path):
         study = optuna.load_study(study_name=f"zc-{metric}", storage=storage)
         assert study.user_attrs["kind"] == "zero-cost" and study.user_attrs["method"] == metric
         completed_once(storage, f"zc-{metric}", total=4)
+        best = f"best {study.best_value:.4g} ("  # a score, not shown as a percentage
+        assert any(r.getMessage().startswith(f"zc-{metric} 4/4 done") and best in r.getMessage()
+                   for r in caplog.records)
