@@ -61,6 +61,9 @@ FRAME_COLUMNS = ("config_id", *AXES, "params", "flops", "val_acc", "test_acc", "
 SUMMARY_COLUMNS = ("method", "spearman_top", "n_top", "n_top_missing", "spearman_all", "kendall_all", "n_shared",
                    "topk_overlap", "selected", "selected_whole_test_acc", "selected_own_test_acc", "train_hours")
 WHOLE = "whole"  # the whole-dataset study's name in the report; a method of that name is renamed
+# what a study's trial values are, by its "kind" attribute: the ranking's column suffix and the plots' words
+MEASURES = {"zero-cost": ("score", "score at initialisation")}
+ACCURACY = ("val_acc", "validation accuracy")  # every other kind
 _INFO = FRAME_COLUMNS[:8]  # what describes a configuration, whichever study it comes from
 _NAN = float("nan")
 
@@ -126,13 +129,15 @@ def _describe_top(top: float | int) -> str:
 
 @dataclass
 class Report:
-    ranking: pd.DataFrame  # one row per configuration in any study: info, <method>_val_acc/_rank, whole_test_acc
+    ranking: pd.DataFrame  # one row per configuration in any study: info, <method>_val_acc (or _score)
+    #                        and <method>_rank per method, whole_test_acc
     summary: pd.DataFrame  # one row per method, whole last; columns SUMMARY_COLUMNS
     missing: dict[str, list[str]]  # method -> its top-set ids lacking a whole-dataset result (only where some do)
     fill_commands: list[str]  # commands that train the missing configurations on the whole dataset
     notes: list[str]  # undefined statistics and other caveats, one sentence each
     studies: dict[str, str]  # method -> study name (whole included)
     top: dict[str, list[str]]  # method -> its top set, best first
+    measures: dict[str, tuple[str, str]]  # method -> (column suffix, words) of what its values are: MEASURES
 
 
 def build_report(storage: str | RDBStorage, proxy_studies: Sequence[str], whole: str, early_stop: str | None = None,
@@ -156,6 +161,7 @@ def build_report(storage: str | RDBStorage, proxy_studies: Sequence[str], whole:
     _check_one_dataset(studies)
     methods = _method_names({n: studies[n] for n in names}) | {WHOLE: whole}
     frames = {m: _frame(studies[s]) for m, s in methods.items()}
+    measures = {m: MEASURES.get(studies[s].user_attrs.get("kind"), ACCURACY) for m, s in methods.items()}
 
     notes: list[str] = []
     if (kind := studies[whole].user_attrs.get("kind", WHOLE)) != WHOLE:
@@ -169,8 +175,8 @@ def build_report(storage: str | RDBStorage, proxy_studies: Sequence[str], whole:
             missing[m] = lacking
     todo = sorted({c for ids in missing.values() for c in ids})
     fill = [_fill_command(studies[whole], rdb, todo)] if todo else []
-    return Report(_ranking(frames), pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS)), missing, fill, notes,
-                  methods, tops)
+    return Report(_ranking(frames, measures), pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS)), missing, fill,
+                  notes, methods, tops, measures)
 
 
 def _check_one_dataset(studies: dict[str, optuna.Study]) -> None:
@@ -259,14 +265,14 @@ def _fill_command(whole: optuna.Study, storage: RDBStorage, ids: list[str]) -> s
     return f"{base} --configs {shlex.quote(','.join(ids))}"
 
 
-def _ranking(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+def _ranking(frames: dict[str, pd.DataFrame], measures: dict[str, tuple[str, str]]) -> pd.DataFrame:
     """One row per configuration in any study, best whole-dataset rank first (see Report)."""
     known = [f[list(_INFO)] for f in frames.values() if not f.empty]
     info = pd.concat(known) if known else pd.DataFrame(columns=list(_INFO))
     ranking = info.drop_duplicates("config_id").set_index("config_id")
     for m, frame in frames.items():
         acc = frame.set_index("config_id").val_acc
-        ranking[f"{m}_val_acc"] = acc
+        ranking[f"{m}_{measures[m][0]}"] = acc
         ranking[f"{m}_rank"] = acc.rank(ascending=False, method="min")  # 1 = best; ties share the best rank
     ranking["whole_test_acc"] = frames[WHOLE].set_index("config_id").test_acc
     ranking = ranking.reset_index()
@@ -308,10 +314,12 @@ def _plot_top(report: Report) -> Figure:
     ranking = report.ranking
     for ax, (method, row) in zip(axes, rows.items()):
         points = ranking[ranking.config_id.isin(report.top[method]) & ranking[f"{WHOLE}_val_acc"].notna()]
-        ax.scatter(points[f"{method}_val_acc"], points[f"{WHOLE}_val_acc"], s=18)
+        suffix, words = report.measures[method]
+        ax.scatter(points[f"{method}_{suffix}"], points[f"{WHOLE}_val_acc"], s=18)
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))  # synflow scores run to 1e20 and more
         rho = "undefined" if math.isnan(row.spearman_top) else f"{row.spearman_top:.2f}"
         ax.set_title(f"{method}: Spearman {rho} (n={row.n_top})", fontsize=10)
-        ax.set_xlabel(f"{method} validation accuracy")
+        ax.set_xlabel(f"{method} {words}")
         ax.set_ylabel("whole-dataset validation accuracy")
     for ax in axes[len(rows):]:
         ax.set_visible(False)

@@ -12,8 +12,8 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from proxynas.exceptions import StudyError, UsageError
-from proxynas.report import (FRAME_COLUMNS, SUMMARY_COLUMNS, build_report, study_frame, top_configs, top_count,
-                             write_report)
+from proxynas.report import (FRAME_COLUMNS, SUMMARY_COLUMNS, _plot_top, build_report, study_frame, top_configs,
+                             top_count, write_report)
 from proxynas.study import open_storage
 
 # 40 configuration ids of the real form, in a fixed order
@@ -219,6 +219,19 @@ def test_ranking_frame(storage):
     assert ranking.dm_rank.tolist()[1:] == [1, 1, 3]  # the tie at 0.7 shares rank 1; then 3
     assert math.isnan(ranking.dm_rank[0]) and ranking.whole_rank.tolist()[:2] == [1, 2]
     assert ranking.whole_test_acc[0] == 0.75 and ranking.width.tolist() == [32, 32, 32, 32]
+
+
+def test_zero_cost_values_are_scores_in_the_ranking(storage):
+    add_study(storage, "dm", {IDS[0]: 0.5, IDS[1]: 0.7})
+    add_study(storage, "syn", {IDS[0]: 3e9, IDS[1]: 2e9}, kind="zero-cost", method="synflow")
+    add_study(storage, "w", {IDS[0]: 0.6, IDS[1]: 0.8}, kind="whole")
+    report = build_report(storage, ["dm"], "w", extra=["syn"])
+    assert report.measures == {"dm": ("val_acc", "validation accuracy"),
+                               "synflow": ("score", "score at initialisation"), "whole": ("val_acc", "validation accuracy")}
+    assert report.ranking.synflow_score.tolist() == [2e9, 3e9] and "synflow_val_acc" not in report.ranking
+    assert report.ranking.synflow_rank.tolist() == [2, 1]
+    labels = [ax.get_xlabel() for ax in _plot_top(report).axes if ax.get_visible()]
+    assert labels == ["dm validation accuracy", "synflow score at initialisation"]
 
 
 def test_write_report_round_trips_and_plots(storage, tmp_path):
