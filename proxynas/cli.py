@@ -146,7 +146,9 @@ class CondenseCommand(Command):
         p.add_argument("--classes", help="condense only these classes: '0,3,7' or a shard 'i/n'")
         p.add_argument("--amp", action="store_true", help="bf16 autocast for the embedding passes")
         p.add_argument("--memory-budget-gb", type=float, help="memory for one chunk of classes (default: auto)")
-        p.add_argument("--checkpoint-every", type=int, default=500)
+        p.add_argument("--checkpoint-every", type=int, default=500, help="iterations between checkpoints")
+        p.add_argument("--checkpoint-minutes", type=float, default=10.0,
+                       help="and at most this long between checkpoints")
         p.add_argument("--resume", action="store_true", help="continue an interrupted run into --out (--iterations may change)")
         p.add_argument("--out", type=Path, help="proxy-set file (default results/<dataset>-<method>-ipc<N>-s<seed>.safetensors)")
         sub = p.add_subparsers(dest="action", metavar="{merge}")
@@ -170,7 +172,7 @@ class CondenseCommand(Command):
             seed=args.seed, dsa_strategy=args.dsa_strategy, val_fraction=args.exclude_split,
             split_seed=args.split_seed, classes=classes, amp=args.amp,
             memory_budget=int(args.memory_budget_gb * 2**30) if args.memory_budget_gb else None,
-            checkpoint_every=args.checkpoint_every)
+            checkpoint_every=args.checkpoint_every, checkpoint_minutes=args.checkpoint_minutes)
         target = args.out or Path("results") / default_name(cfg)
         with progress_bar(f"condense {cfg.method}", args.quiet) as report:
             syn = condense(cfg, target, resume=args.resume, device=args.device, report=report, dataset=data)

@@ -11,6 +11,7 @@ from torch import nn
 
 from proxynas.condense import (CondenseConfig, SyntheticSet, checkpoint_path, condense, dm_loss,
                                dm_loss_per_class, merge, parse_classes)
+from proxynas.condense._base import Checkpoint
 from proxynas.condense._coreset import herd
 from proxynas.exceptions import ArtifactError, OutputExistsError, UsageError
 from proxynas.networks import build
@@ -188,6 +189,29 @@ def test_resume_may_change_the_iteration_count(tiny, tmp_path):
     assert torch.allclose(resumed.images, short.images, atol=1e-6)
     assert resumed.meta["loss_curve"] == pytest.approx(short.meta["loss_curve"], rel=1e-5)
     assert resumed.meta["config"]["iterations"] == 12
+
+
+def test_checkpoints_are_due_by_iteration_count_or_by_the_clock(tmp_path):
+    every5 = Checkpoint(tmp_path / "c", CondenseConfig(checkpoint_every=5, checkpoint_minutes=10))
+    assert [d for d in range(1, 13) if every5.due(d, 12)] == [5, 10]  # a fresh checkpoint: minutes not yet up
+    always = Checkpoint(tmp_path / "c", CondenseConfig(checkpoint_every=1000, checkpoint_minutes=0))
+    assert [d for d in range(1, 13) if always.due(d, 12)] == list(range(1, 12))  # never after the last
+    with pytest.raises(UsageError, match="--checkpoint-minutes >= 0"):
+        CondenseConfig(checkpoint_minutes=-1)
+
+
+def test_a_run_saves_when_the_minutes_are_up(tiny, tmp_path):
+    # DSA reports every iteration, before that iteration's checkpoint is written
+    cfg = CondenseConfig(method="dsa", ipc=1, model=TINY_MODEL, iterations=4, batch_real=4,
+                         checkpoint_every=1000, checkpoint_minutes=0)
+    out, seen = tmp_path / "p.safetensors", []
+
+    def look(done, total, loss):
+        seen.append(Checkpoint(checkpoint_path(out), cfg).load()[0] if checkpoint_path(out).exists() else None)
+
+    condense(cfg, out, dataset=tiny, report=look)
+    assert seen == [None, 1, 2, 3]
+    assert not checkpoint_path(out).exists()  # removed once the set is written
 
 
 def test_shards_merge_into_the_single_process_result(tmp_path):

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -48,13 +49,17 @@ class CondenseConfig:
     classes: tuple[int, ...] | None = None  # None: every class; else this shard's classes
     amp: bool = False  # bf16 autocast for the embedding forward passes
     memory_budget: int | None = None  # bytes for one chunk of classes; None: automatic
-    checkpoint_every: int = 500  # iterations between checkpoints
+    checkpoint_every: int = 500  # iterations between checkpoints ...
+    checkpoint_minutes: float = 10.0  # ... and at most this long between them: a crash loses little
 
     def __post_init__(self) -> None:
         if self.ipc < 1:
             raise UsageError(f"--ipc must be at least 1 (got {self.ipc})")
         if self.batch_real < 1:
             raise UsageError(f"--batch-real must be at least 1 (got {self.batch_real})")
+        if self.checkpoint_every < 1 or self.checkpoint_minutes < 0:
+            raise UsageError(f"--checkpoint-every must be >= 1 and --checkpoint-minutes >= 0 (got "
+                             f"{self.checkpoint_every} and {self.checkpoint_minutes})")
         if self.iterations is not None and self.iterations < 0:
             raise UsageError(f"--iterations must be >= 0 (got {self.iterations})")
         if self.init not in ("real", "noise"):
@@ -166,7 +171,7 @@ CONDENSERS: Registry[Method] = Registry("condensation method")
 
 # Settings a resumed run may change: no method schedules anything by the iteration count,
 # so a run interrupted at iteration i can stop at any count >= i or go on longer.
-RESUMABLE_CHANGES = frozenset({"iterations", "checkpoint_every"})
+RESUMABLE_CHANGES = frozenset({"iterations", "checkpoint_every", "checkpoint_minutes"})
 
 
 class Checkpoint:
@@ -175,11 +180,19 @@ class Checkpoint:
     def __init__(self, path: Path, cfg: CondenseConfig) -> None:
         self.path = path
         self.cfg = cfg
+        self._saved_at = time.monotonic()
+
+    def due(self, done: int, total: int) -> bool:
+        """Save after iteration ``done`` of ``total``? Every ``checkpoint_every`` iterations, or
+        once ``checkpoint_minutes`` have passed since the last save; never after the last one."""
+        return done < total and (done % self.cfg.checkpoint_every == 0
+                                 or time.monotonic() - self._saved_at >= 60 * self.cfg.checkpoint_minutes)
 
     def save(self, iteration: int, tensors: dict[str, torch.Tensor]) -> None:
         header = {"format": FORMAT + "+checkpoint", "iteration": str(iteration),
                   "config": json.dumps(self.cfg.to_dict())}
         atomic_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, header, self.path)
+        self._saved_at = time.monotonic()
 
     def load(self) -> tuple[int, dict[str, torch.Tensor]] | None:
         if not self.path.exists():

@@ -120,7 +120,7 @@ def condense_dm(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report:
             done = it + 1
             if report is not None and (done % LOG_EVERY == 0 or done == iterations):
                 report(done, iterations, float(losses[it]))
-            if done % cfg.checkpoint_every == 0 and done < iterations:
+            if ckpt.due(done, iterations):
                 save(done)
     except KeyboardInterrupt:
         save(done)  # an iteration cut short is redone on resume

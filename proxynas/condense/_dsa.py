@@ -196,7 +196,7 @@ def condense_dsa(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report
             done = it + 1
             if report is not None:  # every iteration: its outer loop dwarfs the host sync
                 report(done, iterations, float(losses[it]))
-            if done % cfg.checkpoint_every == 0 and done < iterations:
+            if ckpt.due(done, iterations):
                 ckpt.save_state(done, syn, opt, losses, elapsed + time.perf_counter() - t0)
     except KeyboardInterrupt:
         ckpt.save_state(done, syn, opt, losses, elapsed + time.perf_counter() - t0)  # a cut iteration is redone
