@@ -373,7 +373,7 @@ class BaselineCommand(SearchCommand):
 
 
 @contextlib.contextmanager
-def search_display(name: str, quiet: bool, value_format: str = "{:.2%}") -> Iterator:
+def search_display(name: str, quiet: bool, value_format: str) -> Iterator:
     """A live line: trials done / total, best value so far (``value_format``), throughput and ETA."""
     import time
 

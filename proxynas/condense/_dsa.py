@@ -173,6 +173,9 @@ def condense_dsa(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report
     start, elapsed = ckpt.restore(syn, opt, losses)
     batch_stats = uses_batch_stats(make_net(0))
 
+    def save(done: int) -> None:
+        ckpt.save_state(done, syn, opt, losses, elapsed + time.perf_counter() - t0)
+
     t0, done = time.perf_counter(), start
     try:
         for it in range(start, iterations):
@@ -197,9 +200,9 @@ def condense_dsa(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report
             if report is not None:  # every iteration: its outer loop dwarfs the host sync
                 report(done, iterations, float(losses[it]))
             if ckpt.due(done, iterations):
-                ckpt.save_state(done, syn, opt, losses, elapsed + time.perf_counter() - t0)
+                save(done)
     except KeyboardInterrupt:
-        ckpt.save_state(done, syn, opt, losses, elapsed + time.perf_counter() - t0)  # a cut iteration is redone
+        save(done)  # a cut iteration is redone
         raise
     elapsed += time.perf_counter() - t0
     return MethodResult(syn.detach(), {"iterations": iterations, "outer_loop": outer, "inner_loop": inner,
