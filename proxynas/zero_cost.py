@@ -41,6 +41,7 @@ from ._seeding import derive_seed, generator
 from .devices import resolve_device
 from .exceptions import UsageError
 from .networks import build
+from .search import SearchConfig, Source, record_config
 from .search_space import SearchSpace
 
 __all__ = ["ZERO_COST", "ZeroCostObjective", "grad_norm", "naswot", "synflow"]
@@ -127,16 +128,13 @@ class ZeroCostObjective:
     score is the trial's value, so ``proxynas report`` ranks it like an accuracy.
     """
 
-    def __init__(self, cfg, source, space: SearchSpace) -> None:
-        from .search import record_config
-
+    def __init__(self, cfg: SearchConfig, source: Source, space: SearchSpace) -> None:
         self.cfg, self.space, self.proxy = cfg, space, ZERO_COST.get(cfg.zero_cost)
-        self.record_config = record_config
         self.device = resolve_device(cfg.device)
         self.dataset = source.dataset
         n = len(source.labels)
         if not 1 <= cfg.zero_cost_batch <= n:
-            raise UsageError(f"--batch {cfg.zero_cost_batch} must be in 1..{n} (the training split's size)")
+            raise UsageError(f"--minibatch {cfg.zero_cost_batch} must be in 1..{n} (the training split's size)")
         pick = torch.randperm(n, generator=generator(cfg.seed, "zero-cost-batch"))[:cfg.zero_cost_batch]
         self.x = self.dataset.normalise(source.images[pick].to(self.device))
         self.y = source.labels[pick].to(self.device)
@@ -146,7 +144,7 @@ class ZeroCostObjective:
         net_cfg = self.space.suggest(trial)
         net = build(net_cfg, info.channels, info.num_classes, info.image_size,
                     seed=derive_seed(self.cfg.seed, "candidate", net_cfg.id)).to(self.device)
-        self.record_config(trial, net_cfg, net, info)
+        record_config(trial, net_cfg, net, info)
         start = time.perf_counter()
         score = self.proxy(net, self.x, self.y)
         for k, v in {"score": score, "score_seconds": time.perf_counter() - start, "device": str(self.device),

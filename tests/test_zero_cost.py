@@ -164,3 +164,6 @@ def test_zero_cost_study_scores_each_configuration_as_built_for_the_search(tmp_p
     assert {"naswot", "synflow", "whole"} <= set(rows.index)
     assert rows.loc["naswot", "n_shared"] == 4 and rows.loc["synflow", "n_top"] == 2
 
+    with pytest.raises(UsageError, match=r"--minibatch 100000 must be in 1\.\.\d+ \(the training split's size\)"):
+        run_search(SearchConfig(study="big", zero_cost="naswot", zero_cost_batch=100_000, dataset="digits",
+                                storage=storage, space=str(space_file), device="cpu"))
