@@ -20,7 +20,7 @@ from ._registry import Registry
 from .data import load_dataset, train_val_split
 from .exceptions import StudyError, UsageError
 from .search import SearchConfig, Source
-from .report import study_frame, top_configs
+from .report import parse_top, study_frame, top_configs
 from .train import TrainConfig
 
 BASELINES: Registry[TrainConfig] = Registry("baseline")
@@ -56,8 +56,8 @@ def select_configs(spec: str, storage: str) -> tuple[str, ...] | None:
     if spec.startswith("top:"):
         try:
             _, study_name, amount = spec.split(":")
-            value = float(amount)
-        except ValueError:
+            top = parse_top(amount)
+        except (ValueError, UsageError):
             raise UsageError(f"--configs {spec!r}: expected top:<study>:<fraction or k>, e.g. top:dm:0.05") from None
         try:
             frame = study_frame(storage, study_name)
@@ -65,7 +65,7 @@ def select_configs(spec: str, storage: str) -> tuple[str, ...] | None:
             raise StudyError(f"--configs {spec!r}: {e}") from None
         if frame.empty:
             raise StudyError(f"--configs {spec!r}: study {study_name!r} has no complete trials yet")
-        return tuple(top_configs(frame, int(value) if value >= 1 else value))
+        return tuple(top_configs(frame, top))
     if spec.startswith("@"):
         path = Path(spec[1:])
         if not path.is_file():

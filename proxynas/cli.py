@@ -471,10 +471,10 @@ class ReportCommand(Command):
         p.add_argument("--out", type=Path, default=Path("results/report"), help="folder for the CSVs and plots")
 
     def run(self, args: argparse.Namespace) -> int:
-        from .report import build_report, write_report
+        from .report import build_report, parse_top, write_report
 
-        top = int(args.top) if args.top.isdigit() else float(args.top)
-        rep = build_report(args.storage, args.proxy, args.whole, args.early_stop, args.extra, top, args.k)
+        rep = build_report(args.storage, args.proxy, args.whole, args.early_stop, args.extra, parse_top(args.top),
+                           args.k)
         self.show(rep, f"proxy rankings against {args.whole!r} (top {args.top})", write_report(rep, args.out))
         return 0
 

@@ -102,6 +102,9 @@ def _frame(study: optuna.Study) -> pd.DataFrame:
     return frame.sort_values("config_id", ignore_index=True)
 
 
+_BAD_TOP = "top must be a fraction in (0, 1) such as 0.05, or a count >= 1 such as 36; not {!r}"
+
+
 def top_count(top: float | int, n: int) -> int:
     """How many of ``n`` configurations ``top`` selects.
 
@@ -114,7 +117,17 @@ def top_count(top: float | int, n: int) -> int:
             return min(n, max(1, round(top * n)))
         if top >= 1 and float(top).is_integer():
             return min(n, int(top))
-    raise UsageError(f"top must be a fraction in (0, 1) such as 0.05, or a count >= 1 such as 36; not {top!r}")
+    raise UsageError(_BAD_TOP.format(top))
+
+
+def parse_top(text: str) -> float | int:
+    """A top set as typed on a command line: '0.05' -> 0.05, '36' or '36.0' -> 36; checked as ``top_count``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(_BAD_TOP.format(text)) from None
+    top_count(value, 1)
+    return int(value) if value >= 1 else value
 
 
 def top_configs(frame: pd.DataFrame, top: float | int, by: str = "val_acc") -> list[str]:

@@ -52,8 +52,9 @@ def test_select_configs(tmp_path):
     assert select_configs(f"@{f}", "sqlite://") == ("x", "y")
     with pytest.raises(UsageError, match="no such file"):
         select_configs(f"@{tmp_path / 'missing'}", "sqlite://")
-    with pytest.raises(UsageError, match="top:<study>"):
-        select_configs("top:only-two", "sqlite://")
+    for bad in ("top:only-two", "top:p:lots", "top:p:1.5"):  # 1.5 is neither a fraction nor a count
+        with pytest.raises(UsageError, match="top:<study>"):
+            select_configs(bad, "sqlite://")
     storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
     study = optuna.create_study(study_name="p", storage=storage, direction="maximize")
     for cid, v in [("c1", 0.5), ("c2", 0.9), ("c3", 0.7), ("c4", 0.7)]:

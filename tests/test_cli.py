@@ -16,6 +16,7 @@ import torch
 from proxynas import __version__
 from proxynas.cli import COMMANDS, main
 from proxynas.condense import SyntheticSet, checkpoint_path
+from proxynas.exceptions import UsageError
 from tests.conftest import TINY_MODEL
 
 
@@ -206,3 +207,13 @@ def test_space_show_prints_size_and_counts(capsys):
     code, stdout, _ = run_cli(capsys, "space", "show", "--sample", "3")
     assert code == 0
     assert "720 configurations" in stdout and "d1-w32-sigmoid-none-none" in stdout
+
+
+def test_report_with_a_bad_top_is_one_line(capsys, tmp_path):
+    db = tmp_path / "db.sqlite"
+    db.touch()  # exists, so only --top can be wrong
+    code, out, err = run_cli(capsys, "report", "--storage", f"sqlite:///{db}", "--proxy", "dm", "--whole", "whole",
+                             "--top", "abc", "--out", tmp_path / "report")
+    assert code == UsageError.exit_code and "Traceback" not in out + err
+    assert "top must be a fraction" in err and "'abc'" in err
+    assert not (tmp_path / "report").exists()

@@ -12,8 +12,8 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from proxynas.exceptions import StudyError, UsageError
-from proxynas.report import (FRAME_COLUMNS, SUMMARY_COLUMNS, _plot_top, build_report, study_frame, top_configs,
-                             top_count, write_report)
+from proxynas.report import (FRAME_COLUMNS, SUMMARY_COLUMNS, _plot_top, build_report, parse_top, study_frame,
+                             top_configs, top_count, write_report)
 from proxynas.study import open_storage
 
 # 40 configuration ids of the real form, in a fixed order
@@ -67,6 +67,14 @@ def test_top_count_rounds_fractions_and_caps_counts():
     for bad in (0, 0.0, 1.5, -1, -0.5, True, "0.05"):
         with pytest.raises(UsageError, match="fraction in"):
             top_count(bad, 40)
+
+
+def test_parse_top_reads_a_command_line_value():
+    assert parse_top("0.05") == 0.05 and parse_top("36") == 36 and parse_top("36.0") == 36
+    assert isinstance(parse_top("36.0"), int) and parse_top("1.0") == 1  # a whole number is a count
+    for bad in ("abc", "", "1.5", "0", "-1"):
+        with pytest.raises(UsageError, match="fraction in"):
+            parse_top(bad)
 
 
 def test_top_configs_by_accuracy_with_ties_to_the_smaller_id():
