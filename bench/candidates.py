@@ -1,58 +1,82 @@
-"""Candidates per hour in proxy-set NAS: proxynas's training path against a plain DataLoader loop.
+"""Candidate training: proxynas against the paper's reference code, and R repeats trained together.
 
-A fixed sample of the bundled 720-ConvNet space (every (720 // N - 1)-th id, 59 for N=12:
-a stride of 60 would pick only norm=none, pool=none) trains as PROTOCOL §5's candidates
-do: on a proxy set of 500 random real CIFAR-10 training images (50 per class, normalised,
-none from the validation split), batch 250, independent DSA per image, SGD lr 0.01
-momentum 0.9 wd 5e-4, lr x0.1 at half the steps, ``--epochs`` epochs (200 in §5). Then its
-accuracy on 1,000 validation images (100 per class of the 10% hold-out) is measured. A
-candidate's time covers the build, the training and that evaluation.
+Each configuration trains as PROTOCOL §5's candidates do: on a proxy set of 500 random
+real CIFAR-10 training images (50 per class, normalised, none from the validation split),
+batch 250, DSA, SGD lr 0.01 momentum 0.9 wd 5e-4, lr x0.1 at half the training,
+``--epochs`` epochs (200 in §5), then its accuracy on 1,000 validation images (100 per
+class of the 10% hold-out). A time covers the build, the training and that evaluation.
 
-  proxynas   proxynas.train.train_network: the proxy set lives on the device, batches are
-             index slices of it, no host sync inside the loop; proxynas.train.accuracy.
-             ``--amp`` puts it (only it) under bf16 autocast.
-  plain      the loop most code has: a DataLoader (shuffle=True) over a TensorDataset of
-             the same CPU tensors, collating each batch and moving it with ``.to(device)``,
-             ``loss.item()`` every step for logging; evaluation also via a DataLoader, with
-             ``.item()`` per batch. The same maths: augment.augment on each batch,
-             the same optimiser and per-step schedule, fp32.
+  reference  the paper's ``utils.evaluate_synset`` (VICO-UoE/DatasetCondensation, imported
+             through ``PROXYNAS_REFERENCE``; without it the column is skipped) on its own
+             ``networks.ConvNet``: DataLoader, ``DiffAugment`` on every batch, ``.item()``
+             and a host copy every step. It trains ``epoch_eval_train + 1`` epochs, so it
+             gets ``epoch_eval_train = epochs - 1``: both paths train the same number of
+             steps. Its evaluation is the same 1,000 validation images.
+  proxynas   ``proxynas.train.train_network`` then ``proxynas.train.accuracy``.
+             ``--amp`` puts it (only it) under bf16 autocast, ``--compile`` under torch.compile
+             (each configuration compiles once per process; the warmup compiles only the first).
+  R repeats  ``train_repeats`` on R repeats of the configuration (own init, batch order and
+             DSA draws each) with ``repeat_mode`` sequential, stacked and auto, against R x
+             the single proxynas time. Auto forgets its verdicts before every run, as in a
+             search where each shape is new; it probes only runs of at least
+             ``PROBE_RUN_FACTOR`` x its steps (40: ``--epochs 20``), shorter ones train
+             sequentially.
 
-Both paths train the same networks from the same init (seeded build) for the same number
-of steps, in the same process, interleaved config by config. Batch order and DSA draws
-differ, so accuracies agree only statistically; both are printed. A short untimed run of
-the first config on each path warms up first. On CUDA the clock is read after
-``torch.cuda.synchronize``.
+Each path runs in a worker process of its own (allocator state stays apart), one run at a
+time, interleaved configuration by configuration (the order alternates, so a shared
+machine's load drifts onto all of them alike); a short untimed run of the first
+configuration warms every worker up first. Batch order and DSA draws
+differ between the reference and proxynas, so accuracies agree only statistically.
+GFLOP/s: training FLOPs (3 x forward FLOPs x images trained, by
+``proxynas.networks.count_flops``) over the time, against the machine's matmul peak.
 
-    python bench/candidates.py [--epochs 200] [--configs 12] [--reps 1] [--amp] [--device auto]
+    PROXYNAS_REFERENCE=~/ref python bench/candidates.py [--epochs 10] [--reps 2] [--repeats 5]
+        [--configs ID,ID,...] [--spread 12] [--amp] [--compile] [--device auto]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import platform
+import functools
+import io
+import math
+import multiprocessing
 import statistics
 import time
+import types
+from concurrent.futures import ProcessPoolExecutor
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from proxynas import augment
+import _common
+from proxynas import stacked
 from proxynas._seeding import derive_seed, generator
 from proxynas.condense._sampling import sample_per_class
 from proxynas.data import Dataset, load_dataset, train_val_split
 from proxynas.devices import resolve_device
-from proxynas.networks import build
+from proxynas.networks import NetConfig, build, count_flops
 from proxynas.search_space import load_space
-from proxynas.train import TrainConfig, accuracy, train_network
+from proxynas.train import TrainConfig, accuracy, train_network, train_repeats
 
 SEED, IPC, VAL_PER_CLASS, BATCH = 0, 50, 100, 250
+DEFAULT_CONFIGS = ("d3-w128-relu-instancenorm-avg", "d1-w32-relu-batchnorm-max",
+                   "d2-w64-leakyrelu-groupnorm-avg", "d4-w32-sigmoid-layernorm-none")
+REFERENCE_POOLING = {"none": "none", "max": "maxpooling", "avg": "avgpooling"}
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+@dataclasses.dataclass
+class Problem:
+    data: Dataset
+    proxy: tuple[torch.Tensor, torch.Tensor]  # normalised images, labels; on the device
+    val: tuple[torch.Tensor, torch.Tensor]  # uint8 images, labels; on the CPU, as a search keeps them
+    cfg: TrainConfig
+    device: torch.device
+    repeats: int  # R of the repeats paths
+    utils: types.ModuleType | None  # the reference's utils module (its worker only)
 
 
 def pools(data: Dataset, idx: torch.Tensor) -> list[torch.Tensor]:
@@ -61,112 +85,177 @@ def pools(data: Dataset, idx: torch.Tensor) -> list[torch.Tensor]:
     return [idx[labels == c] for c in range(data.info.num_classes)]
 
 
-def proxynas_candidate(net, proxy, val, cfg: TrainConfig, data: Dataset, g: torch.Generator) -> float:
-    images, labels = proxy  # already on the device, as CandidateObjective keeps them
-    train_network(net, images, labels, cfg, g)
-    return accuracy(net, *val, data.normalise, cfg.amp)
+def build_seeded(cid: str, problem: Problem, repeat: int = 0) -> torch.nn.Module:
+    info = problem.data.info
+    return build(cid, info.channels, info.num_classes, info.image_size,
+                 seed=derive_seed(SEED, "candidate", cid, repeat)).to(problem.device)
 
 
-def plain_candidate(net, proxy, val, cfg: TrainConfig, data: Dataset, g: torch.Generator) -> float:
-    device = next(net.parameters()).device
-    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    total = cfg.total_steps(len(proxy[0]))
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[total // 2], gamma=0.1)
-    loader = DataLoader(TensorDataset(*proxy), batch_size=cfg.batch_size, shuffle=True, generator=g)
-    net.train()
-    running = 0.0
-    for _ in range(cfg.epochs):
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            loss = F.cross_entropy(net(augment.augment(x, cfg.dsa_strategy, g)), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            running += loss.item()  # the usual logging, one host sync per step
-    net.eval()
-    correct = 0
-    with torch.no_grad():
-        for x, y in DataLoader(TensorDataset(data.normalise(val[0]), val[1]), batch_size=cfg.batch_size):
-            correct += (net(x.to(device)).argmax(1) == y.to(device)).sum().item()
-    return correct / len(val[1])
+def proxynas_single(cid: str, problem: Problem, epochs: int) -> float:
+    net = build_seeded(cid, problem)
+    train_network(net, *problem.proxy, dataclasses.replace(problem.cfg, epochs=epochs),
+                  generator(SEED, "candidate-train", cid))
+    return accuracy(net, *problem.val, problem.data.normalise, problem.cfg.amp)
 
 
-PATHS = {"proxynas": proxynas_candidate, "plain": plain_candidate}
+def proxynas_repeats(mode: str, cid: str, problem: Problem, epochs: int) -> float:
+    nets = [build_seeded(cid, problem, i) for i in range(problem.repeats)]
+    gens = [generator(SEED, "candidate-train", cid, i) for i in range(problem.repeats)]
+    stacked.VERDICTS.clear()  # auto probes afresh, as for every new shape in a search
+    train_repeats(nets, *problem.proxy, dataclasses.replace(problem.cfg, epochs=epochs, repeat_mode=mode), gens)
+    return statistics.fmean(accuracy(net, *problem.val, problem.data.normalise, problem.cfg.amp) for net in nets)
 
 
-def run_candidate(path: str, cid: str, proxy, val, cfg: TrainConfig, data: Dataset,
-                  device: torch.device) -> tuple[float, float]:
-    """(seconds, validation accuracy) of one candidate: seeded build, training, evaluation."""
-    info = data.info
-    sync(device)
+def reference_single(cid: str, problem: Problem, epochs: int) -> float:
+    utils, info, c = problem.utils, problem.data.info, NetConfig.from_id(cid)
+    with torch.random.fork_rng(devices=[]):  # the reference draws init and DSA from the global RNG
+        torch.manual_seed(derive_seed(SEED, "reference", cid))
+        net = utils.ConvNet(info.channels, info.num_classes, c.width, c.depth, c.act, c.norm,
+                            REFERENCE_POOLING[c.pool], (info.image_size, info.image_size))
+        args = types.SimpleNamespace(
+            lr_net=problem.cfg.lr, epoch_eval_train=epochs - 1, batch_train=BATCH, dsa=True,
+            dsa_strategy=problem.cfg.dsa_strategy, dsa_param=utils.ParamDiffAug(), device=str(problem.device),
+            dc_aug_param=None)
+        val = TensorDataset(problem.data.normalise(problem.val[0]), problem.val[1])
+        with contextlib.redirect_stdout(io.StringIO()):  # its one log line per call
+            _, _, acc = utils.evaluate_synset(0, net, *problem.proxy, DataLoader(val, batch_size=BATCH), args)
+    return acc
+
+
+PATHS: dict[str, Callable[[str, Problem, int], float]] = {
+    "proxynas": proxynas_single,
+    "reference": reference_single,
+    **{mode: functools.partial(proxynas_repeats, mode) for mode in ("sequential", "stacked", "auto")},
+}
+
+
+def load_problem(args: argparse.Namespace, with_reference: bool) -> Problem:
+    device = resolve_device(args.device)
+    data = load_dataset("cifar10", args.data_path)
+    split = train_val_split(data.train.labels)  # PROTOCOL §5's 10% hold-out (seed 0)
+    proxy_idx = sample_per_class(pools(data, split.train_idx), IPC, generator(SEED, "proxy")).flatten()
+    val_idx = sample_per_class(pools(data, split.val_idx), VAL_PER_CLASS, generator(SEED, "val")).flatten()
+    proxy = data.normalise(data.train.images[proxy_idx]).to(device), data.train.labels[proxy_idx].to(device)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=BATCH, dsa_strategy=data.info.dsa_strategy, amp=args.amp,
+                      compile=args.compile)
+    with contextlib.redirect_stdout(io.StringIO()):  # the main process says where the reference is
+        utils = _common.reference() if with_reference else None
+    return Problem(data, proxy, (data.train.images[val_idx], data.train.labels[val_idx]), cfg, device,
+                   args.repeats, utils)
+
+
+# --- each path in a worker process of its own -----------------------------------------------
+# so one path's allocator state cannot help or hurt another: on the CPU proxynas keeps freed
+# memory in the heap while it trains, and a later reference run in the same process would
+# reuse those chunks instead of mapping fresh ones. Runs are sent one at a time.
+
+_PROBLEM: Problem | None = None  # in a worker
+
+
+def _init_worker(args: argparse.Namespace, path: str) -> None:
+    global _PROBLEM
+    _PROBLEM = load_problem(args, with_reference=path == "reference")
+
+
+def _run(path: str, cid: str, epochs: int) -> tuple[float, float, str]:
+    """(seconds, validation accuracy, auto's verdict or "-") of one candidate on ``path``, in its worker."""
+    _common.sync(_PROBLEM.device)
     start = time.perf_counter()
-    net = build(cid, info.channels, info.num_classes, info.image_size,
-                seed=derive_seed(SEED, "candidate", cid)).to(device)
-    acc = PATHS[path](net, proxy[path], val, cfg, data, generator(SEED, "candidate-train", cid))
-    sync(device)
-    return time.perf_counter() - start, acc
+    acc = PATHS[path](cid, _PROBLEM, epochs)
+    _common.sync(_PROBLEM.device)
+    return time.perf_counter() - start, acc, next(iter(stacked.VERDICTS.values()), "-")
+
+
+def _peak_memory() -> str:
+    return _common.peak_memory(_PROBLEM.device)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-path", default="../shared/datasets/cifar10-jpeg.tar.gz")
-    ap.add_argument("--epochs", type=int, default=200, help="PROTOCOL §5: 200 (2 steps an epoch)")
-    ap.add_argument("--configs", type=int, default=12)
-    ap.add_argument("--reps", type=int, default=1, help="times each candidate is timed on each path")
-    ap.add_argument("--amp", action="store_true", help="bf16 autocast on the proxynas path")
+    ap.add_argument("--epochs", type=int, default=10, help="PROTOCOL §5: 200 (2 steps an epoch)")
+    ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help="comma-separated ConvNet ids")
+    ap.add_argument("--spread", type=int, default=0, metavar="N",
+                    help="instead, N configurations spread over the 720-ConvNet space (every (720 // N - 1)-th id)")
+    ap.add_argument("--reps", type=int, default=2, help="times each configuration is timed on each path")
+    ap.add_argument("--repeats", type=int, default=5, help="R of the repeats columns (0 skips them)")
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast on the proxynas paths")
+    ap.add_argument("--compile", action="store_true", help="torch.compile on the proxynas paths")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
 
     device = resolve_device(args.device)
-    data = load_dataset("cifar10", args.data_path)
-    info = data.info
-    split = train_val_split(data.train.labels)  # PROTOCOL §5's 10% hold-out (seed 0)
-    proxy_idx = sample_per_class(pools(data, split.train_idx), IPC, generator(SEED, "proxy")).flatten()
-    val_idx = sample_per_class(pools(data, split.val_idx), VAL_PER_CLASS, generator(SEED, "val")).flatten()
-    proxy_cpu = data.normalise(data.train.images[proxy_idx]), data.train.labels[proxy_idx]  # (500, 3, 32, 32)
-    proxy = {"proxynas": tuple(t.to(device) for t in proxy_cpu), "plain": proxy_cpu}
-    val = data.train.images[val_idx], data.train.labels[val_idx]  # uint8, CPU, as the search keeps them
-    cfg = TrainConfig(epochs=args.epochs, batch_size=BATCH, dsa_strategy=info.dsa_strategy)
-    cfgs = {"proxynas": dataclasses.replace(cfg, amp=args.amp), "plain": cfg}
-    ids = load_space().ids()
-    sample = ids[:: max(1, len(ids) // args.configs - 1)][: args.configs]
-
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    print(f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"proxy {len(proxy_idx)} images, val {len(val_idx)} images, {args.epochs} epochs x "
-          f"{cfg.total_steps(len(proxy_idx)) // args.epochs} steps of batch {BATCH}, DSA {info.dsa_strategy}; "
-          f"proxynas {'bf16 autocast' if args.amp else 'fp32'}, plain fp32; {args.reps} rep(s); "
-          f"times include build + training + evaluation")
+    print(_common.describe(device))
+    names = ["proxynas"] + (["reference"] if _common.reference() is not None else [])
+    names += ["sequential", "stacked", "auto"] if args.repeats else []
+    if args.spread:
+        ids = load_space().ids()
+        sample = ids[:: max(1, len(ids) // args.spread - 1)][: args.spread]
+    else:
+        sample = args.configs.split(",")
+    peak = _common.matmul_gflops(device, torch.bfloat16 if args.amp else torch.float32)
+    info = load_dataset("cifar10", args.data_path).info
+    steps = args.epochs * math.ceil(IPC * info.num_classes / BATCH)
+    print(f"matmul peak {peak:.0f} GFLOP/s ({'bf16' if args.amp else 'fp32'}); proxy {IPC * info.num_classes} "
+          f"images, val {VAL_PER_CLASS * info.num_classes}; {args.epochs} epochs x {steps // args.epochs} steps of "
+          f"batch {BATCH} (the reference: epoch_eval_train={args.epochs - 1}, i.e. the same {args.epochs} epochs); "
+          f"DSA {info.dsa_strategy}, one family per {TrainConfig().dsa_family}; proxynas "
+          f"{'bf16 autocast' if args.amp else 'fp32'}{', compiled' if args.compile else ''}; R = {args.repeats}; "
+          f"{args.reps} rep(s); each path in its own process; times include build + training + evaluation")
     print(f"configs ({len(sample)}): {' '.join(sample)}", flush=True)
 
-    for path in PATHS:  # warmup: 2 epochs of the first config, untimed
-        run_candidate(path, sample[0], proxy, val, dataclasses.replace(cfgs[path], epochs=2), data, device)
+    spawn = multiprocessing.get_context("spawn")
+    workers = {name: ProcessPoolExecutor(1, spawn, _init_worker, (args, name)) for name in names}
+    try:
+        # warmup, untimed and all at once: start-up, then 2 epochs of the first config
+        for future in [w.submit(_run, name, sample[0], 2) for name, w in workers.items()]:
+            future.result()
+        measure(args, sample, workers, info)
+        for name, w in workers.items():
+            print(f"peak memory {name}: {w.submit(_peak_memory).result()}")
+    finally:
+        for w in workers.values():
+            w.shutdown()
 
-    times = {path: [[] for _ in sample] for path in PATHS}  # path -> config -> seconds per rep
-    accs = {path: [] for path in PATHS}  # path -> accuracy of each config's last rep
+
+def measure(args: argparse.Namespace, sample: list[str], workers: dict[str, ProcessPoolExecutor], info) -> None:
+    images_trained = args.epochs * math.ceil(IPC * info.num_classes / BATCH) * BATCH  # the batches divide the proxy
+    times = {name: [[] for _ in sample] for name in workers}  # path -> config -> seconds per rep
+    accs: dict[str, list[float]] = {name: [] for name in workers}  # path -> accuracy of each config's last rep
     for k, cid in enumerate(sample):
+        verdict = "-"
         for rep in range(args.reps):
-            # alternate which path goes first, so drift in a shared machine's load hits both alike
-            order = list(PATHS) if (k + rep) % 2 == 0 else list(PATHS)[::-1]
-            for path in order:
-                seconds, acc = run_candidate(path, cid, proxy, val, cfgs[path], data, device)
-                times[path][k].append(seconds)
+            # alternate the order, so drift in a shared machine's load hits every path alike
+            order = list(workers) if (k + rep) % 2 == 0 else list(workers)[::-1]
+            for name in order:
+                seconds, acc, chose = workers[name].submit(_run, name, cid, args.epochs).result()
+                times[name][k].append(seconds)
+                verdict = chose if name == "auto" else verdict
                 if rep == args.reps - 1:
-                    accs[path].append(acc)
-        row = "  ".join(f"{p} {statistics.fmean(t[k]):7.2f} ± {statistics.pstdev(t[k]):5.2f} s acc {accs[p][k]:.3f}"
-                        for p, t in times.items())
-        print(f"{cid:<36} {row}", flush=True)
+                    accs[name].append(acc)
+        gflop = 3 * count_flops(cid, info.channels, info.image_size) * images_trained / 1e9
+        row = [f"{cid:<32} {gflop:6.1f} GFLOP"]
+        for name, t in times.items():
+            mean = statistics.fmean(t[k])
+            single = name in ("proxynas", "reference")
+            label = name if single else f"R{args.repeats} {name}"
+            rate = f" {gflop / mean:5.1f} GFLOP/s" if single else ""
+            row.append(f"{label} {mean:6.2f} ± {statistics.pstdev(t[k]):4.2f} s{rate} acc {accs[name][k]:.3f}")
+        print("  ".join(row) + (f"  auto chose {verdict}" if "auto" in workers else ""), flush=True)
 
     totals = {p: [sum(t[k][r] for k in range(len(sample))) for r in range(args.reps)] for p, t in times.items()}
-    for path, tot in totals.items():
-        mean = statistics.fmean(tot)
-        print(f"{path:<9} total {mean:8.1f} ± {statistics.pstdev(tot):.1f} s for {len(sample)} candidates: "
-              f"{3600 * len(sample) / mean:8.1f} candidates/hour; 720 candidates would take "
-              f"{720 * mean / len(sample) / 60:8.1f} min; mean val acc {statistics.fmean(accs[path]):.3f}")
-    gap = statistics.fmean(abs(a - b) for a, b in zip(accs["proxynas"], accs["plain"]))
-    print(f"speed-up of proxynas over plain: {statistics.fmean(totals['plain']) / statistics.fmean(totals['proxynas']):.2f}x; "
-          f"mean |val acc difference| per config {gap:.3f}")
+    single = statistics.fmean(totals["proxynas"])
+    print(f"proxynas  total {single:7.1f} s for {len(sample)} candidates ({3600 * len(sample) / single:.1f} per hour);"
+          f" per rep {[round(t, 1) for t in totals['proxynas']]}")
+    if "reference" in totals:
+        ref = statistics.fmean(totals["reference"])
+        per_rep = [round(r / p, 2) for r, p in zip(totals["reference"], totals["proxynas"])]
+        print(f"reference total {ref:7.1f} s; proxynas is {ref / single:.2f}x faster (per rep {per_rep})")
+    for name in ("sequential", "stacked", "auto"):
+        if name in totals:
+            mean = statistics.fmean(totals[name])
+            print(f"R{args.repeats} {name:<10} total {mean:7.1f} s = {mean / single:.2f}x one training "
+                  f"({mean / (args.repeats * single):.2f} of {args.repeats} x one)")
 
 
 if __name__ == "__main__":

@@ -1,39 +1,45 @@
-"""Seconds per DM iteration: proxynas's batched step against a per-class formulation.
+"""Seconds per DM iteration: proxynas against the paper's reference code, in one run.
 
-CIFAR-10, ipc 10, ConvNet (InstanceNorm), batch_real 256, on the current device. Every
-formulation runs the same iterations in the same process: the same embedding networks,
-real batches and DSA draws (seeded by iteration), so the losses must agree.
+CIFAR-10, ipc 10, ConvNet (InstanceNorm), batch_real 256, on the current device. Each
+formulation runs whole iterations (a fresh embedding network, real batches drawn, DSA,
+forward, backward, the image update), interleaved iteration by iteration in rotating
+order, so drift in a shared machine's load hits them alike.
 
-  batched            proxynas.condense._dm.dm_step: all classes in one forward (chunked to
-                     the memory budget), real features under no_grad, one DSA call
-  batched --amp      the same under bf16 autocast
-  per-class, graph   the straightforward structure: a loop over classes, one DSA call and
-                     one forward per class, the embedding network left trainable so the
-                     real features keep their graph and backward runs through them too
-  per-class, frozen  the paper code's structure (main_DM.py): a loop over classes, but the
-                     network frozen and the real features detached
+  reference          the loop body of VICO-UoE/DatasetCondensation main_DM.py (its
+                     get_network, DiffAugment and ParamDiffAug, imported from the checkout
+                     in $PROXYNAS_REFERENCE): one forward per class, real features
+                     detached, one backward, ``loss.item()`` for its log
+  proxynas fp32      proxynas.condense._dm: the step plan measured on this device at
+                     start-up (classes per forward, channels_last, in-place activations,
+                     torch.compile; printed), then the run's iterations
+  proxynas bf16      the same under bf16 autocast (the default on CUDA), planned separately
+  per-class          proxynas's own per-class formulation, unplanned: the yardstick the fp32
+                     losses must equal (same networks, real batches and DSA draws)
 
-The machine's fp32 matmul GFLOP/s is printed so the step can be read as a fraction of
-peak (a ConvNet forward is 101.5 MFLOP per 32x32 image; see 'proxynas networks').
+The machine's fp32 (and bf16) matmul GFLOP/s is printed so each step reads as a fraction
+of peak (a ConvNet forward is 101.5 MFLOP per 32x32 image, backward about twice that;
+only the synthetic images' backward runs).
 
-    python bench/dm_step.py [--data-path ../shared/datasets/cifar10-jpeg.tar.gz] [--iters 5]
+    PROXYNAS_REFERENCE=~/DatasetCondensation python bench/dm_step.py [--iters 5] [--data-path ...]
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
-import resource
+import json
+import logging
 import statistics
 import time
 
+import numpy as np
 import torch
 
+import _common
 from proxynas import augment
 from proxynas._seeding import derive_seed, generator
-from proxynas.condense._base import Problem
-from proxynas.condense._dm import dm_loss_per_class, dm_step
-from proxynas.condense._memory import class_chunks
+from proxynas.condense._base import CondenseConfig, Problem
+from proxynas.condense._dm import dm_loss_per_class, dm_step, plan_step
+from proxynas.condense._plan import Embedder
 from proxynas.condense._sampling import sample_per_class
 from proxynas.data import load_dataset
 from proxynas.devices import resolve_device
@@ -42,64 +48,87 @@ from proxynas.networks import build, count_flops
 IPC, MODEL, SEED = 10, "ConvNet", 0
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class Proxynas:
+    """Iterations as ``condense_dm`` runs them, with a given step plan (None: one forward per class)."""
 
+    def __init__(self, problem: Problem, batch_real: int, amp: bool, tune: bool) -> None:
+        info = problem.dataset.info
+        self.problem, self.batch_real, self.amp = problem, batch_real, amp
+        self.classes = torch.arange(info.num_classes)
+        idx0 = sample_per_class(problem.pools, IPC, generator(SEED, "init-real"))
+        self.syn = problem.real_images(idx0).requires_grad_(True)
+        self.opt = torch.optim.SGD([self.syn], lr=1.0, momentum=0.5)
+        probe = self.net(0)
+        if tune:
+            cfg = CondenseConfig(dataset="cifar10", ipc=IPC, batch_real=batch_real, tune="yes")
+            self.plan, record = plan_step(problem, cfg, probe, self.syn, batch_real, info.dsa_strategy, amp, 20_000)
+            self.embedder, self.chunks = Embedder(probe, self.plan), self.plan.chunks(info.num_classes)
+            self.describe = f"plan: {self.plan.label()}; measured: " + json.dumps(
+                {k: round(v, 3) for k, v in record["seconds_per_step"].items()})
+        else:
+            self.plan = self.embedder = None
+            self.describe = "one forward per class, graph kept for the synthetic images only"
 
-def matmul_gflops(device: torch.device, n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    a @ b
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+    def net(self, it: int) -> torch.nn.Module:
+        info = self.problem.dataset.info
+        return build(MODEL, info.channels, info.num_classes, info.image_size,
+                     seed=derive_seed(SEED, "dm-net", it)).to(self.problem.device).train()
 
-
-def per_class_step(net, problem: Problem, syn, classes, idx, params, frozen: bool) -> torch.Tensor:
-    """One DSA call and one forward per class; with ``frozen`` False the real graph is kept."""
-    net.requires_grad_(not frozen)
-    total = torch.zeros((), device=syn.device)
-    batch_real = idx.shape[1]
-    for k, c in enumerate(classes.tolist()):
-        group = torch.tensor([c], device=syn.device)
-        real = augment.apply(problem.real_images(idx[k]), params, group.expand(batch_real))
-        if frozen:
-            real = real.detach()
-        s = augment.apply(syn[k * IPC:(k + 1) * IPC], params, group.expand(IPC))
-        loss = dm_loss_per_class(net, real, s, 1)
-        loss.backward()
-        total += loss.detach()
-    return total
-
-
-def run(name: str, step, problem: Problem, iters: int, warmup: int, batch_real: int) -> tuple[list[float], list[float]]:
-    info, device = problem.dataset.info, problem.device
-    classes = torch.arange(info.num_classes)
-    idx0 = sample_per_class(problem.pools, IPC, generator(SEED, "init-real"))
-    syn = problem.real_images(idx0).requires_grad_(True)
-    opt = torch.optim.SGD([syn], lr=1.0, momentum=0.5)
-    times, losses = [], []
-    for it in range(warmup + iters):
-        sync(device)
-        t = time.perf_counter()
+    def __call__(self, it: int) -> float:
+        info, problem = self.problem.dataset.info, self.problem
         g = generator(SEED, "dm-iter", it)
-        net = build(MODEL, info.channels, info.num_classes, info.image_size,
-                    seed=derive_seed(SEED, "dm-net", it)).to(device).train()
-        idx = sample_per_class(problem.pools, batch_real, g)
-        params = augment.sample_params(info.dsa_strategy, info.num_classes, (info.image_size,) * 2, g).to(device)
-        opt.zero_grad(set_to_none=True)
-        loss = step(net, problem, syn, classes, idx, params)
-        opt.step()
-        sync(device)
-        if it >= warmup:
-            times.append(time.perf_counter() - t)
-            losses.append(float(loss))
-    print(f"{name:<22} {statistics.fmean(times):8.3f} ± {statistics.pstdev(times):.3f} s/iter   "
-          f"losses {' '.join(f'{x:.5f}' for x in losses)}", flush=True)
-    return times, losses
+        net = self.net(it).requires_grad_(False)
+        idx = sample_per_class(problem.pools, self.batch_real, g)
+        params = augment.sample_params(info.dsa_strategy, info.num_classes, (info.image_size,) * 2, g).to(problem.device)
+        self.opt.zero_grad(set_to_none=True)
+        if self.embedder is not None:
+            loss = dm_step(self.embedder.load(net), problem, self.syn, self.classes, idx, params, self.chunks, self.amp)
+        else:
+            groups = self.classes.to(problem.device)
+            real = augment.apply(problem.real_images(idx), params, groups.repeat_interleave(self.batch_real))
+            syn = augment.apply(self.syn, params, groups.repeat_interleave(IPC))
+            loss = dm_loss_per_class(net, real, syn, info.num_classes)
+            loss.backward()
+        self.opt.step()
+        return float(loss)
+
+
+class Reference:
+    """main_DM.py's 'update synthetic data' block for ConvNet (its lines 139-194), on the same device."""
+
+    def __init__(self, utils, data, device: torch.device, batch_real: int) -> None:
+        info = data.info
+        self.utils, self.device, self.batch_real, self.info = utils, device, batch_real, info
+        self.images_all = data.normalise(data.train.images.to(device))
+        self.indices_class = [p.numpy() for p in data.train.class_indices()]
+        self.image_syn = torch.cat([self.get_images(c, IPC) for c in range(info.num_classes)]).requires_grad_(True)
+        self.optimizer_img = torch.optim.SGD([self.image_syn], lr=1.0, momentum=0.5)
+        self.param = utils.ParamDiffAug()
+        self.describe = "main_DM.py: one forward per class, loss.item() per iteration"
+
+    def get_images(self, c: int, n: int) -> torch.Tensor:
+        return self.images_all[np.random.permutation(self.indices_class[c])[:n]]
+
+    def __call__(self, it: int) -> float:
+        u, info = self.utils, self.info
+        net = u.get_network(MODEL, info.channels, info.num_classes, (info.image_size,) * 2).to(self.device)
+        net.train()
+        for param in net.parameters():
+            param.requires_grad = False
+        loss = torch.tensor(0.0).to(self.device)
+        for c in range(info.num_classes):
+            img_real = self.get_images(c, self.batch_real)
+            img_syn = self.image_syn[c * IPC:(c + 1) * IPC]
+            seed = int(time.time() * 1000) % 100000
+            img_real = u.DiffAugment(img_real, info.dsa_strategy, seed=seed, param=self.param)
+            img_syn = u.DiffAugment(img_syn, info.dsa_strategy, seed=seed, param=self.param)
+            output_real = net.embed(img_real).detach()
+            output_syn = net.embed(img_syn)
+            loss += torch.sum((torch.mean(output_real, dim=0) - torch.mean(output_syn, dim=0)) ** 2)
+        self.optimizer_img.zero_grad()
+        loss.backward()
+        self.optimizer_img.step()
+        return loss.item()
 
 
 def main() -> None:
@@ -109,45 +138,62 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--skip-graph", action="store_true", help="skip the slowest (per-class, graph) formulation")
+    ap.add_argument("--skip-bf16", action="store_true", help="leave out the bf16 row (slow on CPUs without bf16 units)")
     args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
     device = resolve_device(args.device)
     data = load_dataset("cifar10", args.data_path)
     info = data.info
     problem = Problem(data, list(range(info.num_classes)), data.train.class_indices(), device, None)
-    probe = build(MODEL, info.channels, info.num_classes, info.image_size).to(device)
-    chunks = class_chunks(probe, info, args.batch_real, IPC, info.num_classes, device, None)
-    gflops = matmul_gflops(device)
     images = info.num_classes * (args.batch_real + IPC)
+    # forward of every image, backward (~2x) of the synthetic ones only
     step_gflop = count_flops(MODEL, info.channels, info.image_size) * (images + 2 * info.num_classes * IPC) / 1e9
-
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine()}), "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(_common.describe(device))
+    peaks = {"fp32": _common.matmul_gflops(device)}
+    if not args.skip_bf16:
+        peaks["bf16"] = _common.matmul_gflops(device, torch.bfloat16)
     print(f"CIFAR-10 ipc {IPC}, {MODEL}, batch_real {args.batch_real}: {images} images forward, "
-          f"~{step_gflop:.1f} GFLOP per batched step; {len(chunks)} chunk(s) of classes")
-    print(f"fp32 matmul: {gflops:.1f} GFLOP/s")
+          f"~{step_gflop:.1f} GFLOP per step; matmul peak " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()),
+          flush=True)
 
-    def batched(amp: bool):
-        return lambda net, p, syn, classes, idx, params: dm_step(net.requires_grad_(False), p, syn, classes, idx,
-                                                                 params, chunks, amp)
+    rows = {}
+    utils = _common.reference()
+    if utils is not None:
+        rows["reference fp32"] = Reference(utils, data, device, args.batch_real)
+    rows["proxynas fp32"] = Proxynas(problem, args.batch_real, False, tune=True)
+    if not args.skip_bf16:
+        rows["proxynas bf16"] = Proxynas(problem, args.batch_real, True, tune=True)
+    rows["per-class fp32"] = Proxynas(problem, args.batch_real, False, tune=False)
+    for name, row in rows.items():
+        print(f"  {name:<15} {row.describe}", flush=True)
 
-    results = {"batched fp32": run("batched fp32", batched(False), problem, args.iters, args.warmup, args.batch_real),
-               "batched --amp": run("batched --amp (bf16)", batched(True), problem, args.iters, args.warmup,
-                                    args.batch_real),
-               "per-class frozen": run("per-class, frozen", lambda *a: per_class_step(*a, frozen=True), problem,
-                                       args.iters, args.warmup, args.batch_real)}
-    if not args.skip_graph:
-        results["per-class graph"] = run("per-class, graph kept", lambda *a: per_class_step(*a, frozen=False),
-                                         problem, args.iters, args.warmup, args.batch_real)
-    base = statistics.fmean(results["batched fp32"][0])
-    for name, (times, _) in results.items():
-        print(f"  {name:<18} {statistics.fmean(times) / base:5.2f}x the batched fp32 time, "
-              f"{step_gflop / statistics.fmean(times):6.1f} GFLOP/s effective "
-              f"({100 * step_gflop / statistics.fmean(times) / gflops:4.1f}% of matmul peak)")
-    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    print(f"peak memory: {peak / 2**30:.2f} GiB ({'CUDA allocated' if device.type == 'cuda' else 'process RSS'})")
+    times = {name: [] for name in rows}
+    losses = {name: [] for name in rows}
+    names = list(rows)
+    for it in range(args.warmup + args.iters):
+        order = names[it % len(names):] + names[:it % len(names)]
+        for name in order:
+            _common.sync(device)
+            t = time.perf_counter()
+            loss = rows[name](it)
+            _common.sync(device)
+            if it >= args.warmup:
+                times[name].append(time.perf_counter() - t)
+                losses[name].append(loss)
+
+    base = statistics.fmean(times["reference fp32"]) if "reference fp32" in times else None
+    for name in rows:
+        mean = statistics.fmean(times[name])
+        peak = peaks["bf16" if "bf16" in name else "fp32"]
+        speed = f"{base / mean:5.2f}x the reference" if base else "reference skipped"
+        print(f"{name:<15} {mean:7.3f} ± {statistics.pstdev(times[name]):.3f} s/iter  {speed}  "
+              f"{step_gflop / mean:7.1f} GFLOP/s ({100 * step_gflop / mean / peak:4.1f}% of {'bf16' if 'bf16' in name else 'fp32'} "
+              f"matmul peak)  losses {' '.join(f'{x:.4f}' for x in losses[name])}")
+    want, got = losses["per-class fp32"], losses["proxynas fp32"]
+    worst = max(abs(a - b) / abs(b) for a, b in zip(got, want))
+    print(f"proxynas fp32 against its per-class formulation: largest relative loss difference {worst:.2e}")
+    print(f"peak memory: {_common.peak_memory(device)}")
 
 
 if __name__ == "__main__":

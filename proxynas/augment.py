@@ -7,19 +7,29 @@ References:
   ``ParamDiffAug``), itself after mit-han-lab/data-efficient-gans. The structure does not:
   the reference reseeds the global RNG before every op and builds parameters image by image.
 
-Here parameters are drawn once per *group* from a caller's CPU ``torch.Generator`` and
-images map to groups through ``groups: LongTensor (N,)``. Siamese augmentation (DM, DSA
+Here parameters are drawn once per *group* from a caller's ``torch.Generator`` and images
+map to groups through ``groups: LongTensor (N,)``. Siamese augmentation (DM, DSA
 condensation) uses one group per class and applies the same draw to the real and the
 synthetic batch; independent augmentation (training on a proxy set) uses one group per
-image. As in the reference's default single mode, each group draws one family from the
-strategy and only that family transforms its images.
+image. Only one family transforms each image, as in the reference's default single mode;
+``family_per`` says who draws it:
+
+- ``"group"``: each group draws its own family (Siamese use: classes stay independent
+  when a whole multi-class batch is augmented in one call);
+- ``"call"``: one family for the whole call, parameters still per group. This is the
+  reference's ``DiffAugment`` on a training batch, and the cheapest: one op runs on the
+  whole batch, with no split by family.
+
+Parameters are drawn on the generator's device (a CUDA generator keeps the draw on the
+GPU: no host-to-device copy); a ``"call"`` family is drawn on the host from a CPU
+generator, so choosing the op never waits for the device.
 
 Choices where the reference is ambiguous:
 - ``affine_grid``/``grid_sample`` use ``align_corners=True``, the behaviour of the torch
   1.2 that the reference pins (later versions default to False). Scaling and rotating
   about the centre come out the same either way except when rotating non-square images.
-- One family is drawn per group rather than once per call, so classes stay independent
-  when the whole multi-class batch is augmented in one call.
+- For Siamese use one family is drawn per group rather than once per call, so classes
+  stay independent when the whole multi-class batch is augmented in one call.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ from .exceptions import UnknownNameError, UsageError
 __all__ = [
     "DEFAULT_STRATEGY",
     "FAMILIES",
+    "FAMILY_PER",
     "DSAParams",
     "Family",
     "augment",
@@ -165,14 +176,14 @@ def rotate(x: Tensor, degrees: Tensor) -> Tensor:
 
 
 def _uniform(shape: tuple[int, ...], low: float, high: float, generator: torch.Generator) -> Tensor:
-    return torch.rand(shape, generator=generator) * (high - low) + low
+    return torch.rand(shape, generator=generator, device=generator.device) * (high - low) + low
 
 
 def _randint_per_axis(
     low: tuple[int, ...], high: tuple[int, ...], g: int, generator: torch.Generator
 ) -> Tensor:
     """(G, 2) long, column k uniform on the integers [low[k], high[k])."""
-    cols = [torch.randint(lo, hi, (g,), generator=generator) for lo, hi in zip(low, high)]
+    cols = [torch.randint(lo, hi, (g,), generator=generator, device=generator.device) for lo, hi in zip(low, high)]
     return torch.stack(cols, dim=1)
 
 
@@ -199,7 +210,7 @@ def _sample_cutout(g: int, size: tuple[int, int], generator: torch.Generator) ->
 
 
 def _sample_flip(g: int, size: tuple[int, int], generator: torch.Generator) -> Tensor:
-    return torch.rand((g,), generator=generator) < FLIP_PROB  # (G,) bool
+    return torch.rand((g,), generator=generator, device=generator.device) < FLIP_PROB  # (G,) bool
 
 
 def _sample_scale(g: int, size: tuple[int, int], generator: torch.Generator) -> Tensor:
@@ -211,7 +222,7 @@ def _sample_rotate(g: int, size: tuple[int, int], generator: torch.Generator) ->
 
 
 class Family(NamedTuple):
-    # (G, image size (H, W), generator) -> (G, ...) parameters, on the CPU
+    # (G, image size (H, W), generator) -> (G, ...) parameters, on the generator's device
     sample: Callable[[int, tuple[int, int], torch.Generator], Tensor]
     apply: Callable[[Tensor, Tensor], Tensor]  # (x (N, C, H, W), params (N, ...)) -> (N, C, H, W)
 
@@ -250,8 +261,9 @@ def parse_strategy(strategy: str | Sequence[str]) -> tuple[str, ...]:
 class DSAParams:
     """One draw of DSA parameters for ``num_groups`` groups.
 
-    Every family's parameters are drawn for every group, so the generator advances by the
-    same amount whatever the groups drew; only ``family`` decides which are used.
+    With a family per group, every family's parameters are drawn for every group, so the
+    generator advances by the same amount whatever the groups drew; only ``family``
+    decides which are used. With one family per call, ``strategy`` holds just that family.
     """
 
     strategy: tuple[str, ...]  # families that may be drawn; ``family`` indexes this
@@ -278,23 +290,55 @@ class DSAParams:
         return DSAParams(self.strategy, moved[0], dict(zip(self.values, moved[1:])))
 
 
+def _family_per_group(
+    names: tuple[str, ...], num_groups: int, size: tuple[int, int], generator: torch.Generator,
+    host_generator: torch.Generator,
+) -> DSAParams:
+    family = torch.randint(len(names), (num_groups,), generator=generator, device=generator.device)
+    values = {name: FAMILIES[name].sample(num_groups, size, generator) for name in names}
+    return DSAParams(names, family, values)
+
+
+def _family_per_call(
+    names: tuple[str, ...], num_groups: int, size: tuple[int, int], generator: torch.Generator,
+    host_generator: torch.Generator,
+) -> DSAParams:
+    # Drawn on the host, so the op to run is known without waiting for the device; only the
+    # chosen family's parameters are drawn, as the reference does.
+    name = names[int(torch.randint(len(names), (), generator=host_generator))]
+    family = torch.zeros(num_groups, dtype=torch.long, device=generator.device)
+    return DSAParams((name,), family, {name: FAMILIES[name].sample(num_groups, size, generator)})
+
+
+# Who draws the family that transforms an image (see the module docstring).
+FAMILY_PER: dict[str, Callable[..., DSAParams]] = {"group": _family_per_group, "call": _family_per_call}
+
+
 def sample_params(
     strategy: str | Sequence[str],
     num_groups: int,
     image_size: tuple[int, int],
     generator: torch.Generator,
+    *,
+    family_per: str = "group",
+    host_generator: torch.Generator | None = None,
 ) -> DSAParams:
-    """Draw one family and its parameters for each of ``num_groups`` groups, on the CPU."""
-    if generator.device.type != "cpu":
+    """Draw families and parameters for ``num_groups`` groups, on ``generator``'s device.
+
+    ``family_per="call"`` draws one family for all groups from ``host_generator`` (a CPU
+    generator; default ``generator``, which must then be one).
+    """
+    if family_per not in FAMILY_PER:
+        raise UnknownNameError(f"unknown DSA family_per {family_per!r}; choose from: {', '.join(FAMILY_PER)}")
+    host_generator = generator if host_generator is None else host_generator
+    if family_per == "call" and host_generator.device.type != "cpu":
         raise UsageError(
-            "DSA draws its parameters on the CPU; pass a CPU torch.Generator (images may be on any device)"
+            "one DSA family per call is drawn on the host; pass a CPU host_generator (parameters may use any device)"
         )
     names = parse_strategy(strategy)
     if not names:
-        return DSAParams((), torch.zeros(num_groups, dtype=torch.long), {})
-    family = torch.randint(len(names), (num_groups,), generator=generator)
-    values = {name: FAMILIES[name].sample(num_groups, tuple(image_size), generator) for name in names}
-    return DSAParams(names, family, values)
+        return DSAParams((), torch.zeros(num_groups, dtype=torch.long, device=generator.device), {})
+    return FAMILY_PER[family_per](names, num_groups, tuple(image_size), generator, host_generator)
 
 
 def _merge_by_index(out: Tensor, x: Tensor, chosen: Tensor, op: Callable, p: Tensor) -> Tensor:
@@ -332,6 +376,9 @@ def apply(x: Tensor, params: DSAParams, groups: Tensor) -> Tensor:
         return x
     params = params.to(x.device)
     groups = groups.to(x.device)
+    if len(params.strategy) == 1:  # one family for every image: nothing to split or merge
+        name = params.strategy[0]
+        return FAMILIES[name].apply(x, params.values[name][groups])
     family = params.family[groups]  # (N,)
     merge = _MERGE.get(x.device.type, _merge_by_mask)
     out = torch.empty_like(x)  # every image is written by exactly one family
@@ -346,9 +393,18 @@ def augment(
     generator: torch.Generator,
     groups: Tensor | None = None,
     num_groups: int | None = None,
+    *,
+    family_per: str = "group",
+    host_generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Draw parameters and augment ``x``; ``groups=None`` draws independently for each image."""
-    return siamese([x], None if groups is None else [groups], strategy, generator, num_groups)[0]
+    """Draw parameters and augment ``x``; ``groups=None`` draws independently for each image.
+
+    Training on a proxy set as the reference does: ``family_per="call"`` (one family per
+    batch, parameters per image).
+    """
+    groups_list = None if groups is None else [groups]
+    return siamese([x], groups_list, strategy, generator, num_groups,
+                   family_per=family_per, host_generator=host_generator)[0]
 
 
 def siamese(
@@ -357,13 +413,17 @@ def siamese(
     strategy: str | Sequence[str],
     generator: torch.Generator,
     num_groups: int | None = None,
+    *,
+    family_per: str = "group",
+    host_generator: torch.Generator | None = None,
 ) -> list[Tensor]:
     """Augment several batches with one draw: images of the same group in any batch get the
     same family and parameters (DM: ``xs = [real, syn]``, ``groups = [real_labels, syn_labels]``).
 
     ``groups=None`` makes image i of every batch group i (independent draws for one batch).
-    ``num_groups`` defaults to ``1 + max(groups)``, which costs a host sync on an
-    accelerator: pass it (the number of classes) in a training loop.
+    ``family_per`` and ``host_generator`` are :func:`sample_params`'s. ``num_groups``
+    defaults to ``1 + max(groups)``, which costs a host sync on an accelerator: pass it
+    (the number of classes) in a training loop.
     """
     if not xs:
         return []
@@ -377,5 +437,7 @@ def siamese(
         raise UsageError(f"got {len(xs)} batches but {len(groups)} group tensors; pass one per batch")
     elif num_groups is None:
         num_groups = 1 + max((int(g.max()) for g in groups if g.numel()), default=-1)
-    params = sample_params(strategy, num_groups, sizes.pop(), generator).to(xs[0].device)  # one copy for all
+    params = sample_params(strategy, num_groups, sizes.pop(), generator,
+                           family_per=family_per, host_generator=host_generator)
+    params = params.to(xs[0].device)  # one copy for all batches (none if drawn there)
     return [apply(x, params, g) for x, g in zip(xs, groups)]

@@ -128,7 +128,7 @@ class CondenseCommand(Command):
     name, help = "condense", "condense a dataset into a proxy set (DM, DSA, or a random/herding/k-center coreset)"
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        from .condense import CONDENSERS
+        from .condense import CONDENSERS, TUNE_CHOICES
 
         _add_data_arguments(p)
         p.add_argument("--method", default="dm", choices=CONDENSERS.names())
@@ -144,12 +144,22 @@ class CondenseCommand(Command):
                        help="hold out this class-balanced fraction of train (the NAS validation split, 0.1)")
         p.add_argument("--split-seed", type=int, default=0)
         p.add_argument("--classes", help="condense only these classes: '0,3,7' or a shard 'i/n'")
-        p.add_argument("--amp", action="store_true", help="bf16 autocast for the embedding passes")
+        precision = p.add_mutually_exclusive_group()
+        precision.add_argument("--amp", action="store_true", default=None,
+                               help="bf16 autocast for the embedding passes (DM's default on CUDA)")
+        precision.add_argument("--fp32", dest="amp", action="store_false", help="keep DM in float32 on CUDA too")
+        p.add_argument("--tune", default="auto", choices=TUNE_CHOICES,
+                       help="time DM step plans (classes per forward, layout, compilation) on this device: "
+                            "yes, no (memory rule only), auto (cached, else measured for 500+ iterations)")
         p.add_argument("--memory-budget-gb", type=float, help="memory for one chunk of classes (default: auto)")
         p.add_argument("--checkpoint-every", type=int, default=500, help="iterations between checkpoints")
         p.add_argument("--checkpoint-minutes", type=float, default=10.0,
                        help="and at most this long between checkpoints")
         p.add_argument("--resume", action="store_true", help="continue an interrupted run into --out (--iterations may change)")
+        p.add_argument("--workers", type=int, default=1,
+                       help="condense as this many class shards in parallel processes, then merge (dm, coresets)")
+        p.add_argument("--devices", help="spread the shards round-robin over these devices, e.g. cuda:0,cuda:1 or 0,1 "
+                                         "(default: every visible GPU under --device auto)")
         p.add_argument("--out", type=Path, help="proxy-set file (default results/<dataset>-<method>-ipc<N>-s<seed>.safetensors)")
         sub = p.add_subparsers(dest="action", metavar="{merge}")
         m = sub.add_parser("merge", help="join shards condensed with --classes into one proxy set")
@@ -157,8 +167,10 @@ class CondenseCommand(Command):
         m.add_argument("--out", dest="merge_out", type=Path, required=True)
 
     def run(self, args: argparse.Namespace) -> int:
-        from .condense import CondenseConfig, condense, merge, parse_classes
+        from .condense import CondenseConfig, condense, condense_sharded, merge, parse_classes
         from .data import load_dataset
+        from .devices import default_devices, parse_devices
+        from .exceptions import UsageError
 
         if args.action == "merge":
             syn = merge(args.parts, args.merge_out)
@@ -170,12 +182,20 @@ class CondenseCommand(Command):
             dataset=args.dataset, data_path=args.data_path, method=args.method, ipc=args.ipc, model=args.model,
             iterations=args.iterations, batch_real=args.batch_real, lr_img=args.lr_img, init=args.init,
             seed=args.seed, dsa_strategy=args.dsa_strategy, val_fraction=args.exclude_split,
-            split_seed=args.split_seed, classes=classes, amp=args.amp,
+            split_seed=args.split_seed, classes=classes, amp=args.amp, tune=args.tune,
             memory_budget=int(args.memory_budget_gb * 2**30) if args.memory_budget_gb else None,
             checkpoint_every=args.checkpoint_every, checkpoint_minutes=args.checkpoint_minutes)
         target = args.out or Path("results") / default_name(cfg)
+        if args.workers < 1:
+            raise UsageError(f"--workers must be at least 1 (got {args.workers})")
+        if args.devices is not None and args.device != "auto":
+            raise UsageError("give --device (one device) or --devices (shards spread over several), not both")
         with progress_bar(f"condense {cfg.method}", args.quiet) as report:
-            syn = condense(cfg, target, resume=args.resume, device=args.device, report=report, dataset=data)
+            if args.workers == 1 and args.devices is None:
+                syn = condense(cfg, target, resume=args.resume, device=args.device, report=report, dataset=data)
+            else:
+                devices = parse_devices(args.devices) if args.devices else default_devices(args.device)
+                syn = condense_sharded(cfg, target, args.workers, devices, resume=args.resume, report=report)
         out.print(f"wrote {target} ({len(syn.labels)} images, {syn.meta['wall_seconds']:.1f} s) "
                   f"and {target.with_suffix('.png')}")
         return 0
@@ -271,7 +291,8 @@ class SearchCommand(Command):
         p.add_argument("--sampler", default="exhaustive", choices=SAMPLERS.names())
         p.add_argument("--n-trials", type=int, help="trials per worker (tpe/random)")
         p.add_argument("--timeout", type=float, help="seconds per worker")
-        p.add_argument("--prune", action="store_true", help="median pruning on validation accuracy (tpe/random)")
+        p.add_argument("--prune", action="store_true",
+                       help="median pruning on the first repeat's validation accuracy (tpe/random)")
         p.add_argument("--data-path", help="override the data location recorded in the proxy set")
         self.add_training_arguments(p)
         self.add_study_arguments(p)
@@ -282,6 +303,9 @@ class SearchCommand(Command):
         p.add_argument("--lr", type=float, default=0.01)
         p.add_argument("--dsa-strategy", help="default: the dataset's; 'none' trains without augmentation")
         p.add_argument("--amp", action="store_true", help="bf16 autocast")
+        p.add_argument("--repeats", type=int, default=5,
+                       help="train each candidate this many times, each with its own seeds; it is ranked by the "
+                            "mean validation accuracy (the paper: 5)")
 
     def train_config(self, args: argparse.Namespace):
         from .train import TrainConfig
@@ -299,7 +323,10 @@ class SearchCommand(Command):
         p.add_argument("--restrict", help="a slice of the space, e.g. 'depth=1,2;width=32,64'")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--workers", type=int, default=1, help="local worker processes on this study")
-        p.add_argument("--device", default="auto")
+        p.add_argument("--device", help="every worker's device: auto (the default: cuda, then mps, then cpu; several "
+                                        "workers spread over every visible GPU), cpu, cuda:N, mps; not with --devices")
+        p.add_argument("--devices", help="spread the workers round-robin over these devices, e.g. cuda:0,cuda:2 or "
+                                         "0,2 (more workers than devices share them); not with --device")
         p.add_argument("--heartbeat", type=int, default=10, help="seconds between trial heartbeats")
         p.add_argument("--grace", type=int, default=60, help="seconds without heartbeat before a trial is re-queued")
         p.add_argument("--quiet", action="store_true")
@@ -310,26 +337,51 @@ class SearchCommand(Command):
 
         return SearchConfig(
             study=args.study, storage=args.storage, space=args.space, restrict=args.restrict,
-            train=self.train_config(args),
-            seed=args.seed, device=args.device, data_path=args.data_path,
+            train=self.train_config(args), repeats=getattr(args, "repeats", 1),  # score trains nothing: no --repeats
+            seed=args.seed, device=args.device or "auto", data_path=args.data_path,
             heartbeat=HeartbeatSettings(args.heartbeat, args.grace), **self.source_fields(args))
 
     def source_fields(self, args: argparse.Namespace) -> dict:
         return {"proxy": str(args.proxy), "sampler": args.sampler, "n_trials": args.n_trials,
-                "timeout": args.timeout, "prune": args.prune}
+                "timeout": args.timeout, "prune": args.prune, "command": self.command(args)}
+
+    @staticmethod
+    def command(args: argparse.Namespace) -> str:
+        """The command that fills the study, without --configs: re-run, it resumes; the report adds what it lacks."""
+        argv, words = [], iter(args.argv)
+        for word in words:
+            if word == "--configs":
+                next(words, None)  # its value (dropped by position: the same string may be another flag's value)
+            elif not word.startswith("--configs="):
+                argv.append(word)
+        return shlex.join(["proxynas", *argv])
 
     def run(self, args: argparse.Namespace) -> int:
         from optuna.trial import TrialState
 
         from .search import launch
 
+        devices = self.devices(args)
         cfg = self.config(args)
         with search_display(args.study, args.quiet, self.value_format) as show:
-            prepared = launch(cfg, args.workers, show)
+            prepared = launch(cfg, args.workers, show, devices=devices)
         complete = len(prepared.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         out.print(f"study {args.study!r} in {args.storage}: {complete} trials complete; "
                   f"view it with: proxynas dashboard --storage {args.storage}")
         return 0
+
+    @staticmethod
+    def devices(args: argparse.Namespace) -> list | None:
+        """The --devices list (None: launch spreads --device itself); refused beside --device, which is one device."""
+        from .devices import parse_devices
+        from .exceptions import UsageError
+
+        if args.devices is None:
+            return None
+        if args.device is not None:
+            raise UsageError("give --device (one device for every worker) or --devices (workers spread over "
+                             "several), not both")
+        return parse_devices(args.devices)
 
 
 class BaselineCommand(SearchCommand):
@@ -337,7 +389,7 @@ class BaselineCommand(SearchCommand):
     default_train = {"batch_size": 250}
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        from .baselines import BASELINES
+        from .sources import BASELINES
 
         p.add_argument("--kind", required=True, choices=BASELINES.names(),
                        help="whole: 100 epochs; early-stop: 400 steps, the cost of a proxy search")
@@ -353,7 +405,7 @@ class BaselineCommand(SearchCommand):
         self.add_study_arguments(p)
 
     def config(self, args: argparse.Namespace):
-        from .baselines import BASELINES
+        from .sources import BASELINES
 
         defaults = BASELINES.get(args.kind)
         if args.epochs is None and args.steps is None:
@@ -365,11 +417,9 @@ class BaselineCommand(SearchCommand):
     def source_fields(self, args: argparse.Namespace) -> dict:
         from .baselines import select_configs
 
-        # the command that fills this study, for the report's "run this to fill the gaps" lines
-        argv = [a for a in args.argv if a not in (args.configs, "--configs") and not a.startswith("--configs=")]
         return {"baseline": args.kind, "dataset": args.dataset, "val_fraction": args.exclude_split,
                 "split_seed": args.split_seed, "configs": select_configs(args.configs, args.storage),
-                "command": shlex.join(["proxynas", *argv])}
+                "command": self.command(args)}
 
 
 @contextlib.contextmanager
@@ -443,7 +493,7 @@ class ScoreCommand(SearchCommand):
 
         return {"zero_cost": args.metric, "zero_cost_batch": args.minibatch, "dataset": args.dataset,
                 "val_fraction": args.exclude_split, "split_seed": args.split_seed,
-                "configs": select_configs(args.configs, args.storage)}
+                "configs": select_configs(args.configs, args.storage), "command": self.command(args)}
 
     def run(self, args: argparse.Namespace) -> int:
         from .zero_cost import ZERO_COST
@@ -457,6 +507,11 @@ class ScoreCommand(SearchCommand):
 
 class ReportCommand(Command):
     name, help = "report", "rank proxies against whole-dataset training: Spearman, Kendall, top-k, CSV and plots"
+    # the summary in two tables (rankings; selection and cost) so that neither is squeezed; every column is in one
+    summary_tables = (("method", "spearman_top", "spearman_top_test", "n_top", "n_top_missing", "spearman_all",
+                       "spearman_all_test", "kendall_all", "kendall_all_test", "n_shared", "topk_overlap"),
+                      ("method", "selected", "selected_whole_test_acc", "selected_own_test_acc", "mean_val_std",
+                       "n_unfinished", "train_steps", "repeats", "train_hours"))
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         from .study import DEFAULT_STORAGE
@@ -480,26 +535,33 @@ class ReportCommand(Command):
 
     @staticmethod
     def show(rep, title: str, paths: dict) -> None:
-        """The summary as a rich table, the notes, the commands that fill gaps, and the files."""
+        """The summary as two rich tables (rankings; selection and cost), the notes, the commands, the files."""
         import math
 
-        from .report import SUMMARY_COLUMNS
-
-        headers = {"method": "method", "spearman_top": "ρ top", "n_top": "n", "n_top_missing": "miss",
-                   "spearman_all": "ρ all", "kendall_all": "τ all", "n_shared": "shared", "topk_overlap": "top-k",
-                   "selected": "selected", "selected_whole_test_acc": "its test", "selected_own_test_acc": "own test",
-                   "train_hours": "hours"}  # short, so the table fits 80 columns; the CSV has the full names
-        table = Table(*(headers[c] for c in SUMMARY_COLUMNS), title=title)
-        for row in rep.summary.itertuples(index=False):
-            table.add_row(*("-" if isinstance(v, float) and math.isnan(v) else f"{v:.2f}" if isinstance(v, float)
-                            else str(v) for v in row))
-        out.print(table)
+        headers = {"method": "method", "spearman_top": "ρ top val", "spearman_top_test": "ρ top test", "n_top": "n",
+                   "n_top_missing": "miss", "n_unfinished": "unfinished", "spearman_all": "ρ all val",
+                   "spearman_all_test": "ρ all test", "kendall_all": "τ all val", "kendall_all_test": "τ all test",
+                   "n_shared": "shared", "topk_overlap": "top-k", "selected": "selected",
+                   "selected_whole_test_acc": "its test", "selected_own_test_acc": "own test", "mean_val_std": "± val",
+                   "train_steps": "steps", "repeats": "runs", "train_hours": "hours"}  # short; the CSV has full names
+        # a spread over repeats of a few tenths of a percent still shows; counts NaN where unrecorded are floats
+        digits = {"mean_val_std": 3, "train_steps": 0, "repeats": 0}
+        for heading, columns in zip((title, "selection and cost"), ReportCommand.summary_tables):
+            table = Table(*(headers[c] for c in columns), title=heading)
+            for row in rep.summary[list(columns)].itertuples(index=False):
+                table.add_row(*("-" if isinstance(v, float) and math.isnan(v) else f"{v:.{digits.get(c, 2)}f}"
+                                if isinstance(v, float) else str(v) for c, v in zip(columns, row)))
+            out.print(table)
         for note in rep.notes:
             out.print(f"note: {note}")
         if rep.fill_commands:
             out.print("whole-dataset results are missing for part of a top set; fill them with:")
             for command in rep.fill_commands:
                 out.print(f"  {command}", soft_wrap=True)
+        if rep.finish_commands:
+            out.print("studies that have not finished their space; complete them with:")
+            for method, command in rep.finish_commands.items():
+                out.print(f"  {method}: {command}", soft_wrap=True)
         out.print("wrote " + ", ".join(str(p) for p in paths.values()), soft_wrap=True)
 
 

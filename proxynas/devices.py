@@ -1,10 +1,22 @@
-"""Choosing the torch device: ``auto`` means CUDA, then MPS, then CPU."""
+"""Choosing torch devices: ``auto`` means CUDA, then MPS, then CPU; workers spread over GPUs.
+
+A search with several worker processes gives each its own device: ``assign`` deals
+the devices out round-robin (worker i gets ``devices[i % len(devices)]``), so more
+workers than GPUs share them evenly. ``parse_devices`` reads the ``--devices`` list;
+without one, ``default_devices`` spreads ``--device auto`` over every visible CUDA GPU.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
 from .exceptions import UsageError
+
+__all__ = ["assign", "default_devices", "parse_devices", "resolve_device"]
+
+_EXAMPLE = "e.g. cuda:0,cuda:2 or 0,2"
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -21,3 +33,60 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu or auto")
     return device
+
+
+def parse_devices(spec: str) -> list[torch.device]:
+    """The devices of a ``--devices`` list: names (``cuda:0,cuda:2``, ``cpu``, ``mps``) or CUDA indices (``0,2``).
+
+    Each must exist on this machine and appear once; a CUDA device needs its index.
+    """
+    items = [item.strip() for item in spec.split(",")]
+    if not all(items):
+        raise UsageError(f"--devices {spec!r} has an empty entry; list devices separated by commas, {_EXAMPLE}")
+    devices = [_parse_one(item, spec) for item in items]
+    seen: set[torch.device] = set()
+    for device in devices:
+        if device in seen:
+            raise UsageError(f"--devices {spec!r} names {device} twice; list each device once (more --workers "
+                             "than devices share them round-robin)")
+        seen.add(device)
+    return devices
+
+
+def _parse_one(item: str, spec: str) -> torch.device:
+    try:
+        device = torch.device(f"cuda:{item}" if item.isdigit() else item)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--devices {spec!r}: {item!r} is not a device; {_EXAMPLE}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--devices {spec!r} asks for mps, but torch sees no MPS device")
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise UsageError(f"--devices {spec!r} asks for CUDA, but torch sees no CUDA GPU; use --device cpu or auto")
+    count = torch.cuda.device_count()
+    if device.index is None:
+        raise UsageError(f"--devices {spec!r}: give each GPU's index, {_EXAMPLE} (this machine has cuda:0.."
+                         f"cuda:{count - 1})")
+    if device.index >= count:
+        raise UsageError(f"--devices {spec!r}: {device} is not visible; this machine has {count} CUDA "
+                         f"GPU{'' if count == 1 else 's'} (cuda:0..cuda:{count - 1})")
+    return device
+
+
+def default_devices(name: str = "auto") -> list[torch.device]:
+    """What workers spread over without ``--devices``: every visible CUDA GPU for ``auto``, else the one device."""
+    if name == "auto" and torch.cuda.is_available():
+        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    return [resolve_device(name)]
+
+
+def assign(devices: Sequence[torch.device], workers: int) -> list[torch.device]:
+    """Each worker's device, round-robin: worker i gets ``devices[i % len(devices)]``."""
+    if workers < 1:
+        raise UsageError(f"--workers must be at least 1; not {workers}")
+    if not devices:
+        raise UsageError(f"no devices to put the workers on; give --devices, {_EXAMPLE}")
+    return [devices[i % len(devices)] for i in range(workers)]

@@ -34,6 +34,7 @@ class QuickstartPlan:
     restrict: str = "depth=1,2;width=32;act=relu,sigmoid;norm=none,batchnorm,instancenorm;pool=avg"
     proxy_epochs: int = 40  # the paper: 200 (1 step an epoch here: 100 images, batch 250)
     whole_epochs: int = 5  # the paper: 100
+    repeats: int = 1  # trainings per candidate; the paper: 5
     top: float = 0.5  # the paper: 0.05 of 720; half of 12 keeps the correlation meaningful
     seed: int = 0
     device: str = "auto"
@@ -62,7 +63,8 @@ def run_quickstart(plan: QuickstartPlan = QuickstartPlan(), *, on_stage: Stage |
         proxies[method] = path
 
     base = SearchConfig(study="", proxy="", storage=plan.storage, restrict=plan.restrict, seed=plan.seed,
-                        device=plan.device, train=TrainConfig(epochs=plan.proxy_epochs, batch_size=250))
+                        device=plan.device, train=TrainConfig(epochs=plan.proxy_epochs, batch_size=250),
+                        repeats=plan.repeats)
     for method, path in proxies.items():
         stage(f"search on the {method} proxy")
         launch(replace(base, study=method, proxy=str(path)), 1, search_progress)

@@ -7,23 +7,38 @@ References:
   the NAS protocol and the 720-ConvNet space Table 5 reuses.
 
 Every study holds one method's ranking: one COMPLETE trial per configuration, ranked by
-validation accuracy (FAIL, PRUNED and WAITING trials do not count). Each method is
-compared with the whole-dataset study:
+validation accuracy (FAIL, PRUNED and WAITING trials do not count). A trial trained
+several times (``--repeats``) is ranked by its mean; its standard deviation over the
+repeats is the ranking's ``<method>_val_std``, and the summary's ``mean_val_std`` is
+that spread averaged over the method's configurations (NaN where nothing records a
+spread: zero-cost scores, studies from before repeats). Each method is compared with
+the whole-dataset study:
 
 - ``spearman_top``, the paper's metric: Spearman's rho between the method's and the
   whole-dataset validation accuracies over the method's own top 5% (36 of 720), using
   those configurations of the set that have a whole-dataset result. Whole-dataset
   training is the expensive part and need only cover the union of the methods' top
   sets (§5's note), so the ones it lacks are listed with a command that trains them.
+  The top set is counted against the study's whole space (``planned_size``): a study
+  that has not finished gets the same 36, filled from what it finished, and
+  ``n_unfinished`` with a command that completes it.
 - ``spearman_all``, ``kendall_all`` (tau-b) and ``topk_overlap``: over every
   configuration both studies hold. Where the whole-dataset study covers only the top
   sets, that is a hand-picked subset of the space, not a sample of it.
+- ``*_test``: the same correlations of test accuracies (the top set still chosen by
+  validation accuracy): Figure F8's axes, and most likely Table 5's figure. A zero-cost
+  score has no test accuracy, so its one score ranks against both whole-dataset columns.
 - ``selected``: the configuration the method ranks first, with its whole-dataset test
   accuracy (the paper's "selected architecture" column).
+- ``train_steps`` and ``repeats``: what one candidate costs, as each study recorded it.
+
+Studies ranked on different validation splits are refused, and so is early stopping
+that trains another number of steps per run than the proxies (§5: the same cost); both
+errors give the command that fixes them.
 
 A correlation that is undefined (fewer than two configurations, or constant accuracies)
-is NaN, and ``Report.notes`` says why: nothing is dropped silently. Figure F8 plots test
-accuracies; ``scatter_top.png`` plots the validation accuracies the correlation uses.
+is NaN, and ``Report.notes`` says why: nothing is dropped silently. ``scatter_top.png``
+plots the validation accuracies ``spearman_top`` uses.
 """
 
 from __future__ import annotations
@@ -51,20 +66,28 @@ from .study import CONFIG_KEY, _sqlite_path, open_storage, open_study
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["FRAME_COLUMNS", "SUMMARY_COLUMNS", "WHOLE", "Report", "build_report", "study_frame", "top_configs",
-           "top_count", "write_report"]
+__all__ = ["FRAME_COLUMNS", "SUMMARY_COLUMNS", "WHOLE", "Report", "build_report", "parse_top", "planned_size",
+           "study_frame", "study_top", "top_configs", "top_count", "write_report"]
 
 log = logging.getLogger(__name__)
 
 AXES = ("depth", "width", "act", "norm", "pool")
-FRAME_COLUMNS = ("config_id", *AXES, "params", "flops", "val_acc", "test_acc", "train_seconds")
-SUMMARY_COLUMNS = ("method", "spearman_top", "n_top", "n_top_missing", "spearman_all", "kendall_all", "n_shared",
-                   "topk_overlap", "selected", "selected_whole_test_acc", "selected_own_test_acc", "train_hours")
+FRAME_COLUMNS = ("config_id", *AXES, "params", "flops", "val_acc", "test_acc", "val_std", "test_std",
+                 "train_seconds")
+SUMMARY_COLUMNS = ("method", "spearman_top", "spearman_top_test", "n_top", "n_top_missing", "n_unfinished",
+                   "spearman_all", "spearman_all_test", "kendall_all", "kendall_all_test", "n_shared",
+                   "topk_overlap", "selected", "selected_whole_test_acc", "selected_own_test_acc", "mean_val_std",
+                   "train_steps", "repeats", "train_hours")
 WHOLE = "whole"  # the whole-dataset study's name in the report; a method of that name is renamed
 # what a study's trial values are, by its "kind" attribute: the ranking's column suffix and the plots' words
 MEASURES = {"zero-cost": ("score", "score at initialisation")}
 ACCURACY = ("val_acc", "validation accuracy")  # every other kind
+# what a kind's ranking is on the test side; a score has no test accuracy, so it ranks against both whole columns
+TEST_SIDE = {"zero-cost": "val_acc"}
+# (x, y) columns of a shared frame: the val-val correlation, and the test-test one (its x as TEST_SIDE)
+VAL_VAL, TEST_TEST = ("val_acc", "val_acc_whole"), ("test_acc", "test_acc_whole")
 _INFO = FRAME_COLUMNS[:8]  # what describes a configuration, whichever study it comes from
+_MEASURED = FRAME_COLUMNS[8:]  # what its trial measured: floats, NaN where a study records none
 _NAN = float("nan")
 
 
@@ -98,7 +121,7 @@ def _frame(study: optuna.Study) -> pd.DataFrame:
     for cid, n in sorted(extra.items()):
         log.warning("study %r has %d complete trials of %s; the report keeps the first", study.study_name, n + 1, cid)
     frame = pd.DataFrame(list(rows.values()), columns=list(FRAME_COLUMNS))
-    frame = frame.astype({"val_acc": float, "test_acc": float, "train_seconds": float})
+    frame = frame.astype({c: float for c in _MEASURED})
     return frame.sort_values("config_id", ignore_index=True)
 
 
@@ -130,10 +153,26 @@ def parse_top(text: str) -> float | int:
     return int(value) if value >= 1 else value
 
 
-def top_configs(frame: pd.DataFrame, top: float | int, by: str = "val_acc") -> list[str]:
-    """The best configurations of ``frame`` by ``by`` (descending), best first; ties go to the smaller id."""
+def top_configs(frame: pd.DataFrame, top: float | int, by: str = "val_acc", of: int | None = None) -> list[str]:
+    """The best configurations of ``frame`` by ``by`` (descending), best first; ties go to the smaller id.
+
+    ``top`` is counted against ``of`` configurations (default: the frame's), so that a
+    study that has not finished its space still gets the top set of the space (5% of
+    720 is 36), filled from what it finished, not 5% of what finished.
+    """
     ordered = frame.sort_values([by, "config_id"], ascending=[False, True])
-    return ordered["config_id"].head(top_count(top, len(frame))).tolist()
+    return ordered["config_id"].head(top_count(top, len(frame) if of is None else of)).tolist()
+
+
+def planned_size(study: optuna.Study) -> int | None:
+    """How many configurations the study's search space holds (None: the study recorded no space)."""
+    return study.user_attrs.get("space", {}).get("size")
+
+
+def study_top(storage: str | RDBStorage, study_name: str, top: float | int) -> list[str]:
+    """A study's top set by validation accuracy, best first, counted against its space (see top_configs)."""
+    study = open_study(_open(storage), study_name, create=False)
+    return top_configs(_frame(study), top, of=planned_size(study))
 
 
 def _describe_top(top: float | int) -> str:
@@ -142,11 +181,12 @@ def _describe_top(top: float | int) -> str:
 
 @dataclass
 class Report:
-    ranking: pd.DataFrame  # one row per configuration in any study: info, <method>_val_acc (or _score)
-    #                        and <method>_rank per method, whole_test_acc
+    ranking: pd.DataFrame  # one row per configuration in any study: info, <method>_val_acc (or _score),
+    #                        <method>_val_std and <method>_rank per method, whole_test_acc
     summary: pd.DataFrame  # one row per method, whole last; columns SUMMARY_COLUMNS
     missing: dict[str, list[str]]  # method -> its top-set ids lacking a whole-dataset result (only where some do)
     fill_commands: list[str]  # commands that train the missing configurations on the whole dataset
+    finish_commands: dict[str, str]  # method -> the command that completes its unfinished study (where recorded)
     notes: list[str]  # undefined statistics and other caveats, one sentence each
     studies: dict[str, str]  # method -> study name (whole included)
     top: dict[str, list[str]]  # method -> its top set, best first
@@ -172,24 +212,41 @@ def build_report(storage: str | RDBStorage, proxy_studies: Sequence[str], whole:
     rdb = _open(storage)
     studies = {n: open_study(rdb, n, create=False) for n in [*names, whole]}
     _check_one_dataset(studies)
+    _check_one_split(studies, whole)
     methods = _method_names({n: studies[n] for n in names}) | {WHOLE: whole}
     frames = {m: _frame(studies[s]) for m, s in methods.items()}
-    measures = {m: MEASURES.get(studies[s].user_attrs.get("kind"), ACCURACY) for m, s in methods.items()}
+    kinds = {m: studies[s].user_attrs.get("kind") for m, s in methods.items()}
+    measures = {m: MEASURES.get(kinds[m], ACCURACY) for m in methods}
+    budgets = {n: _budget(studies[n]) for n in [*names, whole]}
 
     notes: list[str] = []
+    if early_stop:
+        _check_equal_cost(studies, budgets, proxy_studies, early_stop, rdb, notes)
     if (kind := studies[whole].user_attrs.get("kind", WHOLE)) != WHOLE:
         notes.append(f"the whole-dataset study {whole!r} has kind {kind!r}, not {WHOLE!r}")
-    rows, tops, missing = [], {}, {}
+    rows, tops, missing, finish = [], {}, {}, {}
     for m, frame in frames.items():
-        row, tops[m] = _compare(m, frame, frames[WHOLE], top, k, notes)
-        rows.append(row)
+        study = studies[methods[m]]
+        row, tops[m] = _compare(m, frame, frames[WHOLE], top, k, notes, planned_size(study),
+                                TEST_SIDE.get(kinds[m], "test_acc"))
+        rows.append(row | budgets[methods[m]])
+        if m == WHOLE:
+            continue  # whole-dataset training covers the top sets only, by design (see fill_commands)
         # the selected configuration heads the top set, so a missing selection is listed here too
-        if m != WHOLE and (lacking := [c for c in tops[m] if c not in set(frames[WHOLE].config_id)]):
+        if lacking := [c for c in tops[m] if c not in set(frames[WHOLE].config_id)]:
             missing[m] = lacking
+        if row["n_unfinished"]:
+            command = study.user_attrs.get("command")
+            notes.append(f"{m}: {row['n_unfinished']} of the {planned_size(study)} configurations of its space have "
+                         f"no complete trial; its {_describe_top(top)} is counted against all of them, from what "
+                         "finished; " + ("complete it with the command below" if command else
+                                         f"complete it by re-running what filled study {methods[m]!r}"))
+            if command:
+                finish[m] = command  # re-running a search continues it
     todo = sorted({c for ids in missing.values() for c in ids})
-    fill = [_fill_command(studies[whole], rdb, todo)] if todo else []
+    fill = [_with_flags(_baseline_command(studies[whole], rdb, WHOLE), {"--configs": ",".join(todo)})] if todo else []
     return Report(_ranking(frames, measures), pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS)), missing, fill,
-                  notes, methods, tops, measures)
+                  finish, notes, methods, tops, measures)
 
 
 def _check_one_dataset(studies: dict[str, optuna.Study]) -> None:
@@ -197,6 +254,53 @@ def _check_one_dataset(studies: dict[str, optuna.Study]) -> None:
     if len(set(datasets.values())) > 1:
         listing = ", ".join(f"{n}: {d}" for n, d in datasets.items())
         raise StudyError(f"the studies are on different datasets ({listing}); compare studies of one dataset")
+
+
+# what rebuilds a study on another validation split, by kind; a proxy set holds its split out when condensed
+_SPLIT_FIX = {"proxy": "condense its proxy set again, then search it into a new study, with"}
+_SPLIT_FIX_OTHER = "run its command again into a new --study with"
+
+
+def _check_one_split(studies: dict[str, optuna.Study], whole: str) -> None:
+    """Refuse studies ranked on different validation splits: their accuracies are not of the same images."""
+    splits = {n: s.user_attrs["split"] for n, s in studies.items() if "split" in s.user_attrs}
+    ref = whole if whole in splits else next(iter(splits), None)
+    for n, split in splits.items():
+        if split["fingerprint"] != splits[ref]["fingerprint"]:
+            want = splits[ref]
+            fix = _SPLIT_FIX.get(studies[n].user_attrs.get("kind"), _SPLIT_FIX_OTHER)
+            raise StudyError(f"studies {n!r} and {ref!r} rank on different validation splits (fingerprints "
+                             f"{split['fingerprint'][:12]} and {want['fingerprint'][:12]}); to compare them, "
+                             f"{fix} --exclude-split {want['val_fraction']} --split-seed {want['seed']}")
+
+
+def _budget(study: optuna.Study) -> dict[str, float]:
+    """The training steps of one run of a candidate and the runs per candidate, as recorded (NaN: unrecorded)."""
+    protocol = study.user_attrs.get("protocol", {})
+    return {column: _NAN if protocol.get(key) is None else protocol[key]
+            for column, key in (("train_steps", "steps"), ("repeats", "repeats"))}
+
+
+def _check_equal_cost(studies: dict[str, optuna.Study], budgets: dict[str, dict[str, float]],
+                      proxy_studies: Sequence[str], early_stop: str, storage: RDBStorage, notes: list[str]) -> None:
+    """Early stopping must train as many steps as the proxies (PROTOCOL.md §5), or refuse with the fix."""
+    steps = {n: budgets[n]["train_steps"] for n in [*proxy_studies, early_stop]}
+    unknown = sorted(n for n, v in steps.items() if math.isnan(v))
+    if unknown:
+        notes.append(f"training steps are not recorded by {', '.join(map(repr, unknown))}, so equal cost with "
+                     "early stopping is not checked there")
+    proxy = {n: int(v) for n, v in steps.items() if n != early_stop and not math.isnan(v)}
+    if len(set(proxy.values())) > 1:
+        listing = ", ".join(f"{n} {v}" for n, v in proxy.items())
+        notes.append(f"the proxy studies train different numbers of steps per run ({listing}); early stopping "
+                     f"({early_stop!r}) costs the same as those with {steps[early_stop]:g}")
+    elif proxy and not math.isnan(steps[early_stop]) and steps[early_stop] not in proxy.values():
+        name, want = next(iter(proxy.items()))
+        fixed = _with_flags(_baseline_command(studies[early_stop], storage, "early-stop"),
+                            {"--steps": want, "--study": f"{early_stop}-{want}steps"})
+        raise StudyError(f"early stopping ({early_stop!r}) trains {steps[early_stop]:g} steps per run but proxy "
+                         f"study {name!r} trains {want}, so they do not cost the same; train early stopping on "
+                         f"the proxies' budget: {fixed}")
 
 
 def _method_names(studies: dict[str, optuna.Study]) -> dict[str, str]:
@@ -207,13 +311,17 @@ def _method_names(studies: dict[str, optuna.Study]) -> dict[str, str]:
 
 
 def _compare(method: str, frame: pd.DataFrame, whole: pd.DataFrame, top: float | int, k: int,
-             notes: list[str]) -> tuple[dict, list[str]]:
-    """The method's summary row and its top set."""
+             notes: list[str], planned: int | None = None, test_side: str = "test_acc") -> tuple[dict, list[str]]:
+    """The method's summary row and its top set (counted against ``planned`` configurations, see top_configs).
+
+    ``test_side``: the method's column ranked against whole-dataset test accuracy (TEST_SIDE).
+    """
     if frame.empty:
         notes.append(f"{method}: the study has no complete trials")
     # (configs both studies hold) x (config_id, val_acc, test_acc, ..., val_acc_whole, test_acc_whole)
     shared = frame.merge(whole[["config_id", "val_acc", "test_acc"]], on="config_id", suffixes=("", "_whole"))
-    top_ids = top_configs(frame, top)
+    shared["test_acc"] = shared[test_side]  # what ranks against test_acc_whole (TEST_SIDE)
+    top_ids = top_configs(frame, top, of=planned)
     in_top = shared[shared.config_id.isin(top_ids)]
     label = _describe_top(top)
     if len(in_top) < len(top_ids):
@@ -221,32 +329,44 @@ def _compare(method: str, frame: pd.DataFrame, whole: pd.DataFrame, top: float |
                      f"whole-dataset results; its Spearman over the {label} uses the other {len(in_top)}")
     selected = top_ids[0] if top_ids else None
     whole_test = whole.set_index("config_id").test_acc
+    top_where, all_where = "with whole-dataset results", "shared with the whole-dataset study"
+
+    def correlations(fn: Callable, pairs: pd.DataFrame, what: str, where: str) -> tuple[float, float]:
+        """(val-val, test-test) of ``fn``; the test-test one notes only what the val-val one did not."""
+        val = _correlation(fn, pairs, VAL_VAL, f"{method}: {what}", where, method, notes)
+        test = _correlation(fn, pairs, TEST_TEST, f"{method}: test-accuracy {what}", where, method,
+                            [] if math.isnan(val) else notes)
+        return val, test
+
+    spearman_top = correlations(stats.spearmanr, in_top, f"Spearman over the {label}", top_where)
+    spearman_all = correlations(stats.spearmanr, shared, "Spearman over all shared configs", all_where)
+    kendall_all = correlations(stats.kendalltau, shared, "Kendall's tau over all shared configs", all_where)
     row = {
         "method": method,
-        "spearman_top": _correlation(stats.spearmanr, in_top, f"{method}: Spearman over the {label}",
-                                     "with whole-dataset results", method, notes),
+        "spearman_top": spearman_top[0], "spearman_top_test": spearman_top[1],
         "n_top": len(in_top), "n_top_missing": len(top_ids) - len(in_top),
-        "spearman_all": _correlation(stats.spearmanr, shared, f"{method}: Spearman over all shared configs",
-                                     "shared with the whole-dataset study", method, notes),
-        "kendall_all": _correlation(stats.kendalltau, shared, f"{method}: Kendall's tau over all shared configs",
-                                    "shared with the whole-dataset study", method, notes),
+        "n_unfinished": max(0, (planned or 0) - len(frame)),
+        "spearman_all": spearman_all[0], "spearman_all_test": spearman_all[1],
+        "kendall_all": kendall_all[0], "kendall_all_test": kendall_all[1],
         "n_shared": len(shared),
         "topk_overlap": _overlap(shared, k, method, notes),
         "selected": selected,
         "selected_whole_test_acc": whole_test.get(selected, _NAN),
         "selected_own_test_acc": frame.set_index("config_id").test_acc.get(selected, _NAN),
+        "mean_val_std": frame.val_std.mean(),  # NaN where the study records no spread (zero-cost, older studies)
         "train_hours": frame.train_seconds.sum(min_count=1) / 3600,
     }
     return row, top_ids
 
 
-def _correlation(fn: Callable, pairs: pd.DataFrame, what: str, where: str, method: str, notes: list[str]) -> float:
-    """``fn``'s statistic of val_acc against val_acc_whole, or NaN and a note saying why it is undefined.
+def _correlation(fn: Callable, pairs: pd.DataFrame, columns: tuple[str, str], what: str, where: str, method: str,
+                 notes: list[str]) -> float:
+    """``fn``'s statistic of the ``columns`` (method, whole) of ``pairs``, or NaN and a note saying why it is undefined.
 
     Undefined inputs are caught here rather than left to scipy, which would return NaN
     with a warning and no reason.
     """
-    x, y, n = pairs.val_acc, pairs.val_acc_whole, len(pairs)
+    x, y, n = pairs[columns[0]], pairs[columns[1]], len(pairs)
     if n < 2:
         why = f"{n} config{'' if n == 1 else 's'} {where}"
     elif x.nunique() == 1 or y.nunique() == 1:
@@ -269,13 +389,26 @@ def _overlap(shared: pd.DataFrame, k: int, method: str, notes: list[str]) -> flo
     return len(set(top_configs(shared, kk)) & set(top_configs(shared, kk, by="val_acc_whole"))) / kk
 
 
-def _fill_command(whole: optuna.Study, storage: RDBStorage, ids: list[str]) -> str:
-    """The command the whole-dataset study was filled with, asked for ``ids`` only."""
-    base = whole.user_attrs.get("command")
-    if base is None:  # a study filled some other way: the generic command (its password hidden, not printed)
+def _baseline_command(study: optuna.Study, storage: RDBStorage, kind: str) -> str:
+    """The command a baseline study was filled with (recorded without --configs), else the generic one."""
+    base = study.user_attrs.get("command")
+    if base is None:  # a study filled some other way (its password hidden, not printed)
         url = sqlalchemy.engine.make_url(storage.url).render_as_string(hide_password=True)
-        base = f"proxynas baseline --kind whole --study {shlex.quote(whole.study_name)} --storage {shlex.quote(url)}"
-    return f"{base} --configs {shlex.quote(','.join(ids))}"
+        dataset = study.user_attrs.get("dataset")
+        base = shlex.join(["proxynas", "baseline", "--kind", kind, *(["--dataset", dataset] if dataset else []),
+                           "--study", study.study_name, "--storage", url])
+    return base
+
+
+def _with_flags(command: str, flags: dict[str, object]) -> str:
+    """``command`` with each of ``flags`` set to its value, any value it gave before dropped."""
+    kept, words = [], iter(shlex.split(command))
+    for word in words:
+        if word in flags:
+            next(words, None)  # its value
+        elif word.partition("=")[0] not in flags:
+            kept.append(word)
+    return shlex.join([*kept, *(str(w) for flag, value in flags.items() for w in (flag, value))])
 
 
 def _ranking(frames: dict[str, pd.DataFrame], measures: dict[str, tuple[str, str]]) -> pd.DataFrame:
@@ -284,8 +417,10 @@ def _ranking(frames: dict[str, pd.DataFrame], measures: dict[str, tuple[str, str
     info = pd.concat(known) if known else pd.DataFrame(columns=list(_INFO))
     ranking = info.drop_duplicates("config_id").set_index("config_id")
     for m, frame in frames.items():
-        acc = frame.set_index("config_id").val_acc
+        by_id = frame.set_index("config_id")
+        acc = by_id.val_acc
         ranking[f"{m}_{measures[m][0]}"] = acc
+        ranking[f"{m}_val_std"] = by_id.val_std
         ranking[f"{m}_rank"] = acc.rank(ascending=False, method="min")  # 1 = best; ties share the best rank
     ranking["whole_test_acc"] = frames[WHOLE].set_index("config_id").test_acc
     ranking = ranking.reset_index()

@@ -1,23 +1,26 @@
 """Proxy-set NAS (PROTOCOL.md §5): train every candidate on a proxy set, rank by validation accuracy.
 
 Each trial builds one configuration of the search space, trains it from scratch on
-the proxy set (200 epochs, batch 250, DSA, SGD as §4), and returns its accuracy on
-the validation split the proxy set excluded (10% of the training set); the test
-accuracy is recorded as a user attribute. The same machinery runs the baselines
-(``baselines.py``: candidates trained on the real split) and the zero-cost proxies
-(``zero_cost.py``: candidates scored at initialisation), so every study looks alike.
-``run_search`` is one worker in this process; ``launch`` starts several worker
-processes on one study and waits for them.
+the proxy set (200 epochs, batch 250, DSA, SGD as §4) ``repeats`` times, and returns
+its mean accuracy on the validation split the proxy set excluded (10% of the training
+set); the test accuracies are recorded as user attributes. The same machinery runs
+the baselines (candidates trained on the real split) and the zero-cost proxies
+(candidates scored at initialisation), so every study looks alike: ``KINDS`` says
+where each kind of study gets its source (``sources.py``) and its objective
+(``objectives.py``). ``run_search`` is one worker in this process; ``launch`` starts
+several worker processes on one study, spread over the devices, and waits for them.
+
+Imports flow one way: cli -> search -> objectives -> sources, zero_cost, study, train;
+nothing below this module imports it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import multiprocessing
 import os
-import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -27,24 +30,21 @@ import torch
 from optuna.trial import TrialState
 
 from ._registry import Registry
-from ._seeding import derive_seed, generator
-from .condense import SyntheticSet
-from .data import Dataset, TrainValSplit, load_dataset
-from .devices import resolve_device
-from .exceptions import StudyError
-from .networks import NetConfig, build, count_flops, count_params
+from ._seeding import derive_seed
+from .devices import assign, default_devices
+from .exceptions import StudyError, UsageError
+from .objectives import CandidateObjective, Objective, ZeroCostObjective, resolved_training
 from .provenance import versions
 from .search_space import SearchSpace, load_space
+from .sources import BASELINES, Source, proxy_source, real_split_source
 from .study import (CONFIG_KEY, DEFAULT_STORAGE, HeartbeatSettings, check_study_attrs, enqueue_configs,
                     open_storage, open_study, run_worker, summary)
-from .train import TrainConfig, accuracy, train_network
+from .train import TrainConfig
 
 SAMPLERS: Registry[Callable[[int], optuna.samplers.BaseSampler | None]] = Registry("sampler")
 SAMPLERS.add("exhaustive", lambda seed: None)  # every configuration once, through the trial queue
 SAMPLERS.add("tpe", lambda seed: optuna.samplers.TPESampler(seed=seed))
 SAMPLERS.add("random", lambda seed: optuna.samplers.RandomSampler(seed=seed))
-
-PRUNE_CHECKS = 10  # validation checks per candidate when pruning
 
 
 @dataclass(frozen=True)
@@ -64,130 +64,88 @@ class SearchConfig:
     sampler: str = "exhaustive"
     n_trials: int | None = None  # per worker; None: until the queue is done (exhaustive) or forever
     timeout: float | None = None  # seconds per worker
-    prune: bool = False  # median pruning on intermediate validation accuracy (tpe/random only)
+    prune: bool = False  # median pruning on the first repeat's validation accuracy (tpe/random only)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=200, batch_size=250))
+    repeats: int = 5  # trainings per candidate, each with its own seeds; the trial's value is their mean (A.3)
     seed: int = 0
-    device: str = "auto"
+    device: str = "auto"  # this worker's device (launch gives each worker its own)
     data_path: str | None = None  # overrides the data location recorded in the proxy set
     heartbeat: HeartbeatSettings = HeartbeatSettings()
     command: str | None = None  # the CLI command that fills the study (recorded, never compared)
 
     def __post_init__(self) -> None:
         SAMPLERS.get(self.sampler)
-        if sum(x is not None for x in (self.proxy, self.baseline, self.zero_cost)) != 1:
+        if len(self._kinds()) != 1:
             raise StudyError("give exactly one of a proxy set, a baseline kind or a zero-cost proxy")
+        if self.baseline is not None:
+            BASELINES.get(self.baseline)
+        if self.repeats < 1:
+            raise UsageError(f"--repeats must be at least 1 (trainings per candidate); not {self.repeats}")
         if self.prune and self.sampler == "exhaustive":
             raise StudyError("--prune needs --sampler tpe or random: an exhaustive search trains every candidate")
 
+    def _kinds(self) -> list[str]:
+        return [k for k, v in (("proxy", self.proxy), ("baseline", self.baseline), ("zero-cost", self.zero_cost))
+                if v is not None]
 
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-@dataclass
-class Source:
-    """What candidates train on, the validation split they are ranked on, and how to record it."""
-
-    dataset: Dataset
-    images: torch.Tensor  # normalised floats (a proxy set) or uint8 (a real training split)
-    labels: torch.Tensor
-    normalised: bool  # False: uint8 images normalised batch by batch
-    split: TrainValSplit
-    attrs: dict[str, Any]  # study attributes: kind, method, dataset, split, ...
+    @property
+    def kind(self) -> str:
+        """The ``KINDS`` entry that fills this study: "proxy", "baseline" or "zero-cost"."""
+        return self._kinds()[0]
 
 
-def proxy_source(cfg: SearchConfig) -> Source:
-    syn = SyntheticSet.load(cfg.proxy)
-    if not syn.meta.get("split"):
-        raise StudyError(f"{cfg.proxy} was condensed without --exclude-split, so no validation split is "
-                         "held out of it; condense again with --exclude-split 0.1")
-    meta = syn.meta
-    dataset = load_dataset(meta["dataset"]["name"], cfg.data_path or meta["config"]["data_path"])
-    split = TrainValSplit.from_dict(meta["split"])
-    attrs = {"kind": "proxy", "method": meta["method"], "ipc": meta["ipc"], "proxy_sha256": sha256(cfg.proxy)}
-    return Source(dataset, syn.images, syn.labels, True, split, attrs)
+@dataclass(frozen=True)
+class StudyKind:
+    """Where a kind of study gets its source and its objective, read off its SearchConfig."""
+
+    source: Callable[[SearchConfig], Source]
+    objective: Callable[[SearchConfig, Source, SearchSpace], Objective]
+    trains: bool = True  # False: nothing is trained, so the protocol records no repeats
 
 
-def record_config(trial: optuna.Trial, net_cfg: NetConfig, net: torch.nn.Module, info) -> None:
-    """The user attributes that say which configuration a trial is: id, axes, size, cost."""
-    trial.set_user_attr(CONFIG_KEY, net_cfg.id)
-    for axis, value in dataclasses.asdict(net_cfg).items():
-        trial.set_user_attr(axis, value)
-    trial.set_user_attr("params", count_params(net))
-    trial.set_user_attr("flops", count_flops(net_cfg, info.channels, info.image_size))
+def _real_split(cfg: SearchConfig, attrs: dict[str, Any]) -> Source:
+    return real_split_source(cfg.dataset, cfg.data_path, cfg.val_fraction, cfg.split_seed, attrs)
 
 
-class CandidateObjective:
-    """Train one candidate from scratch on the source; return its validation accuracy."""
+def _training(cfg: SearchConfig, source: Source, space: SearchSpace) -> Objective:
+    return CandidateObjective(source, space, cfg.train, repeats=cfg.repeats, seed=cfg.seed, device=cfg.device,
+                              prune=cfg.prune)
 
-    def __init__(self, cfg: SearchConfig, source: Source, space: SearchSpace) -> None:
-        self.cfg, self.space, self.source, self.dataset = cfg, space, source, source.dataset
-        self.device = resolve_device(cfg.device)
-        self.train_cfg = (cfg.train if cfg.train.dsa_strategy is not None
-                          else dataclasses.replace(cfg.train, dsa_strategy=self.dataset.info.dsa_strategy))
-        # a proxy set or a real split small enough lives on the device; batches are index slices of it
-        self.images, self.labels = source.images.to(self.device), source.labels.to(self.device)
-        train = self.dataset.train
-        self.val = train.images[source.split.val_idx], train.labels[source.split.val_idx]
 
-    def __call__(self, trial: optuna.Trial) -> float:
-        info, cfg = self.dataset.info, self.cfg
-        net_cfg: NetConfig = self.space.suggest(trial)
-        cid = net_cfg.id
-        net = build(net_cfg, info.channels, info.num_classes, info.image_size,
-                    seed=derive_seed(cfg.seed, "candidate", cid)).to(self.device)
-        record_config(trial, net_cfg, net, info)
-
-        def check(epoch: int) -> None:
-            every = max(1, self.train_cfg.epochs // PRUNE_CHECKS)
-            if (epoch + 1) % every == 0 and epoch + 1 < self.train_cfg.epochs:
-                trial.report(self._accuracy(net, *self.val), epoch + 1)
-                if trial.should_prune():
-                    raise optuna.TrialPruned()
-
-        seconds = train_network(net, self.images, self.labels, self.train_cfg,
-                                generator(cfg.seed, "candidate-train", cid), check if cfg.prune else None,
-                                normalise=None if self.source.normalised else self.dataset.normalise)
-        val_acc = self._accuracy(net, *self.val)
-        attrs = {"val_acc": val_acc, "test_acc": self._accuracy(net, self.dataset.test.images, self.dataset.test.labels),
-                 "train_seconds": seconds, "device": str(self.device), "seed": cfg.seed,
-                 "worker": f"{socket.gethostname()}:{os.getpid()}"}
-        for k, v in attrs.items():
-            trial.set_user_attr(k, v)
-        return val_acc
-
-    def _accuracy(self, net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-        return accuracy(net, images, labels, self.dataset.normalise, self.train_cfg.amp)
+KINDS: Registry[StudyKind] = Registry("study kind")
+KINDS.add("proxy", StudyKind(lambda cfg: proxy_source(cfg.proxy, cfg.data_path), _training))
+KINDS.add("baseline", StudyKind(lambda cfg: _real_split(cfg, {"kind": cfg.baseline, "method": cfg.baseline}),
+                                _training))
+KINDS.add("zero-cost", StudyKind(
+    lambda cfg: _real_split(cfg, {"kind": "zero-cost", "method": cfg.zero_cost, "minibatch": cfg.zero_cost_batch}),
+    lambda cfg, source, space: ZeroCostObjective(source, space, cfg.zero_cost, batch=cfg.zero_cost_batch,
+                                                 seed=cfg.seed, device=cfg.device),
+    trains=False))
 
 
 def make_source(cfg: SearchConfig) -> Source:
-    if cfg.proxy is not None:
-        return proxy_source(cfg)
-    from .baselines import real_split_source
-
-    return real_split_source(cfg)
+    return KINDS.get(cfg.kind).source(cfg)
 
 
-def make_objective(cfg: SearchConfig, source: Source, space: SearchSpace) -> Callable[[optuna.Trial], float]:
-    if cfg.zero_cost is not None:
-        from .zero_cost import ZeroCostObjective
-
-        return ZeroCostObjective(cfg, source, space)
-    return CandidateObjective(cfg, source, space)
+def make_objective(cfg: SearchConfig, source: Source, space: SearchSpace) -> Objective:
+    return KINDS.get(cfg.kind).objective(cfg, source, space)
 
 
 def study_attrs(cfg: SearchConfig, source: Source, space: SearchSpace) -> dict[str, Any]:
     """What a study records about itself: enough for the dashboard to interpret it."""
     split = source.split
+    trains = KINDS.get(cfg.kind).trains
+    train = resolved_training(cfg.train, source.dataset.info) if trains else cfg.train
+    protocol = {**dataclasses.asdict(train), "objective": "validation accuracy",
+                "steps": train.total_steps(len(source.labels))}  # what one training runs: the report compares costs
+    if train.steps is not None:
+        protocol["epochs"] = None  # a step budget (early stopping) has no epochs, whatever TrainConfig's default says
+    if trains:
+        protocol["repeats"] = cfg.repeats
     return {
         **source.attrs, "dataset": source.dataset.info.name,
         "split": {"val_fraction": split.val_fraction, "seed": split.seed, "fingerprint": split.fingerprint},
-        "protocol": {**dataclasses.asdict(cfg.train), "objective": "validation accuracy"},
-        "space": space.to_dict(), "sampler": cfg.sampler, "seed": cfg.seed,
+        "protocol": protocol, "space": space.to_dict(), "sampler": cfg.sampler, "seed": cfg.seed,
     }
 
 
@@ -260,15 +218,26 @@ def _worker_main(cfg: SearchConfig, threads: int, verbosity: int) -> None:
     run_search(cfg, attach(cfg))
 
 
+def worker_configs(cfg: SearchConfig, workers: int,
+                   devices: Sequence[torch.device] | None = None) -> list[SearchConfig]:
+    """Each worker's configuration: ``cfg`` on its own device, dealt round-robin (``devices.assign``).
+
+    ``devices`` None: ``devices.default_devices(cfg.device)``, every visible CUDA GPU for ``auto``.
+    """
+    return [dataclasses.replace(cfg, device=str(d))
+            for d in assign(default_devices(cfg.device) if devices is None else devices, workers)]
+
+
 def launch(cfg: SearchConfig, workers: int, on_progress: Callable[[dict[str, Any]], None] | None = None,
-           poll: float = 1.0) -> Prepared:
-    """Start ``workers`` processes on one study and wait for them, reporting progress."""
+           poll: float = 1.0, devices: Sequence[torch.device] | None = None) -> Prepared:
+    """Start ``workers`` processes on one study, spread over ``devices`` (see worker_configs), and wait for them."""
+    configs = worker_configs(cfg, workers, devices)  # a bad device or worker count fails before the study exists
     p = prepare(cfg)
     ctx = multiprocessing.get_context("spawn")
     threads = max(1, torch.get_num_threads() // workers)
     verbosity = optuna.logging.get_verbosity()
-    procs = [ctx.Process(target=_worker_main, args=(cfg, threads, verbosity), name=f"proxynas-worker-{i}")
-             for i in range(workers)]
+    procs = [ctx.Process(target=_worker_main, args=(c, threads, verbosity), name=f"proxynas-worker-{i}")
+             for i, c in enumerate(configs)]
     started = time.time()
     for proc in procs:
         proc.start()

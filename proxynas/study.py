@@ -162,13 +162,24 @@ def open_study(storage: RDBStorage, name: str, *, create: bool = True,
 def check_study_attrs(study: optuna.Study, attrs: dict[str, Any]) -> None:
     """Record ``attrs`` on a new study; refuse to mix a study with different settings."""
     existing = study.user_attrs
-    clashes = sorted(k for k, v in attrs.items() if k in existing and existing[k] != v)
+    clashes = [_clash(k, existing[k], v) for k, v in sorted(attrs.items()) if k in existing and existing[k] != v]
     if clashes:
-        raise StudyError(f"study {study.study_name!r} was run with other settings ({', '.join(clashes)}); "
+        raise StudyError(f"study {study.study_name!r} was run with other settings ({'; '.join(clashes)}); "
                          "use the same flags to resume it, or a new --study name")
     for k, v in attrs.items():
         if k not in existing:
             _retry(lambda: study.set_user_attr(k, v))
+
+
+def _clash(key: str, recorded: Any, asked: Any) -> str:
+    """What differs: the key, and for a dict of settings each differing scalar ("protocol.repeats was 1, now 5")."""
+    if not (isinstance(recorded, dict) and isinstance(asked, dict)):
+        return key
+    scalar = (str, int, float, bool, type(None))
+    parts = [f"{key}.{k} was {recorded.get(k, 'unset')}, now {asked.get(k, 'unset')}"
+             for k in sorted(recorded.keys() | asked.keys()) if recorded.get(k) != asked.get(k)
+             and isinstance(recorded.get(k), scalar) and isinstance(asked.get(k), scalar)]
+    return "; ".join(parts) or key
 
 
 def enqueue_configs(storage: RDBStorage, study: optuna.Study, params: dict[str, dict[str, Any]]) -> int:

@@ -327,3 +327,43 @@ def test_siamese_batches_must_share_image_size():
 def test_siamese_needs_one_group_tensor_per_batch():
     with pytest.raises(UsageError, match="one per batch"):
         A.siamese([images(), images()], [torch.zeros(8, dtype=torch.long)], "crop", gen())
+
+
+# --- one family per call (the reference's DiffAugment on a training batch) ------------------------
+
+
+def test_one_family_per_call_applies_a_single_op_with_per_image_parameters():
+    x = images(n=16)
+    params = A.sample_params(A.DEFAULT_STRATEGY, 16, (8, 8), gen(3), family_per="call")
+    (name,) = params.strategy
+    assert params.values.keys() == {name} and torch.equal(params.family, torch.zeros(16, dtype=torch.long))
+    out = A.apply(x, params, torch.arange(16))
+    assert torch.equal(out, A.FAMILIES[name].apply(x, params.values[name]))
+    assert A.augment(x, A.DEFAULT_STRATEGY, gen(3), family_per="call").equal(out)
+
+
+def test_one_family_per_call_draws_every_family_across_calls():
+    g = gen(0)
+    drawn = {A.sample_params(A.DEFAULT_STRATEGY, 4, (8, 8), g, family_per="call").strategy[0] for _ in range(200)}
+    assert drawn == set(A.FAMILIES)
+
+
+def test_one_family_per_call_uses_the_host_generator_for_the_family():
+    params = [A.sample_params(A.DEFAULT_STRATEGY, 4, (8, 8), gen(s), family_per="call", host_generator=gen(9))
+              for s in range(20)]
+    assert len({p.strategy for p in params}) == 1  # the family follows host_generator only
+    assert len({tuple(p.values[p.strategy[0]].flatten().tolist()) for p in params}) > 1
+
+
+def test_a_single_family_needs_no_merge_and_gives_what_the_merge_gave(merge):
+    x = images(n=12)
+    full = A.sample_params(A.DEFAULT_STRATEGY, 12, (8, 8), gen(2))
+    for code, name in enumerate(full.strategy):
+        forced = A.DSAParams(full.strategy, torch.full((12,), code), full.values)  # every image: this family
+        alone = A.DSAParams((name,), torch.zeros(12, dtype=torch.long), {name: full.values[name]})
+        assert torch.equal(A.apply(x, forced, torch.arange(12)), A.apply(x, alone, torch.arange(12))), name
+
+
+def test_unknown_family_per_is_rejected():
+    with pytest.raises(UnknownNameError, match="group, call"):
+        A.sample_params("crop", 4, (8, 8), gen(), family_per="class")

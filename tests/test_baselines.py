@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import optuna
 import pytest
 import torch
@@ -9,6 +11,7 @@ from torch import nn
 
 from proxynas.baselines import select_configs
 from proxynas.cli import main
+from proxynas.data import load_dataset, train_val_split
 from proxynas.exceptions import StudyError, UsageError
 from proxynas.search import SearchConfig, run_search
 from proxynas.study import CONFIG_KEY
@@ -61,6 +64,8 @@ def test_select_configs(tmp_path):
         study.add_trial(optuna.trial.create_trial(value=v, user_attrs={CONFIG_KEY: cid}))
     assert select_configs("top:p:2", storage) == ("c2", "c3")  # ties broken by id
     assert select_configs("top:p:0.5", storage) == ("c2", "c3")
+    study.set_user_attr("space", {"size": 8})  # half its space finished: 50% is 4 of 8, all that finished
+    assert select_configs("top:p:0.5", storage) == ("c2", "c3", "c4", "c1")
     with pytest.raises(StudyError, match="no study named 'nope'"):
         select_configs("top:nope:3", storage)
 
@@ -70,14 +75,20 @@ def test_whole_and_early_stop_baselines_fill_chosen_configs(tmp_path):
     space.write_text(TINY_SPACE)
     storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
     ids = ("d1-w8-relu-none-avg", "d1-w16-relu-instancenorm-avg")
+    digits = load_dataset("digits")
+    n_train = len(train_val_split(digits.train.labels, 0.1, 0).train_idx)
     for kind, train in (("whole", TrainConfig(epochs=1, batch_size=250)), ("early-stop", TrainConfig(steps=2))):
         cfg = SearchConfig(study=kind, baseline=kind, dataset="digits", configs=ids, storage=storage,
-                           space=str(space), train=train, device="cpu")
+                           space=str(space), train=train, device="cpu", repeats=1)
         assert run_search(cfg) == 2
         trials = completed_once(storage, kind, total=2)
         assert {t.user_attrs[CONFIG_KEY] for t in trials} == set(ids)
         attrs = optuna.load_study(study_name=kind, storage=storage).user_attrs
         assert attrs["kind"] == kind and attrs["split"]["val_fraction"] == 0.1
+        # the real protocol: the steps one training runs, epochs only where they define them, the DSA used
+        assert attrs["protocol"]["dsa_strategy"] == digits.info.dsa_strategy
+        assert (attrs["protocol"]["epochs"], attrs["protocol"]["steps"]) == {
+            "whole": (1, math.ceil(n_train / 250)), "early-stop": (None, 2)}[kind]
     with pytest.raises(StudyError, match="not in the space"):
         run_search(SearchConfig(study="x", baseline="whole", dataset="digits", configs=("d9-w1-relu-none-avg",),
                                 storage=storage, space=str(space), device="cpu"))
@@ -87,12 +98,13 @@ def test_baseline_command_top_of_a_proxy_study(capsys, tmp_path, proxy):  # noqa
     space = tmp_path / "tiny.toml"
     space.write_text(TINY_SPACE)
     storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    common = ["--storage", storage, "--space", str(space), "--epochs", "1", "--device", "cpu", "--quiet"]
+    common = ["--storage", storage, "--space", str(space), "--epochs", "1", "--repeats", "2", "--device", "cpu",
+              "--quiet"]
     assert main(["search", "--proxy", str(proxy), "--study", "rnd", *common]) == 0
     assert main(["baseline", "--kind", "whole", "--dataset", "digits", "--study", "whole",
                  "--configs", "top:rnd:2", *common]) == 0
     whole = optuna.load_study(study_name="whole", storage=storage)
-    assert len(whole.trials) == 2
+    assert len(whole.trials) == 2 and {t.user_attrs["repeats"] for t in whole.trials} == {2}
     assert whole.user_attrs["command"].startswith("proxynas baseline --kind whole --dataset digits --study whole")
     assert "--configs" not in whole.user_attrs["command"] and "top:rnd:2" not in whole.user_attrs["command"]
 

@@ -71,6 +71,10 @@ def test_sharded_condense_and_merge(capsys, tmp_path):
                               "--out", tmp_path / "all.safetensors")
     assert code == 0 and "10 images" in stdout
     assert SyntheticSet.load(tmp_path / "all.safetensors").labels.tolist() == list(range(10))
+    code, stdout, _ = run_cli(capsys, *common, "--workers", "2", "--out", tmp_path / "parallel.safetensors")
+    assert code == 0 and "10 images" in stdout
+    torch.testing.assert_close(SyntheticSet.load(tmp_path / "parallel.safetensors").images,
+                               SyntheticSet.load(tmp_path / "all.safetensors").images, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("argv,code,fragments", [
@@ -78,6 +82,9 @@ def test_sharded_condense_and_merge(capsys, tmp_path):
     (["--ipc", "400"], 2, ["larger than the smallest class", "--ipc 139 or less"]),
     (["--model", "NoSuchNet", "--iterations", "1"], 2, ["unknown network 'NoSuchNet'", "ConvNetBN"]),
     (["--classes", "9/3"], 2, ["--classes '9/3' is not valid"]),
+    (["--workers", "0"], 2, ["--workers must be at least 1"]),
+    (["--workers", "2", "--method", "dsa"], 2, ["--method dsa cannot be split into class shards"]),
+    (["--devices", "cpu", "--device", "cpu"], 2, ["not both"]),
 ])
 def test_condense_bad_input(capsys, tmp_path, argv, code, fragments):
     got, _, err = run_cli(capsys, "condense", "--dataset", "digits", "--out", tmp_path / "x.safetensors",
@@ -217,3 +224,35 @@ def test_report_with_a_bad_top_is_one_line(capsys, tmp_path):
     assert code == UsageError.exit_code and "Traceback" not in out + err
     assert "top must be a fraction" in err and "'abc'" in err
     assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.parametrize("command,argv,fragments", [
+    ("search", ["--repeats", "0"], ["--repeats must be at least 1", "not 0"]),
+    ("baseline", ["--repeats", "-1"], ["--repeats must be at least 1"]),
+    ("search", ["--devices", "cuda:0"], ["--devices 'cuda:0' asks for CUDA", "torch sees no CUDA GPU"]),
+    ("score", ["--devices", "0,1"], ["--devices '0,1' asks for CUDA"]),
+    ("search", ["--device", "cpu", "--devices", "cpu"], ["give --device", "or --devices", "not both"]),
+    ("search", ["--workers", "0", "--device", "cpu"], ["--workers must be at least 1"]),
+])
+def test_repeats_and_devices_are_checked_before_any_study_exists(capsys, tmp_path, monkeypatch, command, argv,
+                                                                 fragments):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU machine
+    db = tmp_path / "db.sqlite"
+    source = {"search": ["--proxy", tmp_path / "p.safetensors", "--study", "s"],
+              "baseline": ["--kind", "whole", "--dataset", "digits", "--study", "s"],
+              "score": ["--dataset", "digits"]}[command]
+    code, _, err = run_cli(capsys, command, *source, "--storage", f"sqlite:///{db}", *argv, "--quiet")
+    assert code == UsageError.exit_code
+    assert_one_line_error(err, *fragments)
+    assert not db.exists()
+
+
+def test_help_states_the_device_rule(capsys):
+    for name in ("search", "baseline", "score"):
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "--devices DEVICES" in text and "not with --device" in text and "round-robin" in text
+    with pytest.raises(SystemExit):
+        main(["search", "--help"])
+    assert "--repeats REPEATS" in capsys.readouterr().out

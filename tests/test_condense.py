@@ -237,6 +237,19 @@ def test_shards_merge_into_the_single_process_result(tmp_path):
         merge([parts[0], parts[0]], tmp_path / "dup.safetensors")
 
 
+def test_a_dm_shard_with_a_batchnorm_embedding_is_refused(tmp_path):
+    # BatchNorm statistics come from the batch of all classes (PROTOCOL.md §1): a shard's would differ
+    data = make_dataset(num_classes=4)
+    base = dict(ipc=1, model="d1-w8-relu-batchnorm-avg", iterations=1, batch_real=5)
+    with pytest.raises(UsageError, match="batch statistics over all classes.*drop --classes"):
+        condense(CondenseConfig(**base, classes=(0, 1)), tmp_path / "part.safetensors", dataset=data)
+    assert not (tmp_path / "part.safetensors").exists()
+    every = condense(CondenseConfig(**base, classes=(0, 1, 2, 3)), tmp_path / "all.safetensors", dataset=data)
+    assert every.labels.tolist() == [0, 1, 2, 3]  # all the classes: one run, nothing differs
+    condense(CondenseConfig(**{**base, "method": "random"}, classes=(0, 1)), tmp_path / "random.safetensors",
+             dataset=data)  # a coreset has no batch statistics to share
+
+
 @pytest.mark.parametrize("spec,expected", [("2/3", (1, 4)), ("0,3,3", (0, 3)), ("1/1", (0, 1, 2, 3, 4))])
 def test_parse_classes(spec, expected):
     assert parse_classes(spec, 5) == expected

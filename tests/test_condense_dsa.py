@@ -85,6 +85,24 @@ def test_artifact_records_method_and_loops(tmp_path, small_loops):
     assert not checkpoint_path(tmp_path / "p.safetensors").exists()
 
 
+def test_matching_network_trains_with_plain_sgd_as_the_reference(tmp_path, small_loops, monkeypatch):
+    # the reference main.py: optimizer_net = SGD(net.parameters(), lr=lr_net), no momentum
+    made = []
+    real_sgd = torch.optim.SGD
+
+    def spy(params, **kw):
+        opt = real_sgd(params, **kw)
+        made.append(opt)
+        return opt
+
+    monkeypatch.setattr(torch.optim, "SGD", spy)
+    syn = condense(_cfg(iterations=2), tmp_path / "p.safetensors", dataset=make_dataset(), device="cpu")
+    images, *nets = made  # the synthetic images' optimiser, then one per iteration's network
+    assert len(nets) == 2 and images.defaults["momentum"] == 0.5  # the images keep the reference's 0.5
+    assert all(opt.defaults["momentum"] == 0 and opt.defaults["lr"] == 0.01 for opt in nets)
+    assert syn.meta["net_momentum"] == 0
+
+
 def test_loss_decreases(tmp_path):
     # ipc 1: one outer step, so each iteration is exactly one matching step
     syn = condense(_cfg(ipc=1, iterations=40, lr_img=1.0), tmp_path / "p.safetensors",

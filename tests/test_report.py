@@ -179,8 +179,8 @@ def test_fill_command_without_a_recorded_command(storage):
     add_study(storage, "dm", descending(IDS[:2]))
     add_study(storage, "w", {IDS[1]: 0.5}, kind="whole")
     report = build_report(storage, ["dm"], "w", top=1)
-    assert report.fill_commands == [
-        f"proxynas baseline --kind whole --study w --storage {storage.url} --configs {IDS[0]}"]
+    assert report.fill_commands == [  # with --dataset, which 'baseline' requires
+        f"proxynas baseline --kind whole --dataset cifar10 --study w --storage {storage.url} --configs {IDS[0]}"]
 
 
 def test_undefined_correlations_are_nan_with_a_note(storage):
@@ -220,13 +220,41 @@ def test_ranking_frame(storage):
     add_study(storage, "dm", {IDS[0]: 0.5, IDS[1]: 0.7, IDS[2]: 0.7})
     add_study(storage, "w", {IDS[1]: 0.6, IDS[3]: 0.8}, tests={IDS[3]: 0.75}, kind="whole")
     ranking = build_report(storage, ["dm"], "w").ranking
-    assert list(ranking.columns) == [*FRAME_COLUMNS[:8], "dm_val_acc", "dm_rank", "whole_val_acc", "whole_rank",
-                                     "whole_test_acc"]
+    assert list(ranking.columns) == [*FRAME_COLUMNS[:8], "dm_val_acc", "dm_val_std", "dm_rank", "whole_val_acc",
+                                     "whole_val_std", "whole_rank", "whole_test_acc"]
     # whole rank first, then the rest by id (IDS[2] is d1-w32-relu-instancenorm-avg < IDS[0], ...-none-avg)
     assert ranking.config_id.tolist() == [IDS[3], IDS[1], IDS[2], IDS[0]]
     assert ranking.dm_rank.tolist()[1:] == [1, 1, 3]  # the tie at 0.7 shares rank 1; then 3
     assert math.isnan(ranking.dm_rank[0]) and ranking.whole_rank.tolist()[:2] == [1, 2]
     assert ranking.whole_test_acc[0] == 0.75 and ranking.width.tolist() == [32, 32, 32, 32]
+
+
+def test_spread_over_repeats_is_shown_per_configuration_and_per_method(storage, capsys):
+    from proxynas.cli import ReportCommand
+
+    def with_repeats(study: optuna.Study, accs: dict[str, list[float]]) -> None:
+        for cid, val in accs.items():
+            mean = sum(val) / len(val)
+            std = math.sqrt(sum((v - mean) ** 2 for v in val) / len(val))
+            study.add_trial(create_trial(value=mean, user_attrs={**trial_attrs(cid, mean, mean), "val_std": std,
+                                                                 "val_accs": val, "repeats": len(val)}))
+
+    dm = optuna.create_study(storage=storage, study_name="dm", direction="maximize")
+    dm.set_user_attr("kind", "proxy")
+    # means 0.6, 0.5, 0.4; population stds 0.1, 0.0, 0.05
+    with_repeats(dm, {IDS[0]: [0.5, 0.7], IDS[1]: [0.5, 0.5], IDS[2]: [0.35, 0.45]})
+    add_study(storage, "syn", {IDS[0]: 3.0, IDS[1]: 2.0, IDS[2]: 1.0}, kind="zero-cost", method="synflow")
+    add_study(storage, "w", {IDS[0]: 0.6, IDS[1]: 0.8, IDS[2]: 0.7}, kind="whole")
+    report = build_report(storage, ["dm"], "w", extra=["syn"], top=3)
+    ranking = report.ranking.set_index("config_id")
+    assert ranking.loc[[IDS[0], IDS[1], IDS[2]], "dm_val_acc"].tolist() == pytest.approx([0.6, 0.5, 0.4])  # means
+    assert ranking.loc[[IDS[0], IDS[1], IDS[2]], "dm_val_std"].tolist() == pytest.approx([0.1, 0.0, 0.05])
+    assert ranking.synflow_val_std.isna().all()  # a score has no repeats
+    assert row(report, "dm").mean_val_std == pytest.approx(0.05)  # (0.1 + 0 + 0.05) / 3
+    assert math.isnan(row(report, "synflow").mean_val_std) and math.isnan(row(report, "whole").mean_val_std)
+    ReportCommand.show(report, "spread", {})
+    table = capsys.readouterr().out
+    assert "± val" in table and "0.050" in table
 
 
 def test_zero_cost_values_are_scores_in_the_ranking(storage):
@@ -274,3 +302,92 @@ def test_errors_name_the_problem(storage, tmp_path):
         study_frame(f"sqlite:///{tmp_path / 'missing.db'}", "dm")
     assert not (tmp_path / "missing.db").exists()
     assert build_report(storage, ["w"], "dm").notes[0] == "the whole-dataset study 'dm' has kind 'proxy', not 'whole'"
+
+
+def test_test_accuracies_are_correlated_beside_validation_ones(storage):
+    ids = IDS[:4]
+    # dm: validation agrees with whole exactly; test accuracies rank (1, 3, 2, 4) against whole's (4, 3, 2, 1)
+    add_study(storage, "dm", dict(zip(ids, (0.1, 0.2, 0.3, 0.4))), tests=dict(zip(ids, (0.1, 0.3, 0.2, 0.4))))
+    add_study(storage, "syn", dict(zip(ids, (4.0, 3.0, 2.0, 1.0))), kind="zero-cost", method="synflow")
+    add_study(storage, "w", dict(zip(ids, (0.1, 0.2, 0.3, 0.4))), tests=dict(zip(ids, (0.4, 0.3, 0.2, 0.1))),
+              kind="whole")
+    report = build_report(storage, ["dm"], "w", extra=["syn"], top=4)
+    dm, syn = row(report, "dm"), row(report, "synflow")
+    assert dm.spearman_top == pytest.approx(1) and dm.spearman_all == pytest.approx(1)
+    # ranks x = (1, 3, 2, 4), y = (4, 3, 2, 1): d^2 = 9 + 0 + 0 + 9: rho = 1 - 6 * 18 / (4 * 15) = -0.8
+    assert dm.spearman_top_test == pytest.approx(-0.8) and dm.spearman_all_test == pytest.approx(-0.8)
+    # pairs: (1,2) disc, (1,3) disc, (1,4) disc, (2,3) conc, (2,4) disc, (3,4) disc: tau = (1 - 5) / 6
+    assert dm.kendall_all == pytest.approx(1) and dm.kendall_all_test == pytest.approx(-4 / 6)
+    # a score has no test accuracy: the same score ranks against whole-dataset test accuracy
+    assert syn.spearman_top == pytest.approx(-1) and syn.spearman_top_test == pytest.approx(1)
+    assert syn.kendall_all_test == pytest.approx(1)
+
+
+def test_studies_on_different_validation_splits_are_refused_naming_both_and_the_fix(storage):
+    def split(fingerprint: str, fraction: float = 0.1, seed: int = 0) -> dict:
+        return {"val_fraction": fraction, "seed": seed, "fingerprint": fingerprint}
+
+    add_study(storage, "dm", descending(IDS[:3]), split=split("a" * 64))
+    add_study(storage, "es", descending(IDS[:3]), kind="early-stop", split=split("b" * 64, 0.2, 1))
+    add_study(storage, "w", descending(IDS[:3]), kind="whole", split=split("a" * 64))
+    assert build_report(storage, ["dm"], "w").summary.method.tolist() == ["dm", "whole"]  # same split: fine
+    with pytest.raises(StudyError) as err:
+        build_report(storage, ["dm"], "w", early_stop="es")
+    assert str(err.value) == ("studies 'es' and 'w' rank on different validation splits (fingerprints bbbbbbbbbbbb "
+                              "and aaaaaaaaaaaa); to compare them, run its command again into a new --study with "
+                              "--exclude-split 0.1 --split-seed 0")
+    add_study(storage, "dm2", descending(IDS[:3]), split=split("c" * 64))
+    with pytest.raises(StudyError, match="condense its proxy set again, then search it into a new study, with "
+                                         "--exclude-split 0.1 --split-seed 0"):
+        build_report(storage, ["dm", "dm2"], "w")
+
+
+def test_an_unfinished_study_gets_the_top_set_of_its_space_and_the_command_that_completes_it(storage):
+    space = {"name": "tiny", "size": 40}
+    command = "proxynas search --proxy dm.safetensors --study dm"
+    add_study(storage, "dm", descending(IDS[:20]), space=space, command=command)  # half the space finished
+    add_study(storage, "done", descending(IDS), space=space)
+    add_study(storage, "w", descending(IDS), kind="whole", space=space)
+    report = build_report(storage, ["dm", "done"], "w", top=0.1)
+    dm = row(report, "dm")
+    assert report.top["dm"] == IDS[:4] and dm.n_top == 4  # 10% of 40, not 10% of the 20 that finished
+    assert dm.n_unfinished == 20 and row(report, "done").n_unfinished == 0
+    assert report.finish_commands == {"dm": command}
+    assert ("dm: 20 of the 40 configurations of its space have no complete trial; its top 10% is counted against "
+            "all of them, from what finished; complete it with the command below") in report.notes
+    summary = pd.read_csv(write_report(report, storage.url.removeprefix("sqlite:///") + "-out")["summary"])
+    assert summary.set_index("method").loc["dm", "n_unfinished"] == 20
+
+
+def test_training_steps_are_shown_and_early_stopping_on_another_budget_is_refused_with_the_fix(storage):
+    def protocol(steps: int, repeats: int = 5) -> dict:
+        return {"steps": steps, "repeats": repeats, "batch_size": 250}
+
+    add_study(storage, "dm", descending(IDS[:3]), protocol=protocol(400))
+    add_study(storage, "random", descending(IDS[:3]), protocol=protocol(400))
+    add_study(storage, "es", descending(IDS[:3]), kind="early-stop", protocol=protocol(400))
+    add_study(storage, "w", descending(IDS[:3]), kind="whole", protocol=protocol(18000, 1))
+    report = build_report(storage, ["dm", "random"], "w", early_stop="es")
+    assert report.summary.train_steps.tolist() == [400, 400, 400, 18000]
+    assert report.summary.repeats.tolist() == [5, 5, 5, 1]
+
+    add_study(storage, "es100", descending(IDS[:3]), kind="early-stop", protocol=protocol(100),
+              command="proxynas baseline --kind early-stop --dataset cifar10 --steps 100 --study es100")
+    with pytest.raises(StudyError) as err:
+        build_report(storage, ["dm", "random"], "w", early_stop="es100")
+    assert str(err.value) == (
+        "early stopping ('es100') trains 100 steps per run but proxy study 'dm' trains 400, so they do not cost "
+        "the same; train early stopping on the proxies' budget: proxynas baseline --kind early-stop --dataset "
+        "cifar10 --steps 400 --study es100-400steps")
+
+    add_study(storage, "dm10", descending(IDS[:3]), protocol=protocol(100))  # another ipc: another budget
+    report = build_report(storage, ["dm", "dm10"], "w", early_stop="es100")
+    assert "the proxy studies train different numbers of steps per run (dm 400, dm10 100); early stopping " \
+           "('es100') costs the same as those with 100" in report.notes
+
+
+def test_the_cli_tables_show_every_summary_column():
+    from proxynas.cli import ReportCommand
+
+    shown = [c for columns in ReportCommand.summary_tables for c in columns]
+    assert set(shown) == set(SUMMARY_COLUMNS) and len(shown) == len(SUMMARY_COLUMNS) + 1  # "method" in both

@@ -51,8 +51,9 @@ def space_file(tmp_path):
 
 
 def config(proxy, space_file, storage, **kw) -> SearchConfig:
-    return SearchConfig(proxy=str(proxy), study="s", storage=storage, space=str(space_file),
-                        train=TrainConfig(epochs=kw.pop("epochs", 1), batch_size=250), device="cpu", **kw)
+    return SearchConfig(proxy=str(proxy), study=kw.pop("study", "s"), storage=storage, space=str(space_file),
+                        train=TrainConfig(epochs=kw.pop("epochs", 1), batch_size=250), device="cpu",
+                        repeats=kw.pop("repeats", 1), **kw)
 
 
 def completed_once(storage: str, study: str = "s", total: int = 4) -> list[optuna.trial.FrozenTrial]:
@@ -136,8 +137,8 @@ def test_sigkilled_worker_is_requeued_and_the_study_still_completes_once(proxy, 
     db = tmp_path / "db.sqlite"
     storage = f"sqlite:///{db}"
     argv = [sys.executable, "-m", "proxynas.cli", "search", "--proxy", str(proxy), "--study", "s", "--storage",
-            storage, "--space", str(space_file), "--epochs", "150", "--device", "cpu", "--heartbeat", "1",
-            "--grace", "10", "--quiet"]
+            storage, "--space", str(space_file), "--epochs", "150", "--repeats", "1", "--device", "cpu",
+            "--heartbeat", "1", "--grace", "10", "--quiet"]
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -241,3 +242,11 @@ def test_a_worker_killed_between_claim_and_first_heartbeat_still_gets_its_trial_
     run_worker(study, objective, queue_only=True, timeout=30, poll=0.2, heartbeat_interval=1)
     trials = completed_once(storage.url, "orphan", total=2)
     assert [t.state for t in trials].count(TrialState.FAIL) == 1
+
+
+def test_modules_below_the_search_never_import_it():
+    """Imports flow one way (cli -> search -> objectives -> sources, zero_cost, ...): no cycle to untangle."""
+    below = ("sources", "objectives", "zero_cost", "baselines", "report", "study", "devices", "train")
+    code = (f"import sys; import {', '.join('proxynas.' + m for m in below)}; "
+            "assert 'proxynas.search' not in sys.modules, 'a module below the search imported it'")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})

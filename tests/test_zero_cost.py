@@ -12,7 +12,7 @@ from proxynas._seeding import derive_seed, generator
 from proxynas.exceptions import UnknownNameError, UsageError
 from proxynas.networks import build
 from proxynas.train import TrainConfig
-from proxynas.zero_cost import ZERO_COST, grad_norm, naswot, synflow
+from proxynas.zero_cost import ZERO_COST, grad_norm, naswot, synflow, zico
 from tests.conftest import TINY_MODEL, make_dataset
 
 
@@ -101,13 +101,57 @@ def test_grad_norm_matches_closed_form_softmax_gradient():
     assert layer.weight.grad is None
 
 
+def _two_linear(second: list[list[float]]) -> nn.Sequential:
+    net = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Linear(2, 2, bias=False))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.eye(2))
+        net[1].weight.copy_(torch.tensor(second))
+    return net
+
+
+def test_zico_matches_hand_computed_gradient_statistics():
+    # W1 = I, W2 = [[1, 0], [0, 0]]; batches x = (1, 1) and (1, 3), both of class 0. Logits (1, 0) either way,
+    # so p - e_0 = (-t, t) with t = 1 - softmax(1, 0)_0. Gradients: W2: (p - e) x^T; W1: (W2^T (p - e)) x^T.
+    # W2: batch 1 [[-t, -t], [t, t]], batch 2 [[-t, -3t], [t, 3t]]: the first column has std 0 (left out);
+    #     the second: mean |g| 2t over std t, twice: the layer gives log(2 + 2) = log 4.
+    # W1: batch 1 [[-t, -t], [0, 0]], batch 2 [[-t, -3t], [0, 0]]: only (0, 1) varies: log 2.
+    x, y = torch.tensor([[1.0, 1.0], [1.0, 3.0]]), torch.tensor([0, 0])
+    net = _two_linear([[1.0, 0.0], [0.0, 0.0]])
+    assert zico(net, x, y) == pytest.approx(math.log(4) + math.log(2), rel=1e-6)
+    assert net[0].weight.grad is None and net[1].weight.grad is None  # scored on a copy
+    # W2 = 0: W1's gradient is zero on every batch, so no weight of it varies and the layer is left out
+    assert zico(_two_linear([[0.0, 0.0], [0.0, 0.0]]), x, y) == pytest.approx(math.log(4), rel=1e-6)
+
+
+def test_zico_batches_are_scored_from_zero_not_accumulated():
+    # three batches with the same image: every per-batch gradient is equal, so nothing varies (score 0);
+    # accumulated gradients (g, 2g, 3g) would vary
+    x, y = torch.tensor([[1.0, 3.0]] * 3), torch.tensor([0] * 3)
+    assert zico(_two_linear([[1.0, 0.0], [0.0, 0.0]]), x, y, batches=3) == 0
+
+
+def test_zico_needs_two_batches():
+    with pytest.raises(UsageError, match="zico needs 2 batches.*got 1 \\(raise --minibatch\\)"):
+        zico(_two_linear([[1.0, 0.0], [0.0, 0.0]]), torch.ones(1, 2), torch.tensor([0]))
+
+
+def test_params_and_flops_are_the_networks_size_and_cost():
+    net = build("d1-w8-relu-instancenorm-avg", 3, 10, 32, seed=0)
+    x, y = torch.zeros(4, 3, 32, 32), torch.zeros(4, dtype=torch.long)
+    # conv 8 x 3 x 3 x 3 + 8 bias; instancenorm affine 2 x 8; linear (8 x 16 x 16) x 10 + 10
+    assert ZERO_COST.get("params")(net, x, y) == 8 * 27 + 8 + 16 + 2048 * 10 + 10
+    # 2 x multiply-accumulates: conv 32 x 32 x 8 outputs of 27 each; linear 2048 x 10
+    assert ZERO_COST.get("flops")(net, x, y) == 2 * (32 * 32 * 8 * 27 + 2048 * 10)
+
+
 def test_registry_maps_names_to_the_proxies():
-    assert ZERO_COST.names() == ["naswot", "synflow", "grad_norm"]
+    assert ZERO_COST.names() == ["naswot", "synflow", "grad_norm", "zico", "params", "flops"]
     net, x = nn.Sequential(_naswot_layer(), nn.ReLU(), nn.Linear(3, 2)), X3
     y = torch.tensor([0, 1, 1])
     assert ZERO_COST.get("naswot")(net, x, y) == naswot(net, x)
     assert ZERO_COST.get("synflow")(net, x, y) == synflow(net, (1,))
     assert ZERO_COST.get("grad_norm")(net, x, y) == grad_norm(net, x, y)
+    assert ZERO_COST.get("zico")(net, x, y) == zico(net, x, y)
     with pytest.raises(UnknownNameError, match="naswot, synflow, grad_norm"):
         ZERO_COST.get("snip")
 
@@ -158,7 +202,8 @@ def test_zero_cost_study_scores_each_configuration_as_built_for_the_search(tmp_p
     assert naswot_trial.value == pytest.approx(naswot(net, x))
     # a zero-cost study is a report row like any other method
     run_search(SearchConfig(study="whole", baseline="whole", dataset="digits", storage=storage,
-                            space=str(space_file), device="cpu", train=TrainConfig(epochs=1, batch_size=250)))
+                            space=str(space_file), device="cpu", train=TrainConfig(epochs=1, batch_size=250),
+                            repeats=1))
     report = build_report(storage, [], "whole", extra=["naswot", "synflow"], top=2, k=2)
     rows = report.summary.set_index("method")
     assert {"naswot", "synflow", "whole"} <= set(rows.index)
@@ -167,3 +212,23 @@ def test_zero_cost_study_scores_each_configuration_as_built_for_the_search(tmp_p
     with pytest.raises(UsageError, match=r"--minibatch 100000 must be in 1\.\.\d+ \(the training split's size\)"):
         run_search(SearchConfig(study="big", zero_cost="naswot", zero_cost_batch=100_000, dataset="digits",
                                 storage=storage, space=str(space_file), device="cpu"))
+
+
+def test_score_params_and_flops_studies_rank_by_the_recorded_size_and_cost(tmp_path, capsys):
+    import optuna
+
+    from proxynas.cli import main
+    from tests.test_search import TINY_SPACE
+
+    space_file = tmp_path / "tiny.toml"
+    space_file.write_text(TINY_SPACE)
+    storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    argv = ["score", "--metrics", "params,flops", "--dataset", "digits", "--storage", storage, "--space",
+            str(space_file), "--device", "cpu", "--quiet"]
+    assert main(argv) == 0
+    for metric in ("params", "flops"):
+        study = optuna.load_study(study_name=metric, storage=storage)
+        assert study.user_attrs["method"] == metric and study.user_attrs["command"] == "proxynas " + " ".join(argv)
+        assert len(study.trials) == 4
+        for t in study.trials:
+            assert t.value == t.user_attrs[metric]  # what every study records of a configuration

@@ -2,7 +2,8 @@
 
 Methods (one module each, registered in ``CONDENSERS``): ``dm`` (Distribution
 Matching, the default), ``dsa`` (gradient matching with Siamese augmentation), and the
-``random``, ``herding`` and ``kcenter`` coresets.
+``random``, ``herding`` and ``kcenter`` coresets. ``condense_sharded`` runs one
+condensation as class shards on several processes or GPUs and merges them.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ from torchvision.utils import save_image
 from ..data import Dataset, load_dataset
 from ..devices import resolve_device
 from ..exceptions import ArtifactError, OutputExistsError, UsageError
+from ..networks import build, uses_batch_stats
 from ..provenance import versions
 from . import _coreset, _dm, _dsa, _kcenter  # noqa: F401  (importing a method's module registers it)
-from ._base import CONDENSERS, Checkpoint, CondenseConfig, Problem, Reporter, SyntheticSet, class_pools
+from ._base import CONDENSERS, TUNE_CHOICES, Checkpoint, CondenseConfig, Problem, Reporter, SyntheticSet, class_pools
 from ._dm import dm_loss, dm_loss_per_class
+from ._shards import condense_sharded
 
-__all__ = ["CONDENSERS", "CondenseConfig", "SyntheticSet", "condense", "merge", "save_grid",
+__all__ = ["CONDENSERS", "TUNE_CHOICES", "CondenseConfig", "SyntheticSet", "condense", "condense_sharded", "merge",
+           "save_grid",
            "checkpoint_path", "dm_loss", "dm_loss_per_class", "parse_classes"]
 
 
@@ -68,6 +72,11 @@ def condense(cfg: CondenseConfig, out: str | Path, *, resume: bool = False, devi
     dataset = dataset or load_dataset(cfg.dataset, cfg.data_path)
     info = dataset.info
     classes = list(cfg.classes) if cfg.classes is not None else list(range(info.num_classes))
+    if (cfg.method == "dm" and len(classes) < info.num_classes
+            and uses_batch_stats(build(cfg.model, info.channels, info.num_classes, info.image_size))):
+        raise UsageError(f"--model {cfg.model} normalises with batch statistics over all classes, so a --classes "
+                         "shard would differ from the same classes of one run; drop --classes or use a model "
+                         "without BatchNorm")
     pools, split = class_pools(dataset, cfg.val_fraction, cfg.split_seed)
     problem = Problem(dataset, classes, pools, resolve_device(device), split)
     if cfg.ipc > problem.smallest_pool:

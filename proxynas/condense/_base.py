@@ -28,6 +28,7 @@ from ..data import Dataset, train_val_split
 from ..exceptions import ArtifactError, UsageError
 
 FORMAT = "proxynas.proxyset/1"
+TUNE_CHOICES = ("auto", "yes", "no")
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,9 @@ class CondenseConfig:
     val_fraction: float = 0.0  # NAS validation hold-out excluded from the pool (0.1 for NAS)
     split_seed: int = 0
     classes: tuple[int, ...] | None = None  # None: every class; else this shard's classes
-    amp: bool = False  # bf16 autocast for the embedding forward passes
+    amp: bool | None = None  # bf16 autocast for the embedding passes; None: on CUDA only (DM)
     memory_budget: int | None = None  # bytes for one chunk of classes; None: automatic
+    tune: str = "auto"  # DM step plan: "yes" measure now, "no" memory rule only, "auto" cached or measured on long runs
     checkpoint_every: int = 500  # iterations between checkpoints ...
     checkpoint_minutes: float = 10.0  # ... and at most this long between them: a crash loses little
 
@@ -62,6 +64,8 @@ class CondenseConfig:
                              f"{self.checkpoint_every} and {self.checkpoint_minutes})")
         if self.iterations is not None and self.iterations < 0:
             raise UsageError(f"--iterations must be >= 0 (got {self.iterations})")
+        if self.tune not in TUNE_CHOICES:
+            raise UsageError(f"--tune must be one of {', '.join(TUNE_CHOICES)} (got {self.tune!r})")
         if self.init not in ("real", "noise"):
             raise UsageError(f"--init must be 'real' or 'noise' (got {self.init!r})")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -171,7 +175,8 @@ CONDENSERS: Registry[Method] = Registry("condensation method")
 
 # Settings a resumed run may change: no method schedules anything by the iteration count,
 # so a run interrupted at iteration i can stop at any count >= i or go on longer.
-RESUMABLE_CHANGES = frozenset({"iterations", "checkpoint_every", "checkpoint_minutes"})
+# How a step is planned changes no result beyond float rounding, so it may change too.
+RESUMABLE_CHANGES = frozenset({"iterations", "checkpoint_every", "checkpoint_minutes", "tune"})
 
 
 class Checkpoint:

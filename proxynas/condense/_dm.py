@@ -10,15 +10,19 @@ mean embedding of a batch of real images, both under the same Siamese augmentati
 
     L(S) = Σ_c || mean_i φ(A_c(x_real_ci)) − mean_j φ(A_c(s_cj)) ||²
 
-With InstanceNorm every image is normalised on its own, so all classes go through
-the network in one batch (chunked only to fit memory) and the result is the same as
-one forward per class. With BatchNorm, real images of all classes form one batch and
-synthetic images another, so BN statistics come from the whole batch (one chunk).
+With InstanceNorm every image is normalised on its own, so the classes may go through
+the network in chunks of any size and the result is the same as one forward per class;
+how many per forward, in which memory layout and whether compiled is measured on the
+device at start-up (``_plan.py``). With BatchNorm, real images of all classes form one
+batch and synthetic images another, so BN statistics come from the whole batch (one
+chunk). bf16 autocast is the default on CUDA (``amp=None``); ``amp=False`` keeps fp32.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -28,12 +32,17 @@ from .._seeding import derive_seed, generator
 from ..networks import build, uses_batch_stats
 from ._base import CONDENSERS, Checkpoint, CondenseConfig, MethodResult, Problem, Reporter
 from ._memory import class_chunks
+from ._plan import TUNE_MIN_ITERATIONS, Embedder, StepPlan, cache_key, cached, measure, remember, search
 from ._sampling import sample_per_class
 
 LOG_EVERY = 10  # iterations between progress reports (each one is a host sync)
 
 
-def dm_loss(net: nn.Module, real: torch.Tensor, syn: torch.Tensor, num_classes: int) -> torch.Tensor:
+class Embedding(Protocol):
+    def embed(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def dm_loss(net: Embedding, real: torch.Tensor, syn: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Σ_c ||mean φ(real_c) − mean φ(syn_c)||² for class-major batches.
 
     real: (K*B, C, H, W), syn: (K*ipc, C, H, W), K = num_classes, both sorted by class.
@@ -56,7 +65,7 @@ def dm_loss_per_class(net: nn.Module, real: torch.Tensor, syn: torch.Tensor, num
     return loss
 
 
-def dm_step(net: nn.Module, problem: Problem, syn: torch.Tensor, classes: torch.Tensor, idx: torch.Tensor,
+def dm_step(net: Embedding, problem: Problem, syn: torch.Tensor, classes: torch.Tensor, idx: torch.Tensor,
             params: augment.DSAParams, chunks: list[slice], amp: bool = False) -> torch.Tensor:
     """Accumulate d(DM loss)/d(syn) into ``syn.grad`` chunk by chunk; returns the loss.
 
@@ -75,6 +84,39 @@ def dm_step(net: nn.Module, problem: Problem, syn: torch.Tensor, classes: torch.
         loss.backward()
         total += loss.detach()
     return total
+
+
+def plan_step(problem: Problem, cfg: CondenseConfig, probe: nn.Module, syn: torch.Tensor, batch_real: int,
+              strategy: str, amp: bool, iterations: int) -> tuple[StepPlan, dict[str, Any]]:
+    """The step plan for this run: cached for this device and shape, else measured (``cfg.tune``)."""
+    info, device = problem.dataset.info, problem.device
+    classes = torch.tensor(problem.classes)
+    batch_stats = uses_batch_stats(probe)
+    limit = len(classes) if batch_stats else class_chunks(
+        probe, info, batch_real, cfg.ipc, len(classes), device, cfg.memory_budget)[0].stop
+    key = cache_key(device, model=cfg.model, image=[info.channels, info.image_size], classes=len(classes),
+                    ipc=cfg.ipc, batch_real=batch_real, amp=amp, dsa_strategy=strategy, limit=limit)
+    if cfg.tune != "yes" and (plan := cached(key)) is not None:
+        return plan, {"source": "cache"}
+    if cfg.tune == "no" or (cfg.tune == "auto" and iterations < TUNE_MIN_ITERATIONS):
+        return StepPlan(limit), {"source": f"memory rule (not tuned: tune={cfg.tune}, {iterations} iterations)"}
+
+    g = generator(cfg.seed, "dm-tune")  # its own stream: tuning never shifts the run's draws
+    idx = sample_per_class(problem.pools, batch_real, g)[classes]
+    params = augment.sample_params(strategy, info.num_classes, (info.image_size, info.image_size), g).to(device)
+    trial = syn.detach().clone().requires_grad_(True)
+    embedders: dict[StepPlan, Embedder] = {}
+
+    def step(plan: StepPlan) -> None:
+        if plan not in embedders:
+            embedders[plan] = Embedder(probe, plan)
+        trial.grad = None
+        dm_step(embedders[plan], problem, trial, classes, idx, params, plan.chunks(len(classes)), amp)
+
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    plan, record = search(measure(step, sync), limit, batch_stats)
+    remember(key, plan, record)
+    return plan, {"source": "measured", **record}
 
 
 def default_lr(ipc: int) -> float:
@@ -96,10 +138,10 @@ def condense_dm(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report:
     losses = torch.zeros(iterations, device=device)  # on the device: recording a loss never syncs
     start, elapsed = ckpt.restore(syn, opt, losses)
 
+    amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
     probe = make_net(0).to(device)
-    batch_stats = uses_batch_stats(probe)
-    chunks = [slice(0, len(classes))] if batch_stats else class_chunks(
-        probe, info, batch_real, cfg.ipc, len(classes), device, cfg.memory_budget)
+    plan, plan_record = plan_step(problem, cfg, probe, syn, batch_real, strategy, amp, iterations)
+    embedder, chunks = Embedder(probe, plan), plan.chunks(len(classes))
 
     def save(done: int) -> None:
         ckpt.save_state(done, syn, opt, losses, elapsed + time.perf_counter() - t0)
@@ -108,13 +150,13 @@ def condense_dm(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report:
     try:
         for it in range(start, iterations):
             g = generator(cfg.seed, "dm-iter", it)
-            net = make_net(it).to(device).requires_grad_(False).train()
+            net = embedder.load(make_net(it).to(device).train())
             # Draws for every dataset class, then this run's rows: a shard draws what the whole run draws.
             idx = sample_per_class(problem.pools, batch_real, g)[classes]  # (K, B)
             params = augment.sample_params(strategy, info.num_classes, (info.image_size, info.image_size), g)
             params = params.to(device)
             opt.zero_grad(set_to_none=True)
-            total = dm_step(net, problem, syn, classes, idx, params, chunks, cfg.amp)
+            total = dm_step(net, problem, syn, classes, idx, params, chunks, amp)
             losses[it] = total
             opt.step()
             done = it + 1
@@ -128,7 +170,8 @@ def condense_dm(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report:
     elapsed += time.perf_counter() - t0
     return MethodResult(syn.detach(), {"iterations": iterations, "batch_real": batch_real,
                                        "lr_img": opt.param_groups[0]["lr"], "dsa_strategy": strategy,
-                                       "embedding_uses_batch_stats": batch_stats,
+                                       "embedding_uses_batch_stats": uses_batch_stats(probe), "amp": amp,
+                                       "step_plan": {**dataclasses.asdict(plan), **plan_record},
                                        "loss_curve": losses.tolist(), "condense_seconds": elapsed})
 
 

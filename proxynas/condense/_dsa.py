@@ -58,7 +58,7 @@ from ._sampling import sample_per_class
 ITERATIONS = 1_000
 LR_IMG = 0.1  # on normalised pixels
 LR_NET = 0.01
-NET_MOMENTUM = 0.5
+NET_MOMENTUM = 0.0  # plain SGD for the matching network, as the reference main.py builds optimizer_net
 BATCH_TRAIN = 256  # synthetic images per inner-training batch
 BN_PER_CLASS = 16  # real images per class that set the BatchNorm statistics
 EPS = 1e-6  # in the cosine's denominator, as the reference: a zero gradient row has distance 1
@@ -207,6 +207,7 @@ def condense_dsa(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report
     elapsed += time.perf_counter() - t0
     return MethodResult(syn.detach(), {"iterations": iterations, "outer_loop": outer, "inner_loop": inner,
                                        "batch_real": batch_real, "lr_img": lr_img, "lr_net": LR_NET,
+                                       "net_momentum": NET_MOMENTUM,
                                        "dsa_strategy": strategy, "matching_net_uses_batch_stats": batch_stats,
                                        "loss_curve": losses.tolist(), "condense_seconds": elapsed})
 

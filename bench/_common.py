@@ -1,0 +1,94 @@
+"""What every bench script shares: the device's name and peak, clocks, and the reference code.
+
+The reference is the paper's research code, GitHub VICO-UoE/DatasetCondensation
+(``utils.py``, ``networks.py``, ``main_DM.py``). It is never copied into this project:
+check it out anywhere and name the checkout in ``PROXYNAS_REFERENCE``; each bench then
+imports its functions and times them in the same process, on the same device, beside
+proxynas. Without the variable the reference column is skipped, and the bench says so.
+
+    git clone https://github.com/VICO-UoE/DatasetCondensation ~/ref
+    PROXYNAS_REFERENCE=~/ref python bench/dm_step.py
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import resource
+import sys
+import time
+import types
+
+import torch
+
+REFERENCE_ENV = "PROXYNAS_REFERENCE"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def describe(device: torch.device) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 10) -> float:
+    """Achieved GFLOP/s of an n x n matmul: the machine's practical peak for dense work."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def peak_memory(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (CUDA allocated)"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process RSS)"
+
+
+def reference() -> types.ModuleType | None:
+    """The reference's ``utils`` module, or None (with a line saying why) when it is not set up."""
+    path = os.environ.get(REFERENCE_ENV)
+    if not path:
+        print(f"reference: skipped ({REFERENCE_ENV} is not set; point it at a checkout of "
+              "VICO-UoE/DatasetCondensation to time the paper's code beside proxynas)")
+        return None
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isfile(os.path.join(path, "utils.py")):
+        print(f"reference: skipped ({REFERENCE_ENV}={path} holds no utils.py)")
+        return None
+    # utils.py imports scipy.ndimage.interpolation, a module SciPy 1.14 removed; the function
+    # it takes (rotate, used only by the non-DSA augmentation) lives on in scipy.ndimage.
+    if "scipy.ndimage.interpolation" not in sys.modules:
+        try:
+            importlib.import_module("scipy.ndimage.interpolation")
+        except ImportError:
+            import scipy.ndimage
+            sys.modules["scipy.ndimage.interpolation"] = scipy.ndimage
+    sys.path.insert(0, path)
+    try:
+        utils = importlib.import_module("utils")
+    finally:
+        sys.path.remove(path)
+    print(f"reference: {path} (git {_git_head(path)})")
+    return utils
+
+
+def _git_head(path: str) -> str:
+    head = os.path.join(path, ".git", "HEAD")
+    try:
+        if os.path.isfile(os.path.join(path, "REVISION")):  # an exported copy (bench/gpu_prepare.sh)
+            return open(os.path.join(path, "REVISION")).read().strip()[:10]
+        ref = open(head).read().strip()
+        if ref.startswith("ref: "):
+            return open(os.path.join(path, ".git", ref[5:])).read().strip()[:10]
+        return ref[:10]
+    except OSError:
+        return "unknown"

@@ -1,0 +1,129 @@
+"""train_network / train_repeats: the schedule, reproducibility, epoch hooks, the config's choices, the CPU heap."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from proxynas import augment
+from proxynas import train as T
+from proxynas.exceptions import UnknownNameError, UsageError
+from proxynas.networks import build
+from proxynas.train import TrainConfig, train_network, train_repeats
+
+SIZE = 8
+CFG = TrainConfig(epochs=2, batch_size=4, dsa_strategy=augment.DEFAULT_STRATEGY)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny ops on a shared 2-core CPU wait milliseconds on a second thread; one is faster here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def data(n: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, SIZE, SIZE, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def net(seed: int = 0, net_id: str = "d1-w4-relu-batchnorm-avg") -> torch.nn.Module:
+    return build(net_id, 3, 10, SIZE, seed=seed)
+
+
+def weights(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [t.clone() for t in model.state_dict().values()]
+
+
+def test_unknown_choices_are_rejected_with_the_known_ones():
+    with pytest.raises(UnknownNameError, match="batch, image"):
+        TrainConfig(dsa_family="class")
+    with pytest.raises(UnknownNameError, match="auto, sequential, stacked"):
+        TrainConfig(repeat_mode="parallel")
+
+
+def test_the_reference_draw_is_the_default_and_is_recorded():
+    assert TrainConfig().dsa_family == "batch"
+    assert dataclasses.asdict(TrainConfig())["dsa_family"] == "batch"  # studies record the protocol as asdict
+
+
+@pytest.mark.parametrize("total", [1, 2, 7, 400])
+def test_lr_decays_at_half_the_steps_as_multistep_lr_did(total):
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[total // 2], gamma=0.1)
+    for step in range(total):
+        assert TrainConfig().lr_at(step, total) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12)
+        opt.step()
+        sched.step()
+
+
+@pytest.mark.parametrize("dsa_family", list(T.DSA_FAMILY))
+def test_a_seed_reproduces_a_run_and_another_seed_does_not(dsa_family):
+    cfg = dataclasses.replace(CFG, dsa_family=dsa_family)
+    runs = []
+    for seed in (1, 1, 2):
+        model = net()
+        train_network(model, *data(), cfg, torch.Generator().manual_seed(seed))
+        runs.append(weights(model))
+    assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1]))
+    assert not all(torch.equal(a, b) for a, b in zip(runs[0], runs[2]))
+
+
+def test_dsa_families_draw_differently():
+    runs = []
+    for dsa_family in T.DSA_FAMILY:
+        model = net()
+        train_network(model, *data(), dataclasses.replace(CFG, dsa_family=dsa_family), torch.Generator().manual_seed(1))
+        runs.append(model.classifier.weight.detach().clone())
+    assert not torch.equal(*runs)
+
+
+def test_on_epoch_runs_after_every_pass_including_a_cut_one_and_training_resumes_in_train_mode():
+    model, epochs = net(), []
+
+    def hook(epoch: int) -> None:
+        epochs.append(epoch)
+        model.eval()  # as a pruning hook's accuracy() does
+
+    cfg = dataclasses.replace(CFG, steps=7)  # 3 batches a pass over 10 images: 3 + 3 + 1
+    train_network(model, *data(), cfg, torch.Generator().manual_seed(0), hook)
+    assert epochs == [0, 1, 2]
+    assert model.features[1].num_batches_tracked.item() == 7  # BatchNorm trained (train mode) on every step
+
+
+def test_normalise_applies_batch_by_batch():
+    raw = (torch.rand(10, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3)) * 255).to(torch.uint8)
+    labels = torch.arange(10)
+
+    def normalise(x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - 128) / 64
+
+    a, b = net(), net()
+    train_network(a, normalise(raw), labels, CFG, torch.Generator().manual_seed(5))
+    train_network(b, raw, labels, CFG, torch.Generator().manual_seed(5), normalise=normalise)
+    assert all(torch.equal(x, y) for x, y in zip(weights(a), weights(b)))
+
+
+def test_one_generator_per_repeat():
+    with pytest.raises(UsageError, match="one generator per repeat"):
+        train_repeats([net(0), net(1)], *data(), CFG, [torch.Generator()])
+
+
+def test_the_heap_settings_are_undone_after_training_and_nest():
+    train_network(net(), *data(), CFG, torch.Generator())
+    assert T._heap_users == 0
+    with T._heap_kept():
+        with T._heap_kept():
+            assert T._heap_users == 2
+        assert T._heap_users == 1
+    assert T._heap_users == 0
+
+
+def test_training_runs_without_glibc(monkeypatch):
+    monkeypatch.setattr(T, "_glibc", lambda: None)
+    train_network(net(), *data(), CFG, torch.Generator())
+    assert T._heap_users == 0
