@@ -22,7 +22,35 @@ import types
 
 import torch
 
+from proxynas.condense._base import Problem
+from proxynas.data import load_dataset
+from proxynas.devices import resolve_device
+
 REFERENCE_ENV = "PROXYNAS_REFERENCE"
+
+
+def cifar10_problem(data_path: str, device: str) -> Problem:
+    """The DM benches' problem: every CIFAR-10 class, its whole training split, on ``device``."""
+    data = load_dataset("cifar10", data_path)
+    return Problem(data, list(range(data.info.num_classes)), data.train.class_indices(), resolve_device(device), None)
+
+
+def interleaved(rows: dict, device: torch.device, warmup: int, iters: int) -> tuple[dict, dict]:
+    """Run iteration ``it`` of every row (a callable returning its loss), in rotating order so
+    a shared machine's load drift hits all rows alike; returns the timed seconds and losses per row."""
+    times: dict[str, list[float]] = {name: [] for name in rows}
+    losses: dict[str, list[float]] = {name: [] for name in rows}
+    names = list(rows)
+    for it in range(warmup + iters):
+        for name in names[it % len(names):] + names[:it % len(names)]:
+            sync(device)
+            t = time.perf_counter()
+            loss = rows[name](it)
+            sync(device)
+            if it >= warmup:
+                times[name].append(time.perf_counter() - t)
+                losses[name].append(loss)
+    return times, losses
 
 
 def sync(device: torch.device) -> None:

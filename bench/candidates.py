@@ -1,6 +1,6 @@
 """Candidate training: proxynas against the paper's reference code, and R repeats trained together.
 
-Each configuration trains as PROTOCOL §5's candidates do: on a proxy set of 500 random
+Each configuration trains as docs/protocol.md §5's candidates do: on a proxy set of 500 random
 real CIFAR-10 training images (50 per class, normalised, none from the validation split),
 batch 250, DSA, SGD lr 0.01 momentum 0.9 wd 5e-4, lr x0.1 at half the training,
 ``--epochs`` epochs (200 in §5), then its accuracy on 1,000 validation images (100 per
@@ -132,7 +132,7 @@ PATHS: dict[str, Callable[[str, Problem, int], float]] = {
 def load_problem(args: argparse.Namespace, with_reference: bool) -> Problem:
     device = resolve_device(args.device)
     data = load_dataset("cifar10", args.data_path)
-    split = train_val_split(data.train.labels)  # PROTOCOL §5's 10% hold-out (seed 0)
+    split = train_val_split(data.train.labels)  # docs/protocol.md §5's 10% hold-out (seed 0)
     proxy_idx = sample_per_class(pools(data, split.train_idx), IPC, generator(SEED, "proxy")).flatten()
     val_idx = sample_per_class(pools(data, split.val_idx), VAL_PER_CLASS, generator(SEED, "val")).flatten()
     proxy = data.normalise(data.train.images[proxy_idx]).to(device), data.train.labels[proxy_idx].to(device)
@@ -173,7 +173,7 @@ def _peak_memory() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-path", default="../shared/datasets/cifar10-jpeg.tar.gz")
-    ap.add_argument("--epochs", type=int, default=10, help="PROTOCOL §5: 200 (2 steps an epoch)")
+    ap.add_argument("--epochs", type=int, default=10, help="docs/protocol.md §5: 200 (2 steps an epoch)")
     ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help="comma-separated ConvNet ids")
     ap.add_argument("--spread", type=int, default=0, metavar="N",
                     help="instead, N configurations spread over the 720-ConvNet space (every (720 // N - 1)-th id)")

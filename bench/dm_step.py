@@ -11,7 +11,8 @@ order, so drift in a shared machine's load hits them alike.
                      detached, one backward, ``loss.item()`` for its log
   proxynas fp32      proxynas.condense._dm: the step plan measured on this device at
                      start-up (classes per forward, channels_last, in-place activations,
-                     torch.compile; printed), then the run's iterations
+                     torch.compile; printed), then the run's iterations, with freed memory
+                     kept in glibc's heap as condense() keeps it (proxynas._allocator)
   proxynas bf16      the same under bf16 autocast (the default on CUDA), planned separately
   per-class          proxynas's own per-class formulation, unplanned: the yardstick the fp32
                      losses must equal (same networks, real batches and DSA draws)
@@ -36,13 +37,12 @@ import torch
 
 import _common
 from proxynas import augment
+from proxynas._allocator import hot_loop_memory
 from proxynas._seeding import derive_seed, generator
 from proxynas.condense._base import CondenseConfig, Problem
 from proxynas.condense._dm import dm_loss_per_class, dm_step, plan_step
 from proxynas.condense._plan import Embedder
 from proxynas.condense._sampling import sample_per_class
-from proxynas.data import load_dataset
-from proxynas.devices import resolve_device
 from proxynas.networks import build, count_flops
 
 IPC, MODEL, SEED = 10, "ConvNet", 0
@@ -61,7 +61,9 @@ class Proxynas:
         probe = self.net(0)
         if tune:
             cfg = CondenseConfig(dataset="cifar10", ipc=IPC, batch_real=batch_real, tune="yes")
-            self.plan, record = plan_step(problem, cfg, probe, self.syn, batch_real, info.dsa_strategy, amp, 20_000)
+            with hot_loop_memory(problem.device):  # as condense() tunes it
+                self.plan, record = plan_step(problem, cfg, probe, self.syn, batch_real, info.dsa_strategy, amp,
+                                              20_000)
             self.embedder, self.chunks = Embedder(probe, self.plan), self.plan.chunks(info.num_classes)
             self.describe = f"plan: {self.plan.label()}; measured: " + json.dumps(
                 {k: round(v, 3) for k, v in record["seconds_per_step"].items()})
@@ -75,6 +77,12 @@ class Proxynas:
                      seed=derive_seed(SEED, "dm-net", it)).to(self.problem.device).train()
 
     def __call__(self, it: int) -> float:
+        # condense() keeps freed memory in the heap for its whole run; here only for this
+        # iteration, then trimmed, so the next row (maybe the reference) starts as glibc does
+        with hot_loop_memory(self.problem.device):
+            return self.iteration(it)
+
+    def iteration(self, it: int) -> float:
         info, problem = self.problem.dataset.info, self.problem
         g = generator(SEED, "dm-iter", it)
         net = self.net(it).requires_grad_(False)
@@ -142,10 +150,8 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
-    device = resolve_device(args.device)
-    data = load_dataset("cifar10", args.data_path)
-    info = data.info
-    problem = Problem(data, list(range(info.num_classes)), data.train.class_indices(), device, None)
+    problem = _common.cifar10_problem(args.data_path, args.device)
+    device, info, data = problem.device, problem.dataset.info, problem.dataset
     images = info.num_classes * (args.batch_real + IPC)
     # forward of every image, backward (~2x) of the synthetic ones only
     step_gflop = count_flops(MODEL, info.channels, info.image_size) * (images + 2 * info.num_classes * IPC) / 1e9
@@ -168,19 +174,7 @@ def main() -> None:
     for name, row in rows.items():
         print(f"  {name:<15} {row.describe}", flush=True)
 
-    times = {name: [] for name in rows}
-    losses = {name: [] for name in rows}
-    names = list(rows)
-    for it in range(args.warmup + args.iters):
-        order = names[it % len(names):] + names[:it % len(names)]
-        for name in order:
-            _common.sync(device)
-            t = time.perf_counter()
-            loss = rows[name](it)
-            _common.sync(device)
-            if it >= args.warmup:
-                times[name].append(time.perf_counter() - t)
-                losses[name].append(loss)
+    times, losses = _common.interleaved(rows, device, args.warmup, args.iters)
 
     base = statistics.fmean(times["reference fp32"]) if "reference fp32" in times else None
     for name in rows:

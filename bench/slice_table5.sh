@@ -38,8 +38,8 @@ condense() {  # METHOD [extra flags]: a proxy set on the training split minus th
 }
 study() { proxynas "$@" --storage "$S" --restrict "$SLICE" --device "$DEVICE" --quiet; }
 
-step dm condense dm --iterations "$DM_ITERS" --batch-real "$BATCH_REAL"
-step dsa condense dsa --iterations "$DSA_ITERS" --batch-real "$BATCH_REAL" --checkpoint-every 1
+step dm condense dm --iterations "$DM_ITERS" --real-batch-size "$BATCH_REAL"
+step dsa condense dsa --iterations "$DSA_ITERS" --real-batch-size "$BATCH_REAL" --checkpoint-every 1
 for m in random herding kcenter; do step "$m" condense "$m"; done
 step score study score "${DATA[@]}"
 for m in dm dsa random herding kcenter; do
@@ -47,9 +47,9 @@ for m in dm dsa random herding kcenter; do
 done
 step early-stop study baseline --kind early-stop --steps "$ES_STEPS" --repeats "$REPEATS" "${DATA[@]}" --study early-stop
 step whole study baseline --kind whole --epochs "$WHOLE_EPOCHS" --repeats "$REPEATS" "${DATA[@]}" --study whole
-for m in dm dsa; do  # DSA against DM, both evaluated by PROTOCOL §4 (fewer epochs and networks)
+for m in dm dsa; do  # DSA against DM, both evaluated by docs/protocol.md §4 (fewer epochs and networks)
     step "eval-$m" proxynas evaluate "$OUT/$m.safetensors" --epochs "$EVAL_EPOCHS" --num-nets "$EVAL_NETS" \
         --device "$DEVICE" --quiet
 done
-proxynas report --storage "$S" --proxy dm dsa random herding kcenter --early-stop early-stop --whole whole \
-    --extra naswot synflow grad_norm zico params flops --top "$TOP" --k 3 --out "$OUT/report"
+proxynas report --storage "$S" --proxy-studies dm dsa random herding kcenter --early-stop early-stop --whole whole \
+    --extra naswot synflow grad_norm zico params flops --top "$TOP" --k 3 --out-dir "$OUT/report"

@@ -1,4 +1,4 @@
-"""Which configurations a baseline study trains (PROTOCOL.md §5).
+"""Which configurations a baseline study trains (docs/protocol.md §5).
 
 A baseline (``sources.BASELINES``: whole-dataset or early-stopping training) is a search
 whose source is the real training split: same configuration ids, same user attributes,

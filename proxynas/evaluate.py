@@ -1,4 +1,4 @@
-"""Evaluating a proxy set (PROTOCOL.md §4): train N fresh networks on it, test on real data.
+"""Evaluating a proxy set (docs/protocol.md §4): train N fresh networks on it, test on real data.
 
 The result, with every setting that produced it, is written as JSON beside the proxy
 set (``<proxy>.eval-<model>.json``), so an evaluation is reproducible from its file.
@@ -16,7 +16,9 @@ from ._seeding import derive_seed, generator
 from .condense import SyntheticSet
 from .data import Dataset, load_dataset
 from .devices import resolve_device
+from .exceptions import UsageError
 from .networks import build
+from .outputs import check_output
 from .provenance import versions
 from .train import TrainConfig, accuracy, train_network
 
@@ -31,21 +33,29 @@ def evaluate(proxy: str | Path, *, model: str | None = None, num_nets: int = 5, 
              report: Callable[[int, int, float], None] | None = None, write: bool = True) -> dict[str, Any]:
     """Train ``num_nets`` networks of ``model`` on the proxy set; test accuracy mean and std.
 
-    ``model`` defaults to the proxy set's embedding network; ``cfg`` to PROTOCOL §4 with
+    ``model`` defaults to the proxy set's embedding network; ``cfg`` to docs/protocol.md §4 with
     the dataset's DSA strategy. ``data_path`` overrides the data location recorded in
     the proxy set (the test split comes from there).
     """
+    if num_nets < 1:
+        raise UsageError(f"--num-nets must be at least 1 (got {num_nets})")
+    cfg = cfg or TrainConfig()
+    cfg.require_training()
     syn = SyntheticSet.load(proxy)
     meta = syn.meta
     model = model or meta["model"]
-    dataset = dataset or load_dataset(meta["dataset"]["name"], data_path or meta["config"]["data_path"])
+    if write:
+        check_output(evaluation_path(proxy, model), "the evaluation file")
+    dataset = dataset or load_dataset(meta["dataset"]["name"], data_path or meta["config"].get("data_path"))
+    syn.check_data(dataset, proxy)
     info = dataset.info
-    cfg = cfg or TrainConfig()
     if cfg.dsa_strategy is None:
         cfg = dataclasses.replace(cfg, dsa_strategy=info.dsa_strategy)
     dev = resolve_device(device)
     images, labels = syn.images.to(dev), syn.labels.to(dev)
     accs, seconds = [], []
+    if report is not None:
+        report(0, num_nets, None)  # the trainings start now: a progress display times them from here
     for i in range(num_nets):
         net = build(model, info.channels, info.num_classes, info.image_size,
                     seed=derive_seed(seed, "eval-net", i)).to(dev)

@@ -50,3 +50,13 @@ class StudyError(ProxyNASError):
     """An Optuna study or storage that cannot be used as asked."""
 
     exit_code = 7
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what SLURM and Kubernetes send first), raised where Ctrl-C raises KeyboardInterrupt.
+
+    A KeyboardInterrupt subclass, so every ``except KeyboardInterrupt`` that saves a
+    checkpoint or re-queues a trial handles it the same way; ``cli.main`` exits 143 for it.
+    """
+
+    exit_code = 128 + 15

@@ -3,7 +3,7 @@
 References:
 - Zhao & Bilen, "Dataset Condensation with Distribution Matching" (WACV 2023), and the
   networks of its code, VICO-UoE/DatasetCondensation ``networks.py`` (ConvNet, AlexNet,
-  VGG-11, ResNet-18 and its ``_AP`` variant, MLP, LeNet); PROTOCOL.md §2 fixes the details.
+  VGG-11, ResNet-18 and its ``_AP`` variant, MLP, LeNet); docs/protocol.md §2 fixes the details.
 - He et al., "Deep Residual Learning" (2016), in the 32x32 CIFAR form of kuangliu/pytorch-cifar.
 - Layers looked up by name in plain dicts, as timm's ``create_act.py`` / ``create_norm.py``.
 
@@ -24,10 +24,12 @@ Deviations from the paper's code, on purpose: ResNet-18 pools globally
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, replace
 from functools import partial
 from itertools import chain
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -36,8 +38,10 @@ from torch.func import functional_call
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from . import __version__
 from ._registry import Registry
 from .exceptions import UnknownNameError, UsageError
+from .outputs import write_json
 
 __all__ = [
     "NETWORKS",
@@ -49,6 +53,7 @@ __all__ = [
     "count_params",
     "default_depth",
     "describe",
+    "describe_many",
     "uses_batch_stats",
 ]
 
@@ -88,7 +93,7 @@ _ID_FORMAT = "d<depth>-w<width>-<act>-<norm>-<pool>"
 
 @dataclass(frozen=True)
 class NetConfig:
-    """One ConvNet of the search space (PROTOCOL §2, §5); ``id`` names it in files and logs."""
+    """One ConvNet of the search space (docs/protocol.md §2, §5); ``id`` names it in files and logs."""
 
     depth: int = 3  # conv blocks, each ending in a 2x2 pool (unless pool == "none")
     width: int = 128  # filters in every conv
@@ -123,12 +128,12 @@ class NetConfig:
 
 
 def default_depth(image_size: int) -> int:
-    """ConvNet depth for a named variant that does not fix it: 4 from 64x64 up, else 3 (PROTOCOL §2)."""
+    """ConvNet depth for a named variant that does not fix it: 4 from 64x64 up, else 3 (docs/protocol.md §2)."""
     return 4 if image_size >= 64 else NetConfig.depth
 
 
 def _extra_pad(image_size: int) -> int:
-    """Extra first-conv padding: 28x28 (MNIST-style) inputs become 32x32 maps (PROTOCOL §2)."""
+    """Extra first-conv padding: 28x28 (MNIST-style) inputs become 32x32 maps (docs/protocol.md §2)."""
     return 2 if image_size == 28 else 0
 
 
@@ -401,14 +406,48 @@ def count_flops(
 
 
 def describe(arch: str | NetConfig, channels: int, num_classes: int, image_size: int) -> dict[str, int]:
-    """``{"params": ..., "flops": ...}`` of one network (FLOPs as :func:`count_flops`)."""
-    model = build(arch, channels, num_classes, image_size)
+    """``{"params": ..., "flops": ...}`` of one network (FLOPs as :func:`count_flops`).
+
+    Built on the meta device: real shapes, no weights to initialise (ResNet-18 in milliseconds).
+    """
+    factory = _resolve(arch)
+    with torch.device("meta"):
+        model = factory(channels, num_classes, image_size)
     return {"params": count_params(model), "flops": count_flops(model, channels, image_size)}
+
+
+def describe_many(names: Sequence[str], channels: int, num_classes: int, image_size: int,
+                  cache: Path | None = None) -> dict[str, dict[str, int] | str]:
+    """``describe`` of each network, or the one-line reason it cannot run at this input size.
+
+    ``cache``: a JSON file of earlier answers, keyed by proxynas version, name and shape,
+    so a listing counts each network once (counting FLOPs costs seconds the first time).
+    """
+    try:
+        known = json.loads(cache.read_text()) if cache is not None else {}
+    except (OSError, ValueError):  # no cache yet, or a damaged one: count again
+        known = {}
+    answers, counted = {}, False
+    for name in names:
+        key = f"{__version__}|{name}|{channels}x{image_size}x{image_size}|{num_classes}"
+        if key not in known:
+            counted = True
+            try:
+                known[key] = describe(name, channels, num_classes, image_size)
+            except UsageError as e:
+                known[key] = str(e)
+        answers[name] = known[key]
+    if cache is not None and counted:
+        try:
+            write_json(cache, known)
+        except OSError:  # a read-only cache only means counting again next time
+            pass
+    return answers
 
 
 def uses_batch_stats(model: nn.Module) -> bool:
     """True if any BatchNorm layer normalises with batch statistics (in train mode).
 
-    DM feeds such embedding networks all classes in one batch (PROTOCOL §1).
+    DM feeds such embedding networks all classes in one batch (docs/protocol.md §1).
     """
     return any(isinstance(m, _BATCH_NORMS) for m in model.modules())

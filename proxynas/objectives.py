@@ -37,18 +37,20 @@ from .study import CONFIG_KEY
 from .train import TrainConfig, accuracy, train_repeats
 from .zero_cost import ZERO_COST
 
-__all__ = ["PRUNE_CHECKS", "CandidateObjective", "Objective", "ZeroCostObjective", "record_config", "repeat_keys",
-           "resolved_training"]
+__all__ = ["PRUNE_CHECKS", "CandidateObjective", "Objective", "ZeroCostObjective", "check_minibatch", "record_config",
+           "repeat_keys", "resolved_training"]
 
 Objective = Callable[[optuna.Trial], float]
 PRUNE_CHECKS = 10  # validation checks per candidate when pruning
 
 
 def record_config(trial: optuna.Trial, net_cfg: NetConfig, net: torch.nn.Module, info: DatasetInfo) -> None:
-    """The user attributes that say which configuration a trial is: id, axes, size, cost."""
+    """The user attributes that say which configuration a trial is: id, size, cost.
+
+    The id spells out every axis (``NetConfig.from_id`` reads it back), and the axes
+    that vary in the space are the trial's params, so the axes are not stored again.
+    """
     trial.set_user_attr(CONFIG_KEY, net_cfg.id)
-    for axis, value in dataclasses.asdict(net_cfg).items():
-        trial.set_user_attr(axis, value)
     trial.set_user_attr("params", count_params(net))
     trial.set_user_attr("flops", count_flops(net_cfg, info.channels, info.image_size))
 
@@ -115,6 +117,12 @@ class CandidateObjective:
         return accuracy(net, images, labels, self.dataset.normalise, self.train_cfg.amp)
 
 
+def check_minibatch(batch: int, source: Source) -> None:
+    """A zero-cost proxy's minibatch must fit in the training split (checked before any worker starts)."""
+    if not 1 <= batch <= len(source.labels):
+        raise UsageError(f"--batch-size {batch} must be in 1..{len(source.labels)} (the training split's size)")
+
+
 class ZeroCostObjective:
     """A search trial that scores its configuration at initialisation instead of training it.
 
@@ -131,8 +139,7 @@ class ZeroCostObjective:
         self.device = resolve_device(device)
         self.dataset = source.dataset
         n = len(source.labels)
-        if not 1 <= batch <= n:
-            raise UsageError(f"--minibatch {batch} must be in 1..{n} (the training split's size)")
+        check_minibatch(batch, source)
         pick = torch.randperm(n, generator=generator(seed, "zero-cost-batch"))[:batch]
         self.x = self.dataset.normalise(source.images[pick].to(self.device))
         self.y = source.labels[pick].to(self.device)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .condense import CondenseConfig, SyntheticSet, condense
+from .dashboard import attach_report
 from .report import Report, build_report, write_report
 from .search import SearchConfig, launch
 from .train import TrainConfig
@@ -77,4 +78,6 @@ def run_quickstart(plan: QuickstartPlan = QuickstartPlan(), *, on_stage: Stage |
 
     stage("report")
     report = build_report(plan.storage, list(proxies), "whole", "early-stop", top=plan.top, k=3)
-    return report, write_report(report, plan.out / "report")
+    paths = write_report(report, plan.out / "report")
+    attach_report(plan.storage, report, paths, plan.out / "report")  # the dashboard shows it beside the studies
+    return report, paths

@@ -2,7 +2,7 @@
 
 References:
 - Zhao & Bilen, "Dataset Condensation with Distribution Matching" (WACV 2023), Table 5
-  and Figure F8; PROTOCOL.md §5 is the spec this module follows.
+  and Figure F8; docs/protocol.md §5 is the spec this module follows.
 - Zhao, Mopuri & Bilen, "Dataset Condensation with Gradient Matching" (ICLR 2021):
   the NAS protocol and the 720-ConvNet space Table 5 reuses.
 
@@ -44,14 +44,17 @@ plots the validation accuracies ``spearman_top`` uses.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import math
 import numbers
+import re
 import shlex
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import pandas as pd
@@ -61,12 +64,16 @@ from optuna.trial import TrialState
 from scipy import stats
 
 from .exceptions import StudyError, UsageError
+from .outputs import write_json
+from .provenance import versions
+from .networks import NetConfig
 from .study import CONFIG_KEY, _sqlite_path, open_storage, open_study
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["FRAME_COLUMNS", "SUMMARY_COLUMNS", "WHOLE", "Report", "build_report", "parse_top", "planned_size",
+__all__ = ["FRAME_COLUMNS", "SUMMARY_COLUMNS", "WHOLE", "Report", "build_report", "column_prefix", "parse_top",
+           "planned_size",
            "study_frame", "study_top", "top_configs", "top_count", "write_report"]
 
 log = logging.getLogger(__name__)
@@ -116,13 +123,21 @@ def _frame(study: optuna.Study) -> pd.DataFrame:
         elif cid in rows:
             extra[cid] += 1
         else:
-            rows[cid] = {c: t.user_attrs.get(c, _NAN) for c in FRAME_COLUMNS} | {
+            rows[cid] = {c: t.user_attrs.get(c, _NAN) for c in FRAME_COLUMNS} | _axes(cid) | {
                 "config_id": cid, "val_acc": t.user_attrs.get("val_acc", t.value)}
     for cid, n in sorted(extra.items()):
         log.warning("study %r has %d complete trials of %s; the report keeps the first", study.study_name, n + 1, cid)
     frame = pd.DataFrame(list(rows.values()), columns=list(FRAME_COLUMNS))
     frame = frame.astype({c: float for c in _MEASURED})
     return frame.sort_values("config_id", ignore_index=True)
+
+
+def _axes(config_id: str) -> dict[str, object]:
+    """A configuration's axes, read off its id: trials record them only there (older studies also as user attrs)."""
+    try:
+        return dataclasses.asdict(NetConfig.from_id(config_id))
+    except UsageError:  # not a ConvNet id: whatever user attributes the trial has
+        return {}
 
 
 _BAD_TOP = "top must be a fraction in (0, 1) such as 0.05, or a count >= 1 such as 36; not {!r}"
@@ -181,9 +196,9 @@ def _describe_top(top: float | int) -> str:
 
 @dataclass
 class Report:
-    ranking: pd.DataFrame  # one row per configuration in any study: info, <method>_val_acc (or _score),
-    #                        <method>_val_std and <method>_rank per method, whole_test_acc
-    summary: pd.DataFrame  # one row per method, whole last; columns SUMMARY_COLUMNS
+    ranking: pd.DataFrame  # one row per configuration in any study: info, then per method (as column_prefix):
+    #                        <m>_val_acc (or _score), <m>_test_acc (accuracies only), <m>_val_std, <m>_rank (an int)
+    summary: pd.DataFrame  # one row per method compared with the whole-dataset study; columns SUMMARY_COLUMNS
     missing: dict[str, list[str]]  # method -> its top-set ids lacking a whole-dataset result (only where some do)
     fill_commands: list[str]  # commands that train the missing configurations on the whole dataset
     finish_commands: dict[str, str]  # method -> the command that completes its unfinished study (where recorded)
@@ -191,6 +206,7 @@ class Report:
     studies: dict[str, str]  # method -> study name (whole included)
     top: dict[str, list[str]]  # method -> its top set, best first
     measures: dict[str, tuple[str, str]]  # method -> (column suffix, words) of what its values are: MEASURES
+    settings: dict[str, Any] = field(default_factory=dict)  # what build_report was asked: studies, top, k, storage
 
 
 def build_report(storage: str | RDBStorage, proxy_studies: Sequence[str], whole: str, early_stop: str | None = None,
@@ -224,14 +240,15 @@ def build_report(storage: str | RDBStorage, proxy_studies: Sequence[str], whole:
         _check_equal_cost(studies, budgets, proxy_studies, early_stop, rdb, notes)
     if (kind := studies[whole].user_attrs.get("kind", WHOLE)) != WHOLE:
         notes.append(f"the whole-dataset study {whole!r} has kind {kind!r}, not {WHOLE!r}")
-    rows, tops, missing, finish = [], {}, {}, {}
+    rows, missing, finish = [], {}, {}
+    tops = {WHOLE: top_configs(frames[WHOLE], top, of=planned_size(studies[whole]))}
     for m, frame in frames.items():
+        if m == WHOLE:
+            continue  # whole against whole says nothing; it covers the top sets only, by design (fill_commands)
         study = studies[methods[m]]
         row, tops[m] = _compare(m, frame, frames[WHOLE], top, k, notes, planned_size(study),
                                 TEST_SIDE.get(kinds[m], "test_acc"))
         rows.append(row | budgets[methods[m]])
-        if m == WHOLE:
-            continue  # whole-dataset training covers the top sets only, by design (see fill_commands)
         # the selected configuration heads the top set, so a missing selection is listed here too
         if lacking := [c for c in tops[m] if c not in set(frames[WHOLE].config_id)]:
             missing[m] = lacking
@@ -245,8 +262,12 @@ def build_report(storage: str | RDBStorage, proxy_studies: Sequence[str], whole:
                 finish[m] = command  # re-running a search continues it
     todo = sorted({c for ids in missing.values() for c in ids})
     fill = [_with_flags(_baseline_command(studies[whole], rdb, WHOLE), {"--configs": ",".join(todo)})] if todo else []
+    settings = {"whole": whole, "proxy_studies": list(proxy_studies), "early_stop": early_stop, "extra": list(extra),
+                "top": top, "k": k, "storage": _safe_url(rdb), "whole_training": _reference(frames[WHOLE], tops[WHOLE],
+                                                                                             budgets[whole]),
+                "dataset": next((s.user_attrs["dataset"] for s in studies.values() if "dataset" in s.user_attrs), None)}
     return Report(_ranking(frames, measures), pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS)), missing, fill,
-                  finish, notes, methods, tops, measures)
+                  finish, notes, methods, tops, measures, settings)
 
 
 def _check_one_dataset(studies: dict[str, optuna.Study]) -> None:
@@ -283,7 +304,7 @@ def _budget(study: optuna.Study) -> dict[str, float]:
 
 def _check_equal_cost(studies: dict[str, optuna.Study], budgets: dict[str, dict[str, float]],
                       proxy_studies: Sequence[str], early_stop: str, storage: RDBStorage, notes: list[str]) -> None:
-    """Early stopping must train as many steps as the proxies (PROTOCOL.md §5), or refuse with the fix."""
+    """Early stopping must train as many steps as the proxies (docs/protocol.md §5), or refuse with the fix."""
     steps = {n: budgets[n]["train_steps"] for n in [*proxy_studies, early_stop]}
     unknown = sorted(n for n, v in steps.items() if math.isnan(v))
     if unknown:
@@ -389,11 +410,25 @@ def _overlap(shared: pd.DataFrame, k: int, method: str, notes: list[str]) -> flo
     return len(set(top_configs(shared, kk)) & set(top_configs(shared, kk, by="val_acc_whole"))) / kk
 
 
+def _reference(whole: pd.DataFrame, top: list[str], budget: dict[str, float]) -> dict[str, Any]:
+    """What whole-dataset training costs and selects: the reference the methods are compared with
+    (no summary row of its own: its correlations with itself are 1 by definition). NaN is None here."""
+    selected = top[0] if top else None
+    values = {"selected": selected, "selected_test_acc": whole.set_index("config_id").test_acc.get(selected, _NAN),
+              **budget, "train_hours": whole.train_seconds.sum(min_count=1) / 3600}
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in values.items()}
+
+
+def _safe_url(storage: RDBStorage) -> str:
+    """The storage URL with its password hidden, fit to print or to write into a file."""
+    return sqlalchemy.engine.make_url(storage.url).render_as_string(hide_password=True)
+
+
 def _baseline_command(study: optuna.Study, storage: RDBStorage, kind: str) -> str:
     """The command a baseline study was filled with (recorded without --configs), else the generic one."""
     base = study.user_attrs.get("command")
     if base is None:  # a study filled some other way (its password hidden, not printed)
-        url = sqlalchemy.engine.make_url(storage.url).render_as_string(hide_password=True)
+        url = _safe_url(storage)
         dataset = study.user_attrs.get("dataset")
         base = shlex.join(["proxynas", "baseline", "--kind", kind, *(["--dataset", dataset] if dataset else []),
                            "--study", study.study_name, "--storage", url])
@@ -417,18 +452,29 @@ def _ranking(frames: dict[str, pd.DataFrame], measures: dict[str, tuple[str, str
     info = pd.concat(known) if known else pd.DataFrame(columns=list(_INFO))
     ranking = info.drop_duplicates("config_id").set_index("config_id")
     for m, frame in frames.items():
-        by_id = frame.set_index("config_id")
+        by_id, c = frame.set_index("config_id"), column_prefix(m)
         acc = by_id.val_acc
-        ranking[f"{m}_{measures[m][0]}"] = acc
-        ranking[f"{m}_val_std"] = by_id.val_std
-        ranking[f"{m}_rank"] = acc.rank(ascending=False, method="min")  # 1 = best; ties share the best rank
-    ranking["whole_test_acc"] = frames[WHOLE].set_index("config_id").test_acc
+        ranking[f"{c}_{measures[m][0]}"] = acc
+        if measures[m] == ACCURACY:  # a score has no test side
+            ranking[f"{c}_test_acc"] = by_id.test_acc  # of the network trained on this method's data
+        ranking[f"{c}_val_std"] = by_id.val_std
+        # 1 = best; ties share the best rank; <NA> where the study lacks the configuration
+        ranking[f"{c}_rank"] = acc.rank(ascending=False, method="min").astype("Int64")
     ranking = ranking.reset_index()
     return ranking.sort_values([f"{WHOLE}_rank", "config_id"], na_position="last", ignore_index=True)
 
 
-def write_report(report: Report, out_dir: str | Path) -> dict[str, Path]:
-    """Write ranking.csv, summary.csv, scatter_top.png and correlations.png (replacing old ones).
+def column_prefix(method: str) -> str:
+    """A method's name as the prefix of its ranking columns: an identifier ("early-stop" -> "early_stop"),
+    so that ``frame.early_stop_rank`` and ``df.query`` work on the CSV."""
+    return re.sub(r"\W+", "_", method).strip("_") or "method"
+
+
+def write_report(report: Report, out_dir: str | Path, command: str | None = None) -> dict[str, Path]:
+    """Write ranking.csv, summary.csv, scatter_top.png, correlations.png and config.json (replacing old ones).
+
+    config.json records what was compared and how (``Report.settings``), the command line
+    (``command``), the studies behind each method, the notes and the software versions.
 
     The CSVs keep floats at full precision (shortest round-trip repr), so ``pd.read_csv``
     gives the frames back exactly (pandas 2.x: pass ``float_precision="round_trip"``).
@@ -438,11 +484,15 @@ def write_report(report: Report, out_dir: str | Path) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"ranking": out / "ranking.csv", "summary": out / "summary.csv",
-             "scatter_top": out / "scatter_top.png", "correlations": out / "correlations.png"}
+             "scatter_top": out / "scatter_top.png", "correlations": out / "correlations.png",
+             "config": out / "config.json"}
     report.ranking.to_csv(paths["ranking"], index=False)
     report.summary.to_csv(paths["summary"], index=False)
     _plot_top(report).savefig(paths["scatter_top"], dpi=120)
     _plot_correlations(report.summary).savefig(paths["correlations"], dpi=120)
+    write_json(paths["config"], {"command": command, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                 **report.settings, "studies": report.studies, "notes": report.notes,
+                                 "versions": versions()})
     return paths
 
 
@@ -453,40 +503,72 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _plot_top(report: Report) -> Figure:
-    """Figure F8: per method, its accuracies (x) against the whole dataset's (y) over its top set."""
-    rows = {r.method: r for r in report.summary.itertuples() if r.method != WHOLE}
-    cols = min(3, len(rows))
-    nrows = math.ceil(len(rows) / cols)
-    fig = _figure(4 * cols, 3.6 * nrows)
-    axes = fig.subplots(nrows, cols, squeeze=False).ravel()
-    ranking = report.ranking
+    """Figure F8: per method, its values (x) against the whole dataset's validation accuracy (y) over its
+    top set; the panels share the y axis, and the x axis where x is an accuracy too (then y = x is drawn).
+    The configuration the method selects is a star, labelled with its id."""
+    rows = {r.method: r for r in report.summary.itertuples()}
+    cols = max(1, min(3, len(rows)))
+    nrows = max(1, math.ceil(len(rows) / cols))
+    fig = _figure(4 * cols, 3.6 * nrows + 0.4)
+    axes = fig.subplots(nrows, cols, squeeze=False, sharey=True).ravel()
+    fig.suptitle(f"Each proxy's {_describe_top(report.settings.get('top', 0.05))} against whole-dataset training"
+                 + (f" ({report.settings['dataset']})" if report.settings.get("dataset") else ""))
+    ranking, y = report.ranking, f"{WHOLE}_val_acc"
+    accuracy_axes = []
     for ax, (method, row) in zip(axes, rows.items()):
-        points = ranking[ranking.config_id.isin(report.top[method]) & ranking[f"{WHOLE}_val_acc"].notna()]
         suffix, words = report.measures[method]
-        ax.scatter(points[f"{method}_{suffix}"], points[f"{WHOLE}_val_acc"], s=18)
-        ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))  # synflow scores run to 1e20 and more
+        x = f"{column_prefix(method)}_{suffix}"
+        points = ranking[ranking.config_id.isin(report.top[method]) & ranking[y].notna()]
+        ax.scatter(points[x], points[y], s=18, label="top-set configuration")
+        chosen = points[points.config_id == row.selected]
+        if not chosen.empty:
+            ax.scatter(chosen[x], chosen[y], s=120, marker="*", color="tab:red", zorder=3, label="selected")
+            ax.annotate(row.selected, (chosen[x].iloc[0], chosen[y].iloc[0]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7, color="tab:red")
+        if (suffix, words) == ACCURACY:
+            if accuracy_axes:
+                ax.sharex(accuracy_axes[0])
+            accuracy_axes.append(ax)
+        else:
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))  # synflow scores run to 1e20 and more
         rho = "undefined" if math.isnan(row.spearman_top) else f"{row.spearman_top:.2f}"
         ax.set_title(f"{method}: Spearman {rho} (n={row.n_top})", fontsize=10)
         ax.set_xlabel(f"{method} {words}")
         ax.set_ylabel("whole-dataset validation accuracy")
+    if accuracy_axes:  # y = x over the shared range: above it, whole-dataset training does better
+        ax0 = accuracy_axes[0]
+        lo = min(ax0.get_xlim()[0], ax0.get_ylim()[0])
+        hi = max(ax0.get_xlim()[1], ax0.get_ylim()[1])
+        for ax in accuracy_axes:
+            ax.plot([lo, hi], [lo, hi], linestyle="--", color="grey", linewidth=0.8, label="y = x")
+        ax0.set_xlim(lo, hi)
+        ax0.set_ylim(lo, hi)
+        ax0.legend(fontsize=7, loc="lower right")
     for ax in axes[len(rows):]:
         ax.set_visible(False)
     return fig
 
 
+# the bars of the correlations plot: (summary column, legend label)
+_BARS = (("spearman_top", "Spearman, its top set"), ("spearman_all", "Spearman, all shared"),
+         ("kendall_all", "Kendall's tau, all shared"))
+
+
 def _plot_correlations(summary: pd.DataFrame) -> Figure:
-    """Spearman over each method's top set and over all shared configurations, side by side."""
-    fig = _figure(max(5.0, 1.2 * len(summary)), 3.6)
+    """Spearman over each method's top set, and Spearman and Kendall over all shared configurations,
+    side by side, each bar labelled with its value ("n/a" where it is undefined)."""
+    fig = _figure(max(7.0, 1.6 * len(summary)), 4.0)
     ax = fig.subplots()
-    at = range(len(summary))
-    for shift, column, label in ((-0.2, "spearman_top", "Spearman over its top set"),
-                                 (0.2, "spearman_all", "Spearman over all shared configs")):
-        ax.bar([i + shift for i in at], summary[column], width=0.4, label=label)  # NaN: no bar, but "n/a"
-        for i in summary.index[summary[column].isna()]:
-            ax.text(i + shift, 0.02, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
-    ax.set_xticks(list(at), summary.method, rotation=20, ha="right")
+    width = 0.8 / len(_BARS)
+    for j, (column, label) in enumerate(_BARS):
+        at = [i + (j - (len(_BARS) - 1) / 2) * width for i in range(len(summary))]
+        bars = ax.bar(at, summary[column].fillna(0.0), width=width, label=label)
+        ax.bar_label(bars, labels=["n/a" if math.isnan(v) else f"{v:.2f}" for v in summary[column]], fontsize=7,
+                     padding=2)
+    ax.set_xticks(list(range(len(summary))), summary.method, rotation=20, ha="right")
     ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_ylim(-1.05, 1.05)
+    ax.set_ylim(-1.15, 1.15)
     ax.set_ylabel("rank correlation with the whole dataset")
-    ax.legend(fontsize=8)
+    ax.set_title("Rank correlation with whole-dataset training (validation accuracy)", fontsize=10)
+    ax.legend(fontsize=8, loc="lower left")
     return fig

@@ -1,4 +1,4 @@
-"""Proxy-set NAS (PROTOCOL.md §5): train every candidate on a proxy set, rank by validation accuracy.
+"""Proxy-set NAS (docs/protocol.md §5): train every candidate on a proxy set, rank by validation accuracy.
 
 Each trial builds one configuration of the search space, trains it from scratch on
 the proxy set (200 epochs, batch 250, DSA, SGD as §4) ``repeats`` times, and returns
@@ -10,13 +10,15 @@ where each kind of study gets its source (``sources.py``) and its objective
 (``objectives.py``). ``run_search`` is one worker in this process; ``launch`` starts
 several worker processes on one study, spread over the devices, and waits for them.
 
-Imports flow one way: cli -> search -> objectives -> sources, zero_cost, study, train;
-nothing below this module imports it.
+Imports flow one way: cli -> search -> objectives -> sources, zero_cost, study, train, and
+search -> dashboard (metric names and notes for optuna-dashboard); nothing below this
+module imports it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import multiprocessing
 import os
 import time
@@ -29,17 +31,21 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from . import processes
 from ._registry import Registry
 from ._seeding import derive_seed
+from .dashboard import ACCURACY_METRIC, save_study_note, set_metric_name
 from .devices import assign, default_devices
-from .exceptions import StudyError, UsageError
-from .objectives import CandidateObjective, Objective, ZeroCostObjective, resolved_training
+from .exceptions import ProxyNASError, StudyError, Terminated, UsageError
+from .objectives import CandidateObjective, Objective, ZeroCostObjective, check_minibatch, resolved_training
 from .provenance import versions
 from .search_space import SearchSpace, load_space
 from .sources import BASELINES, Source, proxy_source, real_split_source
 from .study import (CONFIG_KEY, DEFAULT_STORAGE, HeartbeatSettings, check_study_attrs, enqueue_configs,
                     open_storage, open_study, run_worker, summary)
 from .train import TrainConfig
+
+log = logging.getLogger(__name__)
 
 SAMPLERS: Registry[Callable[[int], optuna.samplers.BaseSampler | None]] = Registry("sampler")
 SAMPLERS.add("exhaustive", lambda seed: None)  # every configuration once, through the trial queue
@@ -83,6 +89,23 @@ class SearchConfig:
             raise UsageError(f"--repeats must be at least 1 (trainings per candidate); not {self.repeats}")
         if self.prune and self.sampler == "exhaustive":
             raise StudyError("--prune needs --sampler tpe or random: an exhaustive search trains every candidate")
+        if self.n_trials is not None and self.n_trials < 1:
+            raise UsageError(f"--n-trials must be at least 1 (got {self.n_trials})")
+        if self.timeout is not None and not self.timeout > 0:
+            raise UsageError(f"--timeout must be a positive number of seconds (got {self.timeout})")
+        if KINDS.get(self.kind).trains:
+            self.train.require_training()
+        if self.kind != "proxy" and not 0 < self.val_fraction < 1:  # a proxy set records its own split
+            raise UsageError(f"--exclude-split must be in (0, 1): candidates are ranked on the validation split "
+                             f"it holds out (got {self.val_fraction}; the protocol's is 0.1)")
+        if self.zero_cost is not None and self.zero_cost_batch < 1:
+            raise UsageError(f"--batch-size must be at least 1 (got {self.zero_cost_batch})")
+        if self.restrict is not None and not self.restrict.strip():
+            raise UsageError("--restrict '' selects nothing; give a slice such as 'depth=1,2;width=32', or drop it")
+        hb = self.heartbeat
+        if hb.grace_period < 2 * hb.interval:  # a beat that is one interval late must not make a trial stale
+            raise UsageError(f"--grace {hb.grace_period} must be at least twice --heartbeat {hb.interval}, or "
+                             f"running trials are re-queued while alive; e.g. --grace {max(60, 6 * hb.interval)}")
 
     def _kinds(self) -> list[str]:
         return [k for k, v in (("proxy", self.proxy), ("baseline", self.baseline), ("zero-cost", self.zero_cost))
@@ -101,6 +124,8 @@ class StudyKind:
     source: Callable[[SearchConfig], Source]
     objective: Callable[[SearchConfig, Source, SearchSpace], Objective]
     trains: bool = True  # False: nothing is trained, so the protocol records no repeats
+    check: Callable[[SearchConfig, Source], None] = lambda cfg, source: None  # in the parent, before any worker
+    metric: Callable[[SearchConfig], str] = lambda cfg: ACCURACY_METRIC  # the trial value's name in the dashboard
 
 
 def _real_split(cfg: SearchConfig, attrs: dict[str, Any]) -> Source:
@@ -120,7 +145,8 @@ KINDS.add("zero-cost", StudyKind(
     lambda cfg: _real_split(cfg, {"kind": "zero-cost", "method": cfg.zero_cost, "minibatch": cfg.zero_cost_batch}),
     lambda cfg, source, space: ZeroCostObjective(source, space, cfg.zero_cost, batch=cfg.zero_cost_batch,
                                                  seed=cfg.seed, device=cfg.device),
-    trains=False))
+    trains=False, check=lambda cfg, source: check_minibatch(cfg.zero_cost_batch, source),
+    metric=lambda cfg: cfg.zero_cost))
 
 
 def make_source(cfg: SearchConfig) -> Source:
@@ -172,6 +198,7 @@ def _open_study(cfg: SearchConfig, storage: Any) -> optuna.Study:
 def prepare(cfg: SearchConfig) -> Prepared:
     """Open the storage and study, record its attributes, enqueue the configurations (idempotent)."""
     source, space = make_source(cfg), _space(cfg)
+    KINDS.get(cfg.kind).check(cfg, source)
     info = source.dataset.info
     space.check_buildable(info.channels, info.image_size)
     configs = space.configs()
@@ -190,11 +217,13 @@ def prepare(cfg: SearchConfig) -> Prepared:
     study.set_user_attr("versions", versions())
     if cfg.command is not None:
         study.set_user_attr("command", cfg.command)
+    set_metric_name(study, KINDS.get(cfg.kind).metric(cfg))
     total = None
     if cfg.sampler == "exhaustive":
-        enqueue_configs(storage, study, {c.id: {a: getattr(c, a) for a in space.axes} for c in configs})
+        enqueue_configs(storage, study, {c.id: {a: getattr(c, a) for a in space.varying()} for c in configs})
         done = {t.user_attrs.get(CONFIG_KEY) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
         total = len(done | {c.id for c in configs})  # a baseline study grows as --configs adds to it
+    save_study_note(study)  # what the study is, for the dashboard while it runs; launch adds the results
     return Prepared(storage, study, space, source, total)
 
 
@@ -212,10 +241,22 @@ def run_search(cfg: SearchConfig, prepared: Prepared | None = None) -> int:
                       timeout=cfg.timeout, heartbeat_interval=cfg.heartbeat.interval)
 
 
-def _worker_main(cfg: SearchConfig, threads: int, verbosity: int) -> None:
-    torch.set_num_threads(threads)  # CPU workers share the cores instead of oversubscribing them
-    optuna.logging.set_verbosity(verbosity)  # a spawned process starts with Optuna's defaults
-    run_search(cfg, attach(cfg))
+def _worker_main(cfg: SearchConfig, threads: int, verbosity: int, parent_pid: int, index: int,
+                 errors: multiprocessing.SimpleQueue) -> None:
+    try:
+        processes.worker_init(parent_pid)
+        torch.set_num_threads(threads)  # CPU workers share the cores instead of oversubscribing them
+        optuna.logging.set_verbosity(verbosity)  # a spawned process starts with Optuna's defaults
+        run_search(cfg, attach(cfg))
+    except Terminated:  # its running trial is re-queued (study._run_trial); the parent says what to do
+        raise SystemExit(Terminated.exit_code) from None
+    except ProxyNASError as e:
+        errors.put((index, str(e)))
+        raise SystemExit(e.exit_code) from None
+    except Exception as e:  # the parent prints it as one line; the traceback goes to the debug log
+        log.debug("worker %d failed", index, exc_info=True)
+        errors.put((index, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+        raise SystemExit(1) from None
 
 
 def worker_configs(cfg: SearchConfig, workers: int,
@@ -236,26 +277,60 @@ def launch(cfg: SearchConfig, workers: int, on_progress: Callable[[dict[str, Any
     ctx = multiprocessing.get_context("spawn")
     threads = max(1, torch.get_num_threads() // workers)
     verbosity = optuna.logging.get_verbosity()
-    procs = [ctx.Process(target=_worker_main, args=(c, threads, verbosity), name=f"proxynas-worker-{i}")
-             for i, c in enumerate(configs)]
+    errors = ctx.SimpleQueue()
+    procs = [ctx.Process(target=_worker_main, args=(c, threads, verbosity, os.getpid(), i, errors),
+                         name=f"proxynas-worker-{i}") for i, c in enumerate(configs)]
+    before = {t.number: t.state for t in p.study.get_trials(deepcopy=False)}
     started = time.time()
-    for proc in procs:
-        proc.start()
+    processes.start(procs)
     try:
         while any(proc.is_alive() for proc in procs):
             if on_progress is not None:
                 on_progress({**summary(p.study), "total": p.total, "started": started})
             time.sleep(poll)
-    except KeyboardInterrupt:
-        for proc in procs:
-            proc.join(timeout=30)  # workers got the same SIGINT; they re-enqueue their trials
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (Terminated): the workers re-queue their trials now
+        processes.stop(procs)
         raise
     for proc in procs:
         proc.join()
     if on_progress is not None:
         on_progress({**summary(p.study), "total": p.total, "started": started})
-    failed = [proc.name for proc in procs if proc.exitcode not in (0, None)]
-    if failed:
-        raise StudyError(f"{len(failed)} worker(s) exited with an error ({', '.join(failed)}); their trials are "
-                         "re-queued, run the same command again to finish the study")
+    reported = {}
+    while not errors.empty():
+        index, message = errors.get()
+        reported.setdefault(index, message)
+    _check_outcome(p, procs, reported, before)
     return p
+
+
+def _check_outcome(p: Prepared, procs: Sequence[multiprocessing.process.BaseProcess], reported: dict[int, str],
+                   before: dict[int, TrialState]) -> None:
+    """Raise, in one line, what is true when a worker failed or no trial of this run completed."""
+    trials = p.study.get_trials(deepcopy=False)
+    complete = {t.user_attrs.get(CONFIG_KEY) for t in trials if t.state == TrialState.COMPLETE}
+    if p.total is None:
+        state = f"study {p.study.study_name!r} has {len(complete)} complete trials"
+    elif len(complete) >= p.total:
+        state = f"study {p.study.study_name!r} is complete ({p.total} of {p.total} configurations)"
+    else:
+        state = (f"study {p.study.study_name!r} has {len(complete)} of {p.total} configurations complete, "
+                 f"{p.total - len(complete)} left")
+    if reported:
+        index = min(reported)
+        raise StudyError(f"worker {index} failed: {reported[index]} ({state}); fix that and run the same command again")
+    dead = [proc for proc in procs if proc.exitcode != 0]
+    if dead:
+        how = (f"killed by signal {-dead[0].exitcode}" if dead[0].exitcode < 0 else f"exit code {dead[0].exitcode}")
+        if p.total is not None and len(complete) >= p.total:
+            log.warning("worker %s ended with %s, but %s; nothing is left to run", dead[0].name, how, state)
+            return
+        raise StudyError(f"{len(dead)} worker(s) ended early ({dead[0].name}: {how}); {state}: run the same command "
+                         "again to finish (a killed worker's trial is re-queued once its heartbeat is --grace "
+                         "seconds old)")
+    fresh = [t for t in trials if before.get(t.number) != t.state]
+    failed = [t for t in fresh if t.state == TrialState.FAIL and "error" in t.user_attrs]
+    if failed and not any(t.state == TrialState.COMPLETE for t in fresh):
+        first = min(failed, key=lambda t: t.number)
+        raise StudyError(f"no trial completed: trial {first.number} ({first.user_attrs.get(CONFIG_KEY)}) failed with "
+                         f"{first.user_attrs['error']} ({len(failed)} failed; {state}); fix that and run again, "
+                         "the failed configurations are retried")

@@ -2,9 +2,10 @@
 
 References:
 - Zhao & Bilen, "Dataset Condensation with Distribution Matching" (WACV 2023), Table 5,
-  and PROTOCOL.md §5: the 720-ConvNet space, bundled as ``search_spaces/convnet720.toml``.
+  and docs/protocol.md §5: the 720-ConvNet space, bundled as ``search_spaces/convnet720.toml``.
 - Optuna's define-by-run API: :meth:`SearchSpace.suggest` asks ``suggest_categorical``
-  once per axis, so the random, TPE, grid and brute-force samplers all share one space.
+  once per axis that varies, so the random, TPE, grid and brute-force samplers all
+  share one space.
 
 A space file (TOML, read with the standard library's ``tomllib``)::
 
@@ -122,9 +123,36 @@ class SearchSpace:
         label = ";".join(f"{axis}={','.join(map(str, axes[axis]))}" for axis in axes if axis in keep)
         return SearchSpace(f"{self.name}[{label}]", axes, self.source, self.description)
 
+    def varying(self) -> tuple[str, ...]:
+        """The axes with more than one value, in file order: the only ones a trial records as params."""
+        return tuple(axis for axis, values in self.axes.items() if len(values) > 1)
+
+    def covering_sample(self, n: int) -> list[str]:
+        """``n`` configuration ids (all of them when ``n`` is 0 or covers the space) in which every value
+        of every axis appears, once ``n`` reaches the longest axis.
+
+        Configuration i takes value ``(i + j * (i // k)) % k`` of the j-th axis (of k values):
+        each axis steps through its values in turn, and the j-th one shifts j places each
+        round, so that axes of one length do not stay in lockstep (depth 1 with width 32).
+        """
+        if n == 0 or n >= len(self):
+            return self.ids()
+        ids: list[str] = []
+        for i in range(n):
+            settings = {axis: vals[(i + j * (i // len(vals))) % len(vals)]
+                        for j, (axis, vals) in enumerate(self.axes.items())}
+            ids.append(self._config(settings).id)
+        return list(dict.fromkeys(ids))  # a small space can repeat a combination: list it once
+
     def suggest(self, trial: BaseTrial) -> NetConfig:
-        """The configuration an Optuna trial picks: one ``suggest_categorical`` per axis, named as it."""
-        choices = {axis: trial.suggest_categorical(axis, values) for axis, values in self.axes.items()}
+        """The configuration an Optuna trial picks: one ``suggest_categorical`` per varying axis, named as it.
+
+        An axis with one value is not asked: as a param it would only show up with
+        importance 0 in optuna-dashboard. The trial's ``config_id`` user attribute
+        spells out every axis.
+        """
+        choices = {axis: values[0] if len(values) == 1 else trial.suggest_categorical(axis, values)
+                   for axis, values in self.axes.items()}
         return self._config(choices)
 
     def check_buildable(self, channels: int, image_size: int) -> None:

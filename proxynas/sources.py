@@ -1,4 +1,4 @@
-"""What a study's candidates train on: a proxy set, or the real training split (PROTOCOL.md §5).
+"""What a study's candidates train on: a proxy set, or the real training split (docs/protocol.md §5).
 
 Either way the candidates are ranked on the validation split the source excluded (10%
 of the training set), so every study of one dataset ranks on the same images.
@@ -59,7 +59,8 @@ def proxy_source(path: str | Path, data_path: str | None = None) -> Source:
         raise StudyError(f"{path} was condensed without --exclude-split, so no validation split is "
                          "held out of it; condense again with --exclude-split 0.1")
     meta = syn.meta
-    dataset = load_dataset(meta["dataset"]["name"], data_path or meta["config"]["data_path"])
+    dataset = load_dataset(meta["dataset"]["name"], data_path or meta["config"].get("data_path"))
+    syn.check_data(dataset, path)
     split = TrainValSplit.from_dict(meta["split"])
     attrs = {"kind": "proxy", "method": meta["method"], "ipc": meta["ipc"], "proxy_sha256": sha256(path)}
     return Source(dataset, syn.images, syn.labels, True, split, attrs)

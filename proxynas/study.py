@@ -17,6 +17,10 @@ exactly once" hold with any number of workers on any number of machines:
   power loss) goes stale after the grace period, is failed, and is re-enqueued by
   Optuna's ``RetryHeartbeatStaleTrialCallback``. Workers wait for the stragglers of
   other workers, so the study ends only when every configuration is complete.
+
+Through a ``proxynas storage-server`` (``grpc://host:port``, storage_server.py) the claim
+is the server database's own, heartbeats travel as a trial attribute, and the server
+fails stale trials; queue building has no lock there, so ``is_duplicate`` decides.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import os
 import threading
 import time
+import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,15 +40,18 @@ from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.storages import GrpcStorageProxy, RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from .exceptions import StudyError
+from .exceptions import StudyError, UsageError
+from .outputs import can_write_in, nearest_existing
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "sqlite:///results/proxynas.db"
 CONFIG_KEY = "config_id"  # user attribute holding a trial's configuration id
+GRPC_SCHEME = "grpc://"  # a `proxynas storage-server` address, grpc://host:port
+HEARTBEAT_ATTR = "proxynas:heartbeat"  # the trial system attribute a heartbeat travels as to a storage server
 T = TypeVar("T")
 
 
@@ -51,13 +60,52 @@ class HeartbeatSettings:
     interval: int = 10  # seconds between heartbeats of a running trial
     grace_period: int = 60  # a trial silent this long is stale: failed and re-enqueued
 
+    def __post_init__(self) -> None:
+        if self.interval < 1 or self.grace_period < 1:
+            raise UsageError(f"--heartbeat and --grace must be at least 1 second (got {self.interval} and "
+                             f"{self.grace_period})")
 
-def open_storage(url: str = DEFAULT_STORAGE, heartbeat: HeartbeatSettings = HeartbeatSettings()) -> RDBStorage:
-    """An RDB storage with heartbeats and stale-trial retry; SQLite made safe for several writers."""
+
+def check_storage_url(url: str) -> None:
+    """Refuse, in one line, a storage URL that cannot work, before anything opens it.
+
+    SQLite: the database's folder must be a folder (or creatable) and writable, since
+    SQLite writes its journal and proxynas its queue lock file beside the database.
+    """
+    if not url.startswith("sqlite") or (path := _sqlite_path(url)) is None:
+        return
+    above = nearest_existing(path.parent)
+    if not above.is_dir():
+        raise StudyError(f"the storage {url!r} cannot be created: {above} is a file, not a folder; choose "
+                         "another path for the database")
+    if not can_write_in(above) or (path.exists() and not os.access(path, os.W_OK)):
+        raise StudyError(f"the storage {url!r} cannot be written ({above}: SQLite writes its journal and proxynas "
+                         "a lock file beside the database); copy the database into a writable folder")
+
+
+def open_storage(url: str = DEFAULT_STORAGE, heartbeat: HeartbeatSettings = HeartbeatSettings(),
+                 connections: int = 2) -> RDBStorage | WorkerGrpcStorage:
+    """An RDB storage with heartbeats and stale-trial retry; SQLite made safe for several writers.
+
+    A ``grpc://host:port`` URL opens a ``proxynas storage-server`` instead, which holds the
+    database and its heartbeat settings itself. A client-server database (PostgreSQL) keeps at most
+    ``connections`` connections per process (optuna #1347, "too many clients"): one for the
+    trial and one for its heartbeat thread, the most any proxynas process uses at once.
+    """
+    if url.startswith(GRPC_SCHEME):
+        return open_grpc_storage(url)
+    check_storage_url(url)
     is_sqlite = url.startswith("sqlite")
     if is_sqlite and (path := _sqlite_path(url)) is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    kwargs = {"connect_args": {"timeout": 120}} if is_sqlite else {"pool_pre_ping": True}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # /proc and the like: os.access may call a folder writable that is not
+            raise StudyError(f"the storage {url!r} cannot be created ({e.strerror}: {path.parent}); choose "
+                             "another path for the database") from None
+    # SQLAlchemy's default pool (5 + 10 overflow) lets one process open 15; max_overflow=0 makes
+    # a busy pool wait instead of connecting again.
+    kwargs = ({"connect_args": {"timeout": 120}} if is_sqlite
+              else {"pool_pre_ping": True, "pool_size": connections, "max_overflow": 0})
     try:
         with _stable_api():
             storage = _retry(lambda: RDBStorage(
@@ -74,6 +122,45 @@ def open_storage(url: str = DEFAULT_STORAGE, heartbeat: HeartbeatSettings = Hear
                          "check that the database exists and is reachable") from None
     if is_sqlite:
         _begin_immediate(storage.engine)
+    return storage
+
+
+class WorkerGrpcStorage(GrpcStorageProxy):
+    """Optuna's gRPC storage client, plus the heartbeat its API lacks.
+
+    The gRPC API has no heartbeat call and GrpcStorageProxy is no ``BaseHeartbeat`` (so
+    ``fail_stale_trials`` does nothing on it): a beat travels as a trial system attribute
+    that ``proxynas storage-server`` records as a real heartbeat, and that server fails
+    stale trials itself (storage_server.py).
+    """
+
+    def __init__(self, url: str, host: str, port: int) -> None:
+        super().__init__(host=host, port=port)
+        self.url = url  # as an RDBStorage has: messages and reports name the storage by it
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, True)
+
+
+def open_grpc_storage(url: str, wait: float = 5.0) -> WorkerGrpcStorage:
+    """A client of the ``proxynas storage-server`` at ``grpc://host:port``, once it answers (within ``wait`` s)."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        port = None
+    if not parts.hostname or port is None or parts.path not in ("", "/") or parts.query:
+        raise StudyError(f"{url!r} is not a storage-server address; give grpc://host:port, e.g. grpc://127.0.0.1:13000")
+    try:
+        with _stable_api():
+            storage = WorkerGrpcStorage(url, parts.hostname, port)
+        storage.wait_server_ready(timeout=wait)
+    except ImportError as e:
+        raise StudyError(f"the storage {url!r} needs grpcio and protobuf ({e.name or e} is missing); "
+                         "pip install 'proxynas[grpc]'") from None
+    except ConnectionError:
+        raise StudyError(f"no storage server answers at {url}; start one with: proxynas storage-server "
+                         f"--storage <database URL> --port {port}") from None
     return storage
 
 
@@ -133,7 +220,7 @@ def _exclusive(storage: RDBStorage, name: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_EX)
             yield
         return
-    if storage.engine.dialect.name == "postgresql":
+    if isinstance(storage, RDBStorage) and storage.engine.dialect.name == "postgresql":
         with storage.engine.connect() as conn:
             conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(hashtext(:n))"), {"n": name})
             try:
@@ -142,7 +229,7 @@ def _exclusive(storage: RDBStorage, name: str) -> Iterator[None]:
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(hashtext(:n))"), {"n": name})
                 conn.commit()
         return
-    yield  # other databases: claim-time de-duplication below still prevents double work
+    yield  # other databases and storage servers: claim-time de-duplication (is_duplicate) prevents double work
 
 
 def open_study(storage: RDBStorage, name: str, *, create: bool = True,
@@ -214,17 +301,21 @@ def claim_waiting(study: optuna.Study) -> Trial | None:
 
 
 def is_duplicate(study: optuna.Study, trial: Trial) -> bool:
-    """True if another trial of the same configuration is complete or claimed earlier.
+    """True if this trial's configuration is complete, or has an earlier trial that has not failed.
 
-    Only reachable where queue building has no lock (databases other than SQLite and
-    PostgreSQL) and two workers enqueued at once: the earliest claim wins.
+    Only reachable where queue building has no lock (a storage server, databases other
+    than SQLite and PostgreSQL) and two commands enqueued at once. The earliest trial
+    not failed wins, whoever claimed first: numbers only grow and a failed trial never
+    runs again, so of two trials of one configuration at most one passes this check
+    while the other can still complete; if the winner then fails, its re-queued copy
+    (stale) or the next run (error) takes the configuration up.
     """
     cid = trial.user_attrs.get(CONFIG_KEY)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE)):
-        if t.user_attrs.get(CONFIG_KEY) == cid and t.number != trial.number and (
-                t.state == TrialState.COMPLETE or t.number < trial.number):
-            return True
-    return False
+    if cid is None:  # asked of a sampler, not taken from the queue
+        return False
+    return any(t.user_attrs.get(CONFIG_KEY) == cid and t.number != trial.number and (
+        t.state == TrialState.COMPLETE or (t.number < trial.number and t.state != TrialState.FAIL))
+        for t in study.get_trials(deepcopy=False))
 
 
 @contextlib.contextmanager

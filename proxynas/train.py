@@ -1,6 +1,6 @@
 """Training a network from scratch on in-memory tensors, and measuring its accuracy.
 
-The protocol of PROTOCOL.md §4 (the paper's Table 1): SGD, lr 0.01, momentum 0.9,
+The protocol of docs/protocol.md §4 (the paper's Table 1): SGD, lr 0.01, momentum 0.9,
 weight decay 5e-4, batch 256, lr x0.1 at half the epochs, an independent DSA draw on
 every batch. The training set lives on the device as one tensor and batches are index
 slices of it (as airbench does): no DataLoader, and no host sync inside the loop.
@@ -18,18 +18,16 @@ GPU run of the same seed draw differently.
 
 from __future__ import annotations
 
-import ctypes
 import math
-import threading
 import time
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
-from typing import Callable, ContextManager, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from . import augment, stacked
+from ._allocator import hot_loop_memory
 from .exceptions import UnknownNameError, UsageError
 
 EVAL_BATCH = 1024
@@ -42,7 +40,7 @@ REPEAT_MODE_NAMES = ("auto", *stacked.REPEAT_MODES)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 1000  # the paper's Table 1; 300 is a common faster setting
+    epochs: int = 1000  # the paper's Table 1; 300 is a common faster setting; 0 only where nothing trains (zero-cost)
     steps: int | None = None  # train exactly this many batches instead (the early-stopping baseline)
     batch_size: int = 256
     lr: float = 0.01  # x0.1 at half the steps
@@ -55,12 +53,30 @@ class TrainConfig:
     repeat_mode: str = "auto"  # train_repeats: "auto" measures stacked against sequential; or force one
 
     def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise UsageError(f"--epochs must be at least 1 (got {self.epochs})")
+        if self.steps is not None and self.steps < 1:
+            raise UsageError(f"--steps must be at least 1 (got {self.steps})")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1 (got {self.batch_size})")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UsageError(f"--lr must be a positive number (got {self.lr}); the protocol's is 0.01")
+        if not (0 <= self.momentum < 1 and self.weight_decay >= 0):
+            raise UsageError(f"momentum must be in [0, 1) and weight decay >= 0 (got {self.momentum}, "
+                             f"{self.weight_decay})")
+        if self.dsa_strategy is not None:
+            augment.parse_strategy(self.dsa_strategy)
         if self.dsa_family not in DSA_FAMILY:
             raise UnknownNameError(f"unknown dsa_family {self.dsa_family!r}; choose from: {', '.join(DSA_FAMILY)}")
         if self.repeat_mode not in REPEAT_MODE_NAMES:
             raise UnknownNameError(
                 f"unknown repeat_mode {self.repeat_mode!r}; choose from: {', '.join(REPEAT_MODE_NAMES)}"
             )
+
+    def require_training(self) -> None:
+        """Refuse a config that trains nothing (epochs 0, which only a zero-cost study records)."""
+        if self.steps is None and self.epochs < 1:
+            raise UsageError(f"--epochs must be at least 1 (got {self.epochs}): 0 would record untrained networks")
 
     def total_steps(self, n: int) -> int:
         return self.steps if self.steps is not None else self.epochs * math.ceil(n / self.batch_size)
@@ -98,53 +114,6 @@ def _batches(images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, g: to
             yield x, y, i == len(batches) - 1
 
 
-# --- the CPU allocator during training --------------------------------------------------------
-# A step frees and reallocates activations of tens to hundreds of MB (250 x 128 x 32 x 32
-# floats is 131 MB). glibc serves every block above 32 MB with a fresh mmap and unmaps it
-# on free, so each step page-faults and zero-fills all of them again: on a 2-core Xeon,
-# d3-w128 stepped 1.5x faster with freed memory kept in the heap. The settings hold while
-# any training runs in the process; after the last one the heap is trimmed back.
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
-_GLIBC_TRIM_THRESHOLD, _GLIBC_MMAP_MAX = 128 * 1024, 65536  # glibc's defaults, restored afterwards
-_heap_lock = threading.Lock()
-_heap_users = 0  # trainings running in this process (threads may train side by side)
-
-
-def _glibc() -> ctypes.CDLL | None:
-    try:
-        libc = ctypes.CDLL(None)
-    except OSError:
-        return None
-    return libc if hasattr(libc, "gnu_get_libc_version") else None
-
-
-@contextmanager
-def _heap_kept() -> Iterator[None]:
-    global _heap_users
-    libc = _glibc()
-    if libc is None:  # another C library (macOS, musl): its allocator is left as it is
-        yield
-        return
-    with _heap_lock:
-        _heap_users += 1
-        if _heap_users == 1:
-            libc.mallopt(_M_MMAP_MAX, 0)  # large blocks from the heap, not from fresh mmaps ...
-            libc.mallopt(_M_TRIM_THRESHOLD, 2**62)  # ... which keeps what is freed
-    try:
-        yield
-    finally:
-        with _heap_lock:
-            _heap_users -= 1
-            if _heap_users == 0:
-                libc.mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX)
-                libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_TRIM_THRESHOLD)
-                libc.malloc_trim(0)
-
-
-# Device type -> what training runs under; accelerators' caching allocators need nothing.
-_ALLOCATOR: dict[str, Callable[[], ContextManager[None]]] = {"cpu": _heap_kept}
-
-
 def train_network(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig,
                   g: torch.Generator, on_epoch: Callable[[int], None] | None = None,
                   normalise: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
@@ -179,7 +148,7 @@ def train_repeats(nets: Sequence[nn.Module], images: torch.Tensor, labels: torch
     start, epoch = time.perf_counter(), 0
     for net in nets:
         net.train()
-    with _ALLOCATOR.get(device.type, nullcontext)():
+    with hot_loop_memory(device):
         step_all = stacked.stepper(nets, cfg, (cfg.batch_size, *images.shape[1:]), total)
         for step in range(total):
             batches = [next(stream) for stream in streams]
@@ -203,7 +172,7 @@ def accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, normali
     device = next(net.parameters()).device
     net.eval()
     correct = torch.zeros((), dtype=torch.long, device=device)
-    with _ALLOCATOR.get(device.type, nullcontext)():
+    with hot_loop_memory(device):
         for x, y in zip(images.split(EVAL_BATCH), labels.split(EVAL_BATCH)):
             x, y = normalise(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):

@@ -132,7 +132,7 @@ def zico(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batches: int = ZICO_B
     per = len(x) // batches
     if batches < 2 or per < 1:
         raise UsageError(f"zico needs {max(batches, 2)} batches of at least one image, so a minibatch of "
-                         f"{max(batches, 2)} or more; got {len(x)} (raise --minibatch)")
+                         f"{max(batches, 2)} or more; got {len(x)} (raise --batch-size)")
     net = copy.deepcopy(net).train()
     weights = _scored_weights(net)
     grads = []  # per batch: every layer's weight gradient, flattened

@@ -114,7 +114,7 @@ def test_score_command_writes_one_study_per_zero_cost_proxy(tmp_path, caplog):
     space = tmp_path / "tiny.toml"
     space.write_text(TINY_SPACE)
     storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    assert main(["score", "--dataset", "digits", "--metrics", "naswot,grad_norm", "--minibatch", "8",
+    assert main(["score", "--dataset", "digits", "--metrics", "naswot,grad_norm", "--batch-size", "8",
                  "--study-prefix", "zc-", "--storage", storage, "--space", str(space), "--device", "cpu",
                  "--quiet"]) == 0
     for metric in ("naswot", "grad_norm"):
@@ -122,5 +122,5 @@ def test_score_command_writes_one_study_per_zero_cost_proxy(tmp_path, caplog):
         assert study.user_attrs["kind"] == "zero-cost" and study.user_attrs["method"] == metric
         completed_once(storage, f"zc-{metric}", total=4)
         best = f"best {study.best_value:.4g} ("  # a score, not shown as a percentage
-        assert any(r.getMessage().startswith(f"zc-{metric} 4/4 done") and best in r.getMessage()
+        assert any(f" zc-{metric} 4/4 (100%) done" in r.getMessage() and best in r.getMessage()  # after a timestamp
                    for r in caplog.records)

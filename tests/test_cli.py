@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
+import shlex
 import signal
+import stat
 import subprocess
 import sys
 import tarfile
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from proxynas import __version__
-from proxynas.cli import COMMANDS, main
+from proxynas.cli import COMMANDS, build_parser, main
 from proxynas.condense import SyntheticSet, checkpoint_path
 from proxynas.exceptions import UsageError
 from tests.conftest import TINY_MODEL
@@ -48,7 +53,7 @@ def test_version_and_help(capsys):
 def test_condense_then_evaluate_on_digits(capsys, tmp_path):
     out = tmp_path / "dm.safetensors"
     code, stdout, _ = run_cli(capsys, "condense", "--dataset", "digits", "--ipc", "2", "--model", TINY_MODEL,
-                              "--iterations", "3", "--batch-real", "8", "--out", out, "--quiet", "--device", "cpu")
+                              "--iterations", "3", "--real-batch-size", "8", "--out", out, "--quiet", "--device", "cpu")
     assert code == 0 and "wrote" in stdout
     syn = SyntheticSet.load(out)
     assert syn.images.shape == (20, 1, 32, 32) and syn.meta["dataset"]["name"] == "digits"
@@ -64,7 +69,7 @@ def test_condense_then_evaluate_on_digits(capsys, tmp_path):
 
 def test_sharded_condense_and_merge(capsys, tmp_path):
     common = ["condense", "--dataset", "digits", "--ipc", "1", "--model", TINY_MODEL, "--iterations", "2",
-              "--batch-real", "4", "--quiet", "--device", "cpu"]
+              "--real-batch-size", "4", "--quiet", "--device", "cpu"]
     for i in (1, 2):
         assert run_cli(capsys, *common, "--classes", f"{i}/2", "--out", tmp_path / f"p{i}.safetensors")[0] == 0
     code, stdout, _ = run_cli(capsys, "condense", "merge", tmp_path / "p1.safetensors", tmp_path / "p2.safetensors",
@@ -79,7 +84,7 @@ def test_sharded_condense_and_merge(capsys, tmp_path):
 
 @pytest.mark.parametrize("argv,code,fragments", [
     (["--ipc", "0"], 2, ["--ipc must be at least 1"]),
-    (["--ipc", "400"], 2, ["larger than the smallest class", "--ipc 139 or less"]),
+    (["--ipc", "400"], 2, ["larger than the smallest class", "--ipc 125 or less"]),  # 139 less the 10% hold-out
     (["--model", "NoSuchNet", "--iterations", "1"], 2, ["unknown network 'NoSuchNet'", "ConvNetBN"]),
     (["--classes", "9/3"], 2, ["--classes '9/3' is not valid"]),
     (["--workers", "0"], 2, ["--workers must be at least 1"]),
@@ -146,7 +151,7 @@ def test_kill_9_then_resume_completes_with_the_uninterrupted_result(tmp_path):
     """A real process killed with SIGKILL mid-run, then --resume, ends where a straight run ends."""
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
     argv = [sys.executable, "-m", "proxynas.cli", "condense", "--dataset", "digits", "--ipc", "2", "--model",
-            TINY_MODEL, "--iterations", "150", "--batch-real", "8", "--checkpoint-every", "10", "--quiet",
+            TINY_MODEL, "--iterations", "150", "--real-batch-size", "8", "--checkpoint-every", "10", "--quiet",
             "--device", "cpu"]
     straight = tmp_path / "straight.safetensors"
     subprocess.run(argv + ["--out", str(straight)], env=env, check=True, capture_output=True)
@@ -188,7 +193,7 @@ def test_quickstart_runs_end_to_end_and_resumes_after_an_interruption(tmp_path):
     dm_trials = len(optuna.load_study(study_name="dm", storage=plan.storage).trials)
     report, paths = run_quickstart(plan)
     assert len(optuna.load_study(study_name="dm", storage=plan.storage).trials) == dm_trials == 2  # not retrained
-    assert list(report.summary["method"]) == ["dm", "random", "early-stop", "whole"]
+    assert list(report.summary["method"]) == ["dm", "random", "early-stop"]
     for path in paths.values():
         assert path.stat().st_size > 0
     assert (plan.out / "digits-dm-ipc2.safetensors").exists()
@@ -256,3 +261,191 @@ def test_help_states_the_device_rule(capsys):
     with pytest.raises(SystemExit):
         main(["search", "--help"])
     assert "--repeats REPEATS" in capsys.readouterr().out
+
+
+# --- the command line: help, flag names, defaults that compose, outputs, progress --------------------------------
+
+
+def _subparsers(parser):
+    """(path, parser) of every parser under ``parser``, itself included."""
+    yield parser.prog, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _subparsers(sub)
+
+
+def test_every_flag_of_every_command_has_a_help_text():
+    missing = [f"{prog} {'/'.join(a.option_strings) or a.dest}" for prog, p in _subparsers(build_parser())
+               for a in p._actions if not a.help and not isinstance(a, argparse._SubParsersAction)]
+    assert missing == []
+
+
+def test_help_shows_defaults_examples_and_no_markup(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    top = capsys.readouterr().out
+    assert "``" not in top and "proxynas quickstart" in top
+    for name, cmd in COMMANDS.items():
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert cmd.examples and "examples:" in text, name
+        assert "PROTOCOL" not in text, name
+    with pytest.raises(SystemExit):
+        main(["search", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: sqlite:///results/proxynas.db)" in text and "(default: 250)" in text
+    with pytest.raises(SystemExit):
+        main(["condense", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "e.g. results/digits-dm-ipc10-ConvNet-s0.safetensors" in text and "(default: 0.1)" in text
+
+
+@pytest.mark.parametrize("cmd", list(COMMANDS))
+def test_every_example_parses(cmd):
+    parser = build_parser()
+    for example in COMMANDS[cmd].examples:
+        words = shlex.split(example)
+        assert words[:2] == ["proxynas", cmd]
+        assert parser.parse_args(words[1:]).command == cmd
+
+
+def test_default_output_name_is_the_one_the_help_states():
+    from proxynas.cli import default_name
+    from proxynas.condense import CondenseConfig
+
+    assert default_name(CondenseConfig(dataset="digits")) == "digits-dm-ipc10-ConvNet-s0.safetensors"
+
+
+@pytest.mark.parametrize("argv,old,new,dest,value", [
+    (["evaluate", "p.safetensors", "--batch", "32"], "--batch", "--batch-size", "batch_size", 32),
+    (["search", "--proxy", "p", "--study", "s", "--batch", "50"], "--batch", "--batch-size", "batch_size", 50),
+    (["score", "--dataset", "digits", "--minibatch", "8"], "--minibatch", "--batch-size", "batch_size", 8),
+    (["condense", "--batch-real", "16"], "--batch-real", "--real-batch-size", "real_batch_size", 16),
+    (["report", "--proxy", "dm", "rnd", "--whole", "w"], "--proxy", "--proxy-studies", "proxy_studies", ["dm", "rnd"]),
+    (["report", "--proxy-studies", "dm", "--whole", "w", "--out", "r"], "--out", "--out-dir", "out_dir", Path("r")),
+    (["quickstart", "--out", "q"], "--out", "--out-dir", "out_dir", Path("q")),
+])
+def test_renamed_flags_still_work_and_say_what_replaced_them(capsys, argv, old, new, dest, value):
+    args = build_parser().parse_args(argv)
+    assert getattr(args, dest) == value
+    assert capsys.readouterr().err.strip() == f"warning: {old} is deprecated; use {new}"
+    # the new spelling: the same value, no warning; and the old one is not in --help
+    assert getattr(build_parser().parse_args([new if w == old else w for w in argv]), dest) == value
+    assert capsys.readouterr().err == ""
+    with pytest.raises(SystemExit):
+        main([argv[0], "--help"])
+    assert f"{old} " not in capsys.readouterr().out.replace(new, "")
+
+
+def test_renamed_flag_keeps_the_new_default_when_unused():
+    assert build_parser().parse_args(["evaluate", "p"]).batch_size == 256
+    assert build_parser().parse_args(["report", "--proxy-studies", "dm", "--whole", "w"]).out_dir == Path(
+        "results/report")
+
+
+def test_condense_defaults_give_a_proxy_set_that_search_accepts(capsys, tmp_path, monkeypatch):
+    """The default condense output holds the validation split out, so search takes it as it is."""
+    from proxynas.exceptions import StudyError
+    from proxynas.sources import proxy_source
+
+    monkeypatch.chdir(tmp_path)
+    code, stdout, _ = run_cli(capsys, "condense", "--method", "random", "--ipc", "1", "--quiet")
+    assert code == 0
+    proxy = tmp_path / "results" / "digits-random-ipc1-ConvNet-s0.safetensors"  # the name --help states
+    assert proxy.exists() and str(proxy.relative_to(tmp_path)) in stdout
+    assert SyntheticSet.load(proxy).meta["split"]["val_fraction"] == 0.1
+    source = proxy_source(proxy)  # what 'proxynas search' trains on: it refuses a set without a held-out split
+    assert len(source.split.val_idx) > 0 and len(source.labels) == 10
+    with pytest.raises(StudyError, match="--exclude-split 0.1"):  # 0 disables the hold-out; search says so
+        proxy_source(_condensed(capsys, tmp_path, "--exclude-split", "0"))
+
+
+def _condensed(capsys, tmp_path, *argv) -> Path:
+    out = tmp_path / f"p{len(list(tmp_path.iterdir()))}.safetensors"
+    assert run_cli(capsys, "condense", "--method", "random", "--ipc", "1", "--quiet", "--out", out, *argv)[0] == 0
+    return out
+
+
+def test_outputs_follow_the_umask_and_carry_a_config_that_round_trips(capsys, tmp_path):
+    from proxynas.condense import CondenseConfig, config_path
+
+    old = os.umask(0o022)
+    try:
+        out = _condensed(capsys, tmp_path, "--seed", "3")
+        for path in (out, out.with_suffix(".png"), config_path(out)):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o644, path  # not mkstemp's 0o600
+        os.umask(0o077)
+        private = _condensed(capsys, tmp_path)
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
+    config = json.loads(config_path(out).read_text())
+    syn = SyntheticSet.load(out)
+    assert config["file"] == out.name and config["command"].startswith("proxynas condense --method random")
+    assert "--seed 3" in config["command"] and config["seed"] == 3 and syn.meta["command"] == config["command"]
+    assert CondenseConfig.from_dict(config["config"]) == CondenseConfig.from_dict(syn.meta["config"])
+    assert config["dataset"] == syn.meta["dataset"] and config["versions"]["torch"] == torch.__version__
+    assert {k: v for k, v in config.items() if k != "file"} == {k: v for k, v in syn.meta.items()
+                                                                if k not in ("loss_curve", "selected_indices")}
+
+
+def test_datasets_and_networks_list_without_building_anything(capsys):
+    code, stdout, _ = run_cli(capsys, "datasets")
+    assert code == 0
+    digits = next(line for line in stdout.splitlines() if " digits " in line)
+    assert "32x32" in digits and " yes " in digits and "scikit-learn" in digits
+    assert " no " in next(line for line in stdout.splitlines() if " imagenet " in line)
+    code, stdout, _ = run_cli(capsys, "networks", "--filter", "ResNet18")
+    assert code == 0 and "11,173,962" in stdout  # ResNet-18's parameters, counted on the meta device
+
+
+def test_space_show_lists_every_axis_and_a_sample_that_covers_it(capsys):
+    from proxynas.networks import NetConfig
+    from proxynas.search_space import load_space
+
+    code, stdout, _ = run_cli(capsys, "space", "show", "--sample", "5")
+    assert code == 0 and "none, batchnorm, layernorm, instancenorm, groupnorm" in stdout
+    space = load_space()
+    sample = space.covering_sample(5)
+    assert len(sample) == 5 and all(cid in stdout for cid in sample)
+    for axis, values in space.axes.items():  # 5 ids cover every value of every axis (the longest has 5)
+        assert {getattr(NetConfig.from_id(cid), axis) for cid in sample} == set(values), axis
+
+
+def test_progress_lines_reach_a_redirected_log_while_the_run_is_going(tmp_path):
+    """A real condense with stderr to a pipe: timestamped lines with the count and an ETA, before it ends."""
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "proxynas.cli", "condense", "--ipc", "1", "--model", TINY_MODEL,
+                             "--iterations", "100000", "--real-batch-size", "4", "--tune", "no", "--device", "cpu",
+                             "--out",
+                             str(tmp_path / "p.safetensors")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        while not any(" 1/100000 " in line for line in lines):
+            line = proc.stderr.readline()
+            assert line, "".join(lines)  # the run ended (or failed) before its first step was logged
+            lines.append(line)
+        assert proc.poll() is None  # still running: the line came while it runs, not at exit
+        first = lines[-1].rstrip("\n")
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d condense dm 1/100000 \(0%\) loss \d+\.\d{4} "
+                            r"\| elapsed \d+:\d\d:\d\d \| ETA \d+:\d\d:\d\d", first), first
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=120)[1]
+    finally:
+        proc.kill()
+    assert "--resume" in rest  # condense can continue, and says how
+    assert all(line.rstrip("\n") == line.rstrip() for line in (*lines, *rest.splitlines()))  # no trailing spaces
+
+
+def test_a_command_without_resume_never_advises_it(capsys, monkeypatch):
+    from proxynas import networks
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(networks, "describe_many", interrupt)
+    code, _, err = run_cli(capsys, "networks")
+    assert code == 130 and "--resume" not in err and "interrupted" in err

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from proxynas import _allocator as allocator
 from proxynas.condense import (CondenseConfig, SyntheticSet, checkpoint_path, condense, dm_loss,
                                dm_loss_per_class, merge, parse_classes)
 from proxynas.condense._base import Checkpoint
@@ -61,6 +62,15 @@ def test_dm_loss_decreases_on_a_small_problem(tiny, tmp_path):
     curve = torch.tensor(syn.meta["loss_curve"])
     assert len(curve) == 150
     assert curve[-30:].mean() < 0.5 * curve[:30].mean()
+
+
+def test_condensation_keeps_the_heap_while_it_runs_and_undoes_it_after(tiny, tmp_path):
+    seen = []
+    cfg = CondenseConfig(ipc=1, model=TINY_MODEL, iterations=3, batch_real=4, init="noise", seed=0)
+    condense(cfg, tmp_path / "p.safetensors", dataset=tiny, device="cpu",
+             report=lambda done, total, value: seen.append(allocator._users))
+    assert seen and set(seen) == {1}
+    assert allocator._users == 0
 
 
 def test_batchnorm_embedding_sees_every_class_in_one_batch(tiny, tmp_path, monkeypatch):
@@ -210,7 +220,7 @@ def test_a_run_saves_when_the_minutes_are_up(tiny, tmp_path):
         seen.append(Checkpoint(checkpoint_path(out), cfg).load()[0] if checkpoint_path(out).exists() else None)
 
     condense(cfg, out, dataset=tiny, report=look)
-    assert seen == [None, 1, 2, 3]
+    assert seen == [None, None, 1, 2, 3]  # the first report comes before the first iteration
     assert not checkpoint_path(out).exists()  # removed once the set is written
 
 
@@ -238,7 +248,7 @@ def test_shards_merge_into_the_single_process_result(tmp_path):
 
 
 def test_a_dm_shard_with_a_batchnorm_embedding_is_refused(tmp_path):
-    # BatchNorm statistics come from the batch of all classes (PROTOCOL.md §1): a shard's would differ
+    # BatchNorm statistics come from the batch of all classes (docs/protocol.md §1): a shard's would differ
     data = make_dataset(num_classes=4)
     base = dict(ipc=1, model="d1-w8-relu-batchnorm-avg", iterations=1, batch_real=5)
     with pytest.raises(UsageError, match="batch statistics over all classes.*drop --classes"):

@@ -81,7 +81,8 @@ def test_artifact_records_method_and_loops(tmp_path, small_loops):
     assert meta["lr_img"] == 0.1 and meta["lr_net"] == 0.01 and meta["iterations"] == 10
     assert meta["dsa_strategy"] == data.info.dsa_strategy and len(meta["loss_curve"]) == 10
     assert all(math.isfinite(v) and v > 0 for v in meta["loss_curve"])
-    assert seen == [(i + 1, 10, pytest.approx(v)) for i, v in enumerate(meta["loss_curve"])]  # every iteration
+    # the start (no loss yet), then every iteration
+    assert seen == [(0, 10, None), *((i + 1, 10, pytest.approx(v)) for i, v in enumerate(meta["loss_curve"]))]
     assert not checkpoint_path(tmp_path / "p.safetensors").exists()
 
 

@@ -471,7 +471,7 @@ def test_cached_images_are_memory_mapped(folder_tree, tmp_path: Path) -> None:
     load_dataset("folder", root, cache_dir=tmp_path / "cache")
     folder = _only_cache_folder(tmp_path / "cache")
     key = json.loads((folder / "meta.json").read_text())["key"]
-    _, _, arrays = _cache.read_cache(folder, key)
+    arrays = _cache.read_cache(folder, key).arrays
     assert isinstance(arrays["train_images"], np.memmap) and arrays["train_images"].flags.writeable
 
 

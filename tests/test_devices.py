@@ -7,6 +7,8 @@ these run on any machine; nothing here touches a real GPU.
 from __future__ import annotations
 
 import dataclasses
+import queue
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -118,8 +120,10 @@ def test_launch_starts_each_worker_with_its_assigned_device(gpus, monkeypatch):
 
     class FakeContext:
         Process = FakeProcess
+        SimpleQueue = queue.SimpleQueue  # the workers' error channel: nothing is put on it here
 
-    prepared = object()
+    no_trials = SimpleNamespace(study_name="s", get_trials=lambda deepcopy: [])
+    prepared = SimpleNamespace(study=no_trials, total=None)
     monkeypatch.setattr(search, "prepare", lambda c: prepared)
     monkeypatch.setattr(search.multiprocessing, "get_context", lambda method: FakeContext)
     assert launch(cfg(), 3) is prepared

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 
@@ -12,8 +13,8 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from proxynas.exceptions import StudyError, UsageError
-from proxynas.report import (FRAME_COLUMNS, SUMMARY_COLUMNS, _plot_top, build_report, parse_top, study_frame,
-                             top_configs, top_count, write_report)
+from proxynas.report import (FRAME_COLUMNS, SUMMARY_COLUMNS, _plot_correlations, _plot_top, build_report, parse_top,
+                             study_frame, top_configs, top_count, write_report)
 from proxynas.study import open_storage
 
 # 40 configuration ids of the real form, in a fixed order
@@ -110,7 +111,7 @@ def test_correlations_with_ties_match_hand_computation(storage):
     add_study(storage, "w", dict(zip(ids, (0.1, 0.3, 0.2, 0.4))), kind="whole", method="whole")
     report = build_report(storage, ["dm", "random"], "w", top=4)
     assert list(report.summary.columns) == list(SUMMARY_COLUMNS)
-    assert report.summary.method.tolist() == ["dm", "random", "whole"]
+    assert report.summary.method.tolist() == ["dm", "random"]  # no trivial whole-against-whole row
     dm = row(report, "dm")
     # ranks x = (1, 2.5, 2.5, 4), y = (1, 3, 2, 4); deviations (-1.5, 0, 0, 1.5) and (-1.5, .5, -.5, 1.5):
     # rho = 4.5 / sqrt(4.5 * 5) = sqrt(0.9)
@@ -124,13 +125,10 @@ def test_correlations_with_ties_match_hand_computation(storage):
     rnd = row(report, "random")
     assert rnd.spearman_top == pytest.approx(-1) and rnd.kendall_all == pytest.approx(-1)
     assert rnd.selected == ids[0] and rnd.selected_whole_test_acc == pytest.approx(0.09)
-    whole = row(report, "whole")
-    assert whole.spearman_top == pytest.approx(1) and whole.kendall_all == pytest.approx(1)
-    assert whole.topk_overlap == 1
+    assert report.top["whole"] == [ids[3], ids[1], ids[2], ids[0]]  # its own top set, by validation accuracy
     assert report.missing == {} and report.fill_commands == [] and report.notes == [
         "dm: top-10 overlap over only 4 shared configs, so divided by 4",
-        "random: top-10 overlap over only 4 shared configs, so divided by 4",
-        "whole: top-10 overlap over only 4 shared configs, so divided by 4"]
+        "random: top-10 overlap over only 4 shared configs, so divided by 4"]
 
 
 def test_top_set_is_the_methods_own_top_fraction(storage):
@@ -211,7 +209,7 @@ def test_method_names_come_from_the_study_and_stay_unique(storage):
     add_study(storage, "plain", descending(IDS[:3]), method=None)
     add_study(storage, "w", descending(IDS[:3]), kind="whole", method="whole")
     report = build_report(storage, ["s1", "s2"], "w", early_stop="es", extra=["zc", "plain"])
-    assert report.summary.method.tolist() == ["dm (s1)", "dm (s2)", "early-stop", "whole (zc)", "plain", "whole"]
+    assert report.summary.method.tolist() == ["dm (s1)", "dm (s2)", "early-stop", "whole (zc)", "plain"]
     assert report.studies == {"dm (s1)": "s1", "dm (s2)": "s2", "early-stop": "es", "whole (zc)": "zc",
                               "plain": "plain", "whole": "w"}
 
@@ -220,13 +218,16 @@ def test_ranking_frame(storage):
     add_study(storage, "dm", {IDS[0]: 0.5, IDS[1]: 0.7, IDS[2]: 0.7})
     add_study(storage, "w", {IDS[1]: 0.6, IDS[3]: 0.8}, tests={IDS[3]: 0.75}, kind="whole")
     ranking = build_report(storage, ["dm"], "w").ranking
-    assert list(ranking.columns) == [*FRAME_COLUMNS[:8], "dm_val_acc", "dm_val_std", "dm_rank", "whole_val_acc",
-                                     "whole_val_std", "whole_rank", "whole_test_acc"]
+    assert list(ranking.columns) == [*FRAME_COLUMNS[:8], "dm_val_acc", "dm_test_acc", "dm_val_std", "dm_rank",
+                                     "whole_val_acc", "whole_test_acc", "whole_val_std", "whole_rank"]
     # whole rank first, then the rest by id (IDS[2] is d1-w32-relu-instancenorm-avg < IDS[0], ...-none-avg)
     assert ranking.config_id.tolist() == [IDS[3], IDS[1], IDS[2], IDS[0]]
+    assert str(ranking.dm_rank.dtype) == "Int64" and str(ranking.whole_rank.dtype) == "Int64"  # ranks are integers
     assert ranking.dm_rank.tolist()[1:] == [1, 1, 3]  # the tie at 0.7 shares rank 1; then 3
-    assert math.isnan(ranking.dm_rank[0]) and ranking.whole_rank.tolist()[:2] == [1, 2]
+    assert ranking.dm_rank.isna()[0] and ranking.whole_rank.tolist()[:2] == [1, 2]
     assert ranking.whole_test_acc[0] == 0.75 and ranking.width.tolist() == [32, 32, 32, 32]
+    # the test accuracy of the network trained on the proxy (trial_attrs: validation - 0.01)
+    assert ranking.dm_test_acc[1:].tolist() == pytest.approx([0.69, 0.69, 0.49])
 
 
 def test_spread_over_repeats_is_shown_per_configuration_and_per_method(storage, capsys):
@@ -251,7 +252,7 @@ def test_spread_over_repeats_is_shown_per_configuration_and_per_method(storage, 
     assert ranking.loc[[IDS[0], IDS[1], IDS[2]], "dm_val_std"].tolist() == pytest.approx([0.1, 0.0, 0.05])
     assert ranking.synflow_val_std.isna().all()  # a score has no repeats
     assert row(report, "dm").mean_val_std == pytest.approx(0.05)  # (0.1 + 0 + 0.05) / 3
-    assert math.isnan(row(report, "synflow").mean_val_std) and math.isnan(row(report, "whole").mean_val_std)
+    assert math.isnan(row(report, "synflow").mean_val_std)
     ReportCommand.show(report, "spread", {})
     table = capsys.readouterr().out
     assert "± val" in table and "0.050" in table
@@ -275,10 +276,11 @@ def test_write_report_round_trips_and_plots(storage, tmp_path):
     add_study(storage, "random", {c: 0.5 for c in IDS})  # undefined correlations: plotted as n/a
     add_study(storage, "w", {c: (i * 7919 % 40) / 41 for i, c in enumerate(IDS)}, kind="whole")
     report = build_report(storage, ["dm", "random"], "w", top=0.25)
-    paths = write_report(report, tmp_path / "out" / "report")
-    assert sorted(paths) == ["correlations", "ranking", "scatter_top", "summary"]
+    paths = write_report(report, tmp_path / "out" / "report", command="proxynas report --proxy-studies dm random")
+    assert sorted(paths) == ["config", "correlations", "ranking", "scatter_top", "summary"]
     for name in ("ranking", "summary"):
-        back = pd.read_csv(paths[name])
+        ranks = {c: "Int64" for c in getattr(report, name).columns if c.endswith("_rank")}
+        back = pd.read_csv(paths[name], dtype=ranks)
         pd.testing.assert_frame_equal(back, getattr(report, name), check_exact=True)
     assert list(pd.read_csv(paths["summary"]).columns) == list(SUMMARY_COLUMNS)
     for name in ("scatter_top", "correlations"):
@@ -330,7 +332,7 @@ def test_studies_on_different_validation_splits_are_refused_naming_both_and_the_
     add_study(storage, "dm", descending(IDS[:3]), split=split("a" * 64))
     add_study(storage, "es", descending(IDS[:3]), kind="early-stop", split=split("b" * 64, 0.2, 1))
     add_study(storage, "w", descending(IDS[:3]), kind="whole", split=split("a" * 64))
-    assert build_report(storage, ["dm"], "w").summary.method.tolist() == ["dm", "whole"]  # same split: fine
+    assert build_report(storage, ["dm"], "w").summary.method.tolist() == ["dm"]  # same split: fine
     with pytest.raises(StudyError) as err:
         build_report(storage, ["dm"], "w", early_stop="es")
     assert str(err.value) == ("studies 'es' and 'w' rank on different validation splits (fingerprints bbbbbbbbbbbb "
@@ -368,8 +370,11 @@ def test_training_steps_are_shown_and_early_stopping_on_another_budget_is_refuse
     add_study(storage, "es", descending(IDS[:3]), kind="early-stop", protocol=protocol(400))
     add_study(storage, "w", descending(IDS[:3]), kind="whole", protocol=protocol(18000, 1))
     report = build_report(storage, ["dm", "random"], "w", early_stop="es")
-    assert report.summary.train_steps.tolist() == [400, 400, 400, 18000]
-    assert report.summary.repeats.tolist() == [5, 5, 5, 1]
+    assert report.summary.train_steps.tolist() == [400, 400, 400]
+    assert report.summary.repeats.tolist() == [5, 5, 5]
+    whole = report.settings["whole_training"]  # the reference's cost, beside the methods' (no summary row)
+    assert (whole["train_steps"], whole["repeats"], whole["selected"]) == (18000, 1, IDS[0])
+    assert whole["train_hours"] == pytest.approx(3 * 60 / 3600)
 
     add_study(storage, "es100", descending(IDS[:3]), kind="early-stop", protocol=protocol(100),
               command="proxynas baseline --kind early-stop --dataset cifar10 --steps 100 --study es100")
@@ -391,3 +396,57 @@ def test_the_cli_tables_show_every_summary_column():
 
     shown = [c for columns in ReportCommand.summary_tables for c in columns]
     assert set(shown) == set(SUMMARY_COLUMNS) and len(shown) == len(SUMMARY_COLUMNS) + 1  # "method" in both
+
+
+def test_csv_columns_are_identifiers_with_integer_ranks(storage, tmp_path):
+    add_study(storage, "dm", descending(IDS[:4]))
+    add_study(storage, "es", {c: v for c, v in descending(IDS[:3]).items()}, kind="early-stop", method="early-stop")
+    add_study(storage, "w", descending(IDS[:4]), kind="whole")
+    report = build_report(storage, ["dm"], "w", early_stop="es", top=4)
+    paths = write_report(report, tmp_path / "r")
+    ranking = pd.read_csv(paths["ranking"])
+    assert all(c.isidentifier() for c in ranking.columns), list(ranking.columns)
+    assert "early_stop_rank" in ranking and "early_stop_test_acc" in ranking and "dm_test_acc" in ranking
+    # written as integers ("1", not "1.0"), and empty where the study lacks the configuration
+    lines = paths["ranking"].read_text().splitlines()
+    header = lines[0].split(",")
+    es_rank = [line.split(",")[header.index("early_stop_rank")] for line in lines[1:]]
+    assert es_rank == ["1", "2", "3", ""]
+    assert ranking.query("dm_rank == 1").config_id.tolist() == [IDS[0]]  # pandas-friendly: query works
+    assert pd.read_csv(paths["summary"]).method.tolist() == ["dm", "early-stop"]  # no whole-against-whole row
+
+
+def test_report_config_json_records_what_was_compared(storage, tmp_path):
+    add_study(storage, "dm", descending(IDS[:3]))
+    add_study(storage, "w", descending(IDS[:3]), kind="whole")
+    report = build_report(storage, ["dm"], "w", top=3, k=2)
+    command = "proxynas report --proxy-studies dm --whole w --top 3 --k 2"
+    config = json.loads(write_report(report, tmp_path / "r", command=command)["config"].read_text())
+    assert config["command"] == command and config["proxy_studies"] == ["dm"] and config["whole"] == "w"
+    assert (config["top"], config["k"], config["dataset"]) == (3, 2, "cifar10")
+    assert config["studies"] == {"dm": "dm", "whole": "w"} and config["notes"] == report.notes
+    assert config["storage"] == storage.url and {"proxynas", "torch", "optuna"} <= config["versions"].keys()
+
+
+def test_plots_have_titles_shared_axes_identity_and_labelled_bars(storage):
+    add_study(storage, "dm", descending(IDS[:6]))
+    add_study(storage, "random", {c: 0.5 + 0.01 * i for i, c in enumerate(IDS[:6])})
+    add_study(storage, "syn", descending(IDS[:6], start=3e9, step=1e8), kind="zero-cost", method="synflow")
+    add_study(storage, "w", descending(IDS[:6], start=0.8), kind="whole")
+    report = build_report(storage, ["dm", "random"], "w", extra=["syn"], top=4)
+    fig = _plot_top(report)
+    assert "whole-dataset training" in fig.get_suptitle() and "cifar10" in fig.get_suptitle()
+    dm_ax, random_ax, syn_ax = [ax for ax in fig.axes if ax.get_visible()]
+    assert dm_ax.get_shared_y_axes().joined(dm_ax, syn_ax)  # every panel: whole-dataset validation accuracy
+    assert dm_ax.get_shared_x_axes().joined(dm_ax, random_ax)  # accuracies share x; a score does not
+    assert not dm_ax.get_shared_x_axes().joined(dm_ax, syn_ax)
+    identity = [line for line in dm_ax.get_lines() if line.get_label() == "y = x"]
+    assert identity and list(identity[0].get_xdata()) == list(identity[0].get_ydata())
+    assert not [line for line in syn_ax.get_lines() if line.get_label() == "y = x"]  # a score is no accuracy
+    # the selected configuration is a labelled star: dm selects IDS[0]
+    assert [t.get_text() for t in dm_ax.texts] == [row(report, "dm").selected] == [IDS[0]]
+    bars = _plot_correlations(report.summary).axes[0]
+    assert bars.get_title() and [t.get_text() for t in bars.get_legend().get_texts()] == [
+        "Spearman, its top set", "Spearman, all shared", "Kendall's tau, all shared"]
+    shown = {t.get_text() for t in bars.texts}
+    assert f"{row(report, 'dm').spearman_all:.2f}" in shown and f"{row(report, 'random').kendall_all:.2f}" in shown

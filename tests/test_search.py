@@ -83,10 +83,11 @@ def test_study_opens_through_optuna_public_api_with_all_attributes(proxy, space_
         assert key in study.user_attrs, key
     assert study.user_attrs["dataset"] == "digits" and study.user_attrs["protocol"]["epochs"] == 1
     t = study.best_trial
-    for key in ("config_id", "depth", "width", "act", "norm", "pool", "params", "flops", "val_acc", "test_acc",
-                "train_seconds", "device", "seed"):
+    for key in ("config_id", "params", "flops", "val_acc", "test_acc", "train_seconds", "device", "seed"):
         assert key in t.user_attrs, key
     assert t.value == t.user_attrs["val_acc"] and 0 <= t.user_attrs["test_acc"] <= 1
+    # the axes that vary are params; the id spells out every axis (tests/test_dashboard.py)
+    assert set(t.params) == {"width", "norm"}
     assert t.user_attrs["config_id"] == f"d1-w{t.params['width']}-relu-{t.params['norm']}-avg"
 
 
@@ -246,7 +247,7 @@ def test_a_worker_killed_between_claim_and_first_heartbeat_still_gets_its_trial_
 
 def test_modules_below_the_search_never_import_it():
     """Imports flow one way (cli -> search -> objectives -> sources, zero_cost, ...): no cycle to untangle."""
-    below = ("sources", "objectives", "zero_cost", "baselines", "report", "study", "devices", "train")
+    below = ("sources", "objectives", "zero_cost", "baselines", "report", "study", "devices", "train", "dashboard")
     code = (f"import sys; import {', '.join('proxynas.' + m for m in below)}; "
             "assert 'proxynas.search' not in sys.modules, 'a module below the search imported it'")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})

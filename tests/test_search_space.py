@@ -17,7 +17,7 @@ from proxynas.search_space import SearchSpace, bundled_spaces, describe_space, l
 
 REPO = Path(__file__).resolve().parents[1]
 
-# PROTOCOL §5, written out independently of search_spaces/convnet720.toml
+# docs/protocol.md §5, written out independently of search_spaces/convnet720.toml
 PAPER_AXES = {
     "depth": (1, 2, 3, 4),
     "width": (32, 64, 128, 256),

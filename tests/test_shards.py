@@ -28,8 +28,8 @@ def test_three_shards_merge_into_what_one_process_writes(tmp_path):
     assert sharded.meta["config"] == one.meta["config"]
     torch.testing.assert_close(torch.tensor(sharded.meta["loss_curve"]), torch.tensor(one.meta["loss_curve"]),
                                rtol=1e-5, atol=0)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.png", "one.safetensors", "sharded.png",
-                                                          "sharded.safetensors"]  # parts merged and removed
+    assert sorted(p.name for p in tmp_path.iterdir()) == [  # parts merged and removed
+        "one.config.json", "one.png", "one.safetensors", "sharded.config.json", "sharded.png", "sharded.safetensors"]
     assert updates and updates[-1][:2] == (3, 3)
 
 

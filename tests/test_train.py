@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 
+from proxynas import _allocator as A
 from proxynas import augment
 from proxynas import train as T
 from proxynas.exceptions import UnknownNameError, UsageError
@@ -115,15 +116,16 @@ def test_one_generator_per_repeat():
 
 def test_the_heap_settings_are_undone_after_training_and_nest():
     train_network(net(), *data(), CFG, torch.Generator())
-    assert T._heap_users == 0
-    with T._heap_kept():
-        with T._heap_kept():
-            assert T._heap_users == 2
-        assert T._heap_users == 1
-    assert T._heap_users == 0
+    assert A._users == 0
+    cpu = torch.device("cpu")
+    with A.hot_loop_memory(cpu):
+        with A.hot_loop_memory(cpu):
+            assert A._users == 2
+        assert A._users == 1
+    assert A._users == 0
 
 
 def test_training_runs_without_glibc(monkeypatch):
-    monkeypatch.setattr(T, "_glibc", lambda: None)
+    monkeypatch.setattr(A, "_glibc", lambda: None)
     train_network(net(), *data(), CFG, torch.Generator())
-    assert T._heap_users == 0
+    assert A._users == 0

@@ -1,8 +1,10 @@
 """Condensing a dataset into a proxy set: ``condense(cfg, out)`` runs any registered method.
 
 Methods (one module each, registered in ``CONDENSERS``): ``dm`` (Distribution
-Matching, the default), ``dsa`` (gradient matching with Siamese augmentation), and the
-``random``, ``herding`` and ``kcenter`` coresets. ``condense_sharded`` runs one
+Matching, the default), ``m3d`` (DM's loop matching a kernel MMD), ``dsa`` (gradient
+matching with Siamese augmentation), and the ``random``, ``herding`` and ``kcenter``
+coresets; ``factor`` learns dm or m3d images at a lower resolution, decoded by
+upsampling (``_factor.py``). ``condense_sharded`` runs one
 condensation as class shards on several processes or GPUs and merges them.
 """
 
@@ -15,19 +17,25 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
+from .._allocator import hot_loop_memory
 from ..data import Dataset, load_dataset
 from ..devices import resolve_device
 from ..exceptions import ArtifactError, OutputExistsError, UsageError
 from ..networks import build, uses_batch_stats
+from ..outputs import check_output
 from ..provenance import versions
-from . import _coreset, _dm, _dsa, _kcenter  # noqa: F401  (importing a method's module registers it)
-from ._base import CONDENSERS, TUNE_CHOICES, Checkpoint, CondenseConfig, Problem, Reporter, SyntheticSet, class_pools
+from . import _coreset, _dm, _dsa, _kcenter, _m3d  # noqa: F401  (importing a method's module registers it)
+from ._base import (CONDENSERS, EMBEDDING_MATCHERS, TUNE_CHOICES, Checkpoint, CondenseConfig, Problem, Reporter,
+                    SyntheticSet, class_pools, config_path)
 from ._dm import dm_loss, dm_loss_per_class
+from ._m3d import KERNELS as MMD_KERNELS
+from ._m3d import mmd_loss
 from ._shards import condense_sharded
 
-__all__ = ["CONDENSERS", "TUNE_CHOICES", "CondenseConfig", "SyntheticSet", "condense", "condense_sharded", "merge",
+__all__ = ["CONDENSERS", "MMD_KERNELS", "TUNE_CHOICES", "CondenseConfig", "SyntheticSet", "condense",
+           "condense_sharded", "config_path", "merge",
            "save_grid",
-           "checkpoint_path", "dm_loss", "dm_loss_per_class", "parse_classes"]
+           "checkpoint_path", "dm_loss", "dm_loss_per_class", "mmd_loss", "parse_classes"]
 
 
 def checkpoint_path(out: Path) -> Path:
@@ -52,13 +60,16 @@ def parse_classes(spec: str, num_classes: int) -> tuple[int, ...]:
 
 
 def condense(cfg: CondenseConfig, out: str | Path, *, resume: bool = False, device: str = "auto",
-             report: Reporter | None = None, dataset: Dataset | None = None) -> SyntheticSet:
+             report: Reporter | None = None, dataset: Dataset | None = None,
+             command: str | None = None) -> SyntheticSet:
     """Condense ``cfg.dataset`` with ``cfg.method`` and write the proxy set to ``out``.
+
+    ``command``: the command line that asked for it, recorded in the set and its config file.
 
     Refuses an existing ``out`` unless ``resume`` (then the finished set is returned).
     Iterative methods checkpoint to ``out + '.ckpt'``; ``resume`` continues from it.
     """
-    out = Path(out)
+    out = check_output(out)
     method = CONDENSERS.get(cfg.method)
     if out.exists():
         if not resume:
@@ -72,7 +83,7 @@ def condense(cfg: CondenseConfig, out: str | Path, *, resume: bool = False, devi
     dataset = dataset or load_dataset(cfg.dataset, cfg.data_path)
     info = dataset.info
     classes = list(cfg.classes) if cfg.classes is not None else list(range(info.num_classes))
-    if (cfg.method == "dm" and len(classes) < info.num_classes
+    if (cfg.method in EMBEDDING_MATCHERS and len(classes) < info.num_classes
             and uses_batch_stats(build(cfg.model, info.channels, info.num_classes, info.image_size))):
         raise UsageError(f"--model {cfg.model} normalises with batch statistics over all classes, so a --classes "
                          "shard would differ from the same classes of one run; drop --classes or use a model "
@@ -84,13 +95,15 @@ def condense(cfg: CondenseConfig, out: str | Path, *, resume: bool = False, devi
                          f"use --ipc {problem.smallest_pool} or less")
 
     started = time.perf_counter()
-    result = method(problem, cfg, ckpt, report)
+    with hot_loop_memory(problem.device):
+        result = method(problem, cfg, ckpt, report)
     labels = torch.tensor(classes).repeat_interleave(cfg.ipc)
     meta = {
         "dataset": {"name": info.name, "source": dataset.source, "channels": info.channels,
                     "image_size": info.image_size, "num_classes": info.num_classes,
-                    "class_names": list(info.class_names), "mean": list(info.mean), "std": list(info.std)},
-        "method": cfg.method, "ipc": cfg.ipc, "model": cfg.model, "seed": cfg.seed,
+                    "class_names": list(info.class_names), "mean": list(info.mean), "std": list(info.std),
+                    "fingerprint": dataset.fingerprint},
+        "command": command, "method": cfg.method, "ipc": cfg.ipc, "model": cfg.model, "seed": cfg.seed,
         "classes": classes, "config": cfg.to_dict(), "split": split,
         "device": str(problem.device), "versions": versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -103,15 +116,17 @@ def condense(cfg: CondenseConfig, out: str | Path, *, resume: bool = False, devi
     return syn
 
 
-def merge(parts: list[str | Path], out: str | Path) -> SyntheticSet:
-    """Join shards of one run (same settings, disjoint classes) into one proxy set."""
-    out = Path(out)
+def merge(parts: list[str | Path], out: str | Path, command: str | None = None) -> SyntheticSet:
+    """Join shards of one run (same settings, disjoint classes) into one proxy set (``command``: as condense)."""
+    out = check_output(out)
     if out.exists():
         raise OutputExistsError(f"{out} already exists; choose another --out")
     sets = [SyntheticSet.load(p) for p in parts]
     configs = [{**s.meta["config"], "classes": None} for s in sets]
     if any(c != configs[0] for c in configs[1:]):
         raise ArtifactError("the parts were condensed with different settings; merge only shards of one run")
+    if any(s.meta["dataset"].get("fingerprint") != sets[0].meta["dataset"].get("fingerprint") for s in sets):
+        raise ArtifactError("the parts were condensed from different data; merge only shards of one run")
     owner: dict[int, str] = {}
     for p, s in zip(parts, sets):
         for c in s.meta["classes"]:
@@ -126,7 +141,9 @@ def merge(parts: list[str | Path], out: str | Path) -> SyntheticSet:
     meta = dict(sets[0].meta)
     meta.update(classes=sorted(owner), config=configs[0] | {"classes": None if len(owner) ==
                 meta["dataset"]["num_classes"] else sorted(owner)},
-                wall_seconds=sum(s.meta["wall_seconds"] for s in sets), merged_from=[str(parts[i]) for i in order])
+                wall_seconds=sum(s.meta.get("wall_seconds", 0.0) for s in sets),
+                merged_from=[str(parts[i]) for i in order],
+                command=command)
     if "loss_curve" in meta:  # the loss is a sum over classes, so the parts' curves add up
         meta["loss_curve"] = torch.tensor([s.meta["loss_curve"] for s in sets]).sum(0).tolist()
     if "selected_indices" in meta:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +23,14 @@ from safetensors.torch import save_file
 
 from .._registry import Registry
 from ..data import Dataset, train_val_split
-from ..exceptions import ArtifactError, UsageError
+from ..exceptions import ArtifactError, DatasetError, UsageError
+from ..outputs import atomic_write, write_json
 
 FORMAT = "proxynas.proxyset/1"
 TUNE_CHOICES = ("auto", "yes", "no")
+# Methods that run DM's loop (``_dm.match``) with their own per-class loss: they take
+# --factor, shard by class as DM does, and share DM's rule for BatchNorm embeddings.
+EMBEDDING_MATCHERS = frozenset({"dm", "m3d"})
 
 
 @dataclass(frozen=True)
@@ -53,12 +55,14 @@ class CondenseConfig:
     tune: str = "auto"  # DM step plan: "yes" measure now, "no" memory rule only, "auto" cached or measured on long runs
     checkpoint_every: int = 500  # iterations between checkpoints ...
     checkpoint_minutes: float = 10.0  # ... and at most this long between them: a crash loses little
+    factor: int = 1  # dm, m3d: learn images at 1/factor resolution, decoded by upsampling (_factor.py)
+    mmd_kernel: str = "gaussian"  # m3d: the MMD kernel ("linear" is DM's loss exactly)
 
     def __post_init__(self) -> None:
         if self.ipc < 1:
             raise UsageError(f"--ipc must be at least 1 (got {self.ipc})")
         if self.batch_real < 1:
-            raise UsageError(f"--batch-real must be at least 1 (got {self.batch_real})")
+            raise UsageError(f"--real-batch-size must be at least 1 (got {self.batch_real})")
         if self.checkpoint_every < 1 or self.checkpoint_minutes < 0:
             raise UsageError(f"--checkpoint-every must be >= 1 and --checkpoint-minutes >= 0 (got "
                              f"{self.checkpoint_every} and {self.checkpoint_minutes})")
@@ -70,6 +74,13 @@ class CondenseConfig:
             raise UsageError(f"--init must be 'real' or 'noise' (got {self.init!r})")
         if not 0.0 <= self.val_fraction < 1.0:
             raise UsageError(f"--exclude-split must be in [0, 1) (got {self.val_fraction})")
+        if self.factor < 1:
+            raise UsageError(f"--factor must be at least 1 (got {self.factor})")
+        if self.factor > 1 and self.method not in EMBEDDING_MATCHERS:
+            raise UsageError(f"--factor applies to --method {' or '.join(sorted(EMBEDDING_MATCHERS))} only (got "
+                             f"--method {self.method}); drop --factor")
+        if self.mmd_kernel != "gaussian" and self.method != "m3d":
+            raise UsageError(f"--mmd-kernel applies to --method m3d only (got --method {self.method}); drop it")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -104,6 +115,15 @@ class Problem:
         return self.dataset.normalise(images)
 
 
+def config_path(path: str | Path) -> Path:
+    """The readable record beside a proxy set: ``x.safetensors`` -> ``x.config.json``."""
+    return Path(path).with_suffix(".config.json")
+
+
+_CONFIG_FIRST = ("command", "created", "method", "ipc", "model", "seed", "config", "dataset", "versions")
+_BULK = ("loss_curve", "selected_indices")  # per-iteration and per-image lists: in the set, not its config
+
+
 @dataclass
 class SyntheticSet:
     """A proxy set: images (N, C, H, W) normalised, labels (N,), and metadata."""
@@ -113,9 +133,14 @@ class SyntheticSet:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: str | Path) -> None:
+        """Write the set, and beside it its metadata as readable JSON (``config_path``)."""
+        path = Path(path)
         tensors = {"images": self.images.detach().float().cpu().contiguous(),
                    "labels": self.labels.cpu().long().contiguous()}
-        atomic_save(tensors, {"format": FORMAT, "meta": json.dumps(self.meta)}, Path(path))
+        atomic_save(tensors, {"format": FORMAT, "meta": json.dumps(self.meta)}, path)
+        first = {k: self.meta[k] for k in _CONFIG_FIRST if k in self.meta}  # what a reader looks for first
+        rest = {k: v for k, v in self.meta.items() if k not in first and k not in _BULK}
+        write_json(config_path(path), {"file": path.name, **first, **rest})
 
     @classmethod
     def load(cls, path: str | Path) -> "SyntheticSet":
@@ -123,12 +148,57 @@ class SyntheticSet:
         if header.get("format") != FORMAT or not {"images", "labels"} <= tensors.keys():
             raise ArtifactError(f"{path} is not a proxynas proxy set (no '{FORMAT}' header); "
                                 "pass a file written by 'proxynas condense'")
-        meta = json.loads(header["meta"])
+        meta = _read_meta(path, header.get("meta"))
         images, labels = tensors["images"], tensors["labels"]
-        if images.ndim != 4 or labels.shape != (images.shape[0],):
-            raise ArtifactError(f"{path} is inconsistent: images {tuple(images.shape)}, "
-                                f"labels {tuple(labels.shape)}; re-create it with 'proxynas condense'")
+        d = meta["dataset"]
+        if images.shape[1:] != (d["channels"], d["image_size"], d["image_size"]) or labels.shape != (len(images),):
+            raise ArtifactError(f"{path} is inconsistent: images {tuple(images.shape)}, labels "
+                                f"{tuple(labels.shape)} for {d['channels']}x{d['image_size']}x{d['image_size']} "
+                                "data; re-create it with 'proxynas condense'")
         return cls(images, labels, meta)
+
+    def check_data(self, dataset: Dataset, where: str | Path) -> None:
+        """Refuse data other than what the set was condensed from: another shape, classes or content.
+
+        The content check compares fingerprints (``Dataset.fingerprint``); a set condensed
+        before they were recorded, or data built in memory, has none and is checked by shape only.
+        """
+        d, info = self.meta["dataset"], dataset.info
+        recorded = (d["channels"], d["image_size"], d["num_classes"])
+        found = (info.channels, info.image_size, info.num_classes)
+        fix = "pass --data-path to the data it was condensed from"
+        if recorded != found:
+            raise DatasetError(f"{where} was condensed from {d['name']} data of {recorded[0]}x{recorded[1]}x"
+                               f"{recorded[1]} images in {recorded[2]} classes, but {dataset.source} has "
+                               f"{found[0]}x{found[1]}x{found[1]} in {found[2]}; {fix}")
+        if d.get("fingerprint") and dataset.fingerprint and d["fingerprint"] != dataset.fingerprint:
+            raise DatasetError(f"{where} was condensed from other images than those in {dataset.source} (data "
+                               f"fingerprint {d['fingerprint']}, found {dataset.fingerprint}); {fix}")
+
+
+# what the rest of proxynas reads from a proxy set's metadata, so a damaged block fails here, in one line
+_META_KEYS = {"dataset": dict, "method": str, "ipc": int, "model": str, "classes": list, "config": dict}
+_DATASET_KEYS = {"name": str, "channels": int, "image_size": int, "num_classes": int, "mean": list, "std": list}
+_RECREATE = "re-create it with 'proxynas condense'"
+
+
+def _read_meta(path: str | Path, text: str | None) -> dict[str, Any]:
+    try:
+        meta = json.loads(text or "")
+    except ValueError:
+        raise ArtifactError(f"{path} has a proxynas header but no readable metadata; {_RECREATE}") from None
+    _require(path, meta, _META_KEYS, "")
+    _require(path, meta["dataset"], _DATASET_KEYS, "dataset.")
+    return meta
+
+
+def _require(path: str | Path, block: Any, keys: dict[str, type], prefix: str) -> None:
+    if not isinstance(block, dict):
+        raise ArtifactError(f"{path} has a proxynas header but its metadata is not a record; {_RECREATE}")
+    bad = [k for k, kind in keys.items() if not isinstance(block.get(k), kind)]
+    if bad:
+        raise ArtifactError(f"{path} has a proxynas header but its metadata lacks {prefix}{bad[0]} (or it is not "
+                            f"a {keys[bad[0]].__name__}); {_RECREATE}")
 
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -145,16 +215,9 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
 
 
 def atomic_save(tensors: dict[str, torch.Tensor], header: dict[str, str], path: Path) -> None:
-    """Write to a temp file in the same folder, then rename: a kill leaves the old file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write through a temp file in the same folder, then rename (``outputs.atomic_write``): a kill
+    leaves the old file, and the new one gets the user's umask."""
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
 
 class Reporter(Protocol):

@@ -1,4 +1,4 @@
-"""Coreset baselines: real images chosen per class (PROTOCOL.md §6).
+"""Coreset baselines: real images chosen per class (docs/protocol.md §6).
 
 ``random``: a uniform draw per class. ``herding`` (Welling, ICML 2009; as used by the
 DC/DM papers): per class, greedily add the real image that brings the mean feature of
@@ -58,6 +58,8 @@ def select_in_embedding(problem: Problem, cfg: CondenseConfig, report: Reporter 
     net = build(cfg.model, info.channels, info.num_classes, info.image_size,
                 seed=derive_seed(cfg.seed, "herding-net")).to(problem.device).eval()
     rows = []
+    if report is not None:
+        report(0, len(problem.classes), None)  # the classes start now: a progress display times them from here
     for n, c in enumerate(problem.classes):
         pool = problem.pools[c]
         with torch.no_grad():

@@ -2,7 +2,7 @@
 
 Zhao & Bilen, "Dataset Condensation with Distribution Matching", WACV 2023
 (arXiv:2110.04181); reference code: github.com/VICO-UoE/DatasetCondensation (main_DM.py).
-PROTOCOL.md §1 is the spec followed here.
+docs/protocol.md §1 is the spec followed here.
 
 Each iteration samples a fresh, frozen, randomly initialised embedding network and
 moves the synthetic images so that, class by class, their mean embedding matches the
@@ -16,13 +16,18 @@ how many per forward, in which memory layout and whether compiled is measured on
 device at start-up (``_plan.py``). With BatchNorm, real images of all classes form one
 batch and synthetic images another, so BN statistics come from the whole batch (one
 chunk). bf16 autocast is the default on CUDA (``amp=None``); ``amp=False`` keeps fp32.
+
+``match`` is this loop with the per-class loss as a parameter, for DM's successors that
+change only the loss (``_m3d.py``: kernel MMD); with ``factor`` > 1 it learns images at a
+lower resolution and decodes them by upsampling (``_factor.py``), for any of the losses.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
@@ -31,6 +36,7 @@ from .. import augment
 from .._seeding import derive_seed, generator
 from ..networks import build, uses_batch_stats
 from ._base import CONDENSERS, Checkpoint, CondenseConfig, MethodResult, Problem, Reporter
+from ._factor import check_factor, decode, encode
 from ._memory import class_chunks
 from ._plan import TUNE_MIN_ITERATIONS, Embedder, StepPlan, cache_key, cached, measure, remember, search
 from ._sampling import sample_per_class
@@ -40,6 +46,11 @@ LOG_EVERY = 10  # iterations between progress reports (each one is a host sync)
 
 class Embedding(Protocol):
     def embed(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+# (net, real (K*B, C, H, W), syn (K*ipc, C, H, W), K) -> a loss that is a sum over the K classes
+Loss = Callable[[Embedding, torch.Tensor, torch.Tensor, int], torch.Tensor]
+Decode = Callable[[torch.Tensor], torch.Tensor]  # learned images -> the images the loss and training see
 
 
 def dm_loss(net: Embedding, real: torch.Tensor, syn: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -66,11 +77,13 @@ def dm_loss_per_class(net: nn.Module, real: torch.Tensor, syn: torch.Tensor, num
 
 
 def dm_step(net: Embedding, problem: Problem, syn: torch.Tensor, classes: torch.Tensor, idx: torch.Tensor,
-            params: augment.DSAParams, chunks: list[slice], amp: bool = False) -> torch.Tensor:
-    """Accumulate d(DM loss)/d(syn) into ``syn.grad`` chunk by chunk; returns the loss.
+            params: augment.DSAParams, chunks: list[slice], amp: bool = False, *, loss: Loss = dm_loss,
+            decode: Decode | None = None) -> torch.Tensor:
+    """Accumulate d(loss)/d(syn) into ``syn.grad`` chunk by chunk; returns the loss (DM's by default).
 
-    syn: (K*ipc, C, H, W) class-major; classes: (K,) dataset ids; idx: (K, B) real
-    train indices; params: one Siamese DSA draw per dataset class.
+    syn: (K*ipc, C, h, w) class-major, the learned images (``decode`` turns a chunk of them
+    into (n*ipc, C, H, W); None: they are the images); classes: (K,) dataset ids; idx:
+    (K, B) real train indices; params: one Siamese DSA draw per dataset class.
     """
     device = syn.device
     ipc, batch_real = len(syn) // len(classes), idx.shape[1]
@@ -78,24 +91,31 @@ def dm_step(net: Embedding, problem: Problem, syn: torch.Tensor, classes: torch.
     for sl in chunks:
         groups = classes[sl].to(device)
         real = augment.apply(problem.real_images(idx[sl]), params, groups.repeat_interleave(batch_real))
-        syn_chunk = augment.apply(syn[sl.start * ipc: sl.stop * ipc], params, groups.repeat_interleave(ipc))
+        syn_chunk = syn[sl.start * ipc: sl.stop * ipc]
+        if decode is not None:
+            syn_chunk = decode(syn_chunk)
+        syn_chunk = augment.apply(syn_chunk, params, groups.repeat_interleave(ipc))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = dm_loss(net, real, syn_chunk, sl.stop - sl.start)
-        loss.backward()
-        total += loss.detach()
+            value = loss(net, real, syn_chunk, sl.stop - sl.start)
+        value.backward()
+        total += value.detach()
     return total
 
 
 def plan_step(problem: Problem, cfg: CondenseConfig, probe: nn.Module, syn: torch.Tensor, batch_real: int,
-              strategy: str, amp: bool, iterations: int) -> tuple[StepPlan, dict[str, Any]]:
-    """The step plan for this run: cached for this device and shape, else measured (``cfg.tune``)."""
+              strategy: str, amp: bool, iterations: int, *, loss: Loss = dm_loss, decode: Decode | None = None,
+              variant: dict[str, Any] | None = None) -> tuple[StepPlan, dict[str, Any]]:
+    """The step plan for this run: cached for this device and shape, else measured (``cfg.tune``).
+
+    ``variant``: what a successor changes in DM's step (its loss, a factor), part of the cache key.
+    """
     info, device = problem.dataset.info, problem.device
     classes = torch.tensor(problem.classes)
     batch_stats = uses_batch_stats(probe)
     limit = len(classes) if batch_stats else class_chunks(
         probe, info, batch_real, cfg.ipc, len(classes), device, cfg.memory_budget)[0].stop
     key = cache_key(device, model=cfg.model, image=[info.channels, info.image_size], classes=len(classes),
-                    ipc=cfg.ipc, batch_real=batch_real, amp=amp, dsa_strategy=strategy, limit=limit)
+                    ipc=cfg.ipc, batch_real=batch_real, amp=amp, dsa_strategy=strategy, limit=limit, **(variant or {}))
     if cfg.tune != "yes" and (plan := cached(key)) is not None:
         return plan, {"source": "cache"}
     if cfg.tune == "no" or (cfg.tune == "auto" and iterations < TUNE_MIN_ITERATIONS):
@@ -111,7 +131,8 @@ def plan_step(problem: Problem, cfg: CondenseConfig, probe: nn.Module, syn: torc
         if plan not in embedders:
             embedders[plan] = Embedder(probe, plan)
         trial.grad = None
-        dm_step(embedders[plan], problem, trial, classes, idx, params, plan.chunks(len(classes)), amp)
+        dm_step(embedders[plan], problem, trial, classes, idx, params, plan.chunks(len(classes)), amp, loss=loss,
+                decode=decode)
 
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     plan, record = search(measure(step, sync), limit, batch_stats)
@@ -125,7 +146,21 @@ def default_lr(ipc: int) -> float:
 
 @CONDENSERS.register("dm")
 def condense_dm(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report: Reporter | None) -> MethodResult:
+    return match(problem, cfg, ckpt, report, dm_loss, {})
+
+
+def match(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report: Reporter | None, loss: Loss,
+          variant: dict[str, Any]) -> MethodResult:
+    """DM's loop with ``loss`` in place of DM's: fresh random networks, per-class real batches, DSA.
+
+    ``variant``: what the method changes in DM's step (recorded in the set and the plan cache);
+    ``cfg.factor`` > 1 learns (K*ipc, C, H/f, W/f) images and decodes them for the loss and the set.
+    """
     info, device = problem.dataset.info, problem.device
+    check_factor(cfg.factor, info.image_size)
+    unpack = None if cfg.factor == 1 else functools.partial(decode, size=info.image_size)
+    if cfg.factor > 1:
+        variant = {**variant, "factor": cfg.factor}
     iterations = cfg.iterations if cfg.iterations is not None else default_iterations(info.image_size)
     strategy = cfg.dsa_strategy if cfg.dsa_strategy is not None else info.dsa_strategy
     batch_real = min(cfg.batch_real, problem.smallest_pool)
@@ -133,20 +168,23 @@ def condense_dm(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report:
     make_net = lambda it: build(cfg.model, info.channels, info.num_classes, info.image_size,  # noqa: E731
                                 seed=derive_seed(cfg.seed, "dm-net", it))
 
-    syn = initial_images(problem, cfg).to(device).requires_grad_(True)  # (K*ipc, C, H, W)
+    syn = initial_images(problem, cfg).to(device).requires_grad_(True)  # (K*ipc, C, H/factor, W/factor)
     opt = torch.optim.SGD([syn], lr=cfg.lr_img or default_lr(cfg.ipc), momentum=cfg.momentum)
     losses = torch.zeros(iterations, device=device)  # on the device: recording a loss never syncs
     start, elapsed = ckpt.restore(syn, opt, losses)
 
     amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
     probe = make_net(0).to(device)
-    plan, plan_record = plan_step(problem, cfg, probe, syn, batch_real, strategy, amp, iterations)
+    plan, plan_record = plan_step(problem, cfg, probe, syn, batch_real, strategy, amp, iterations, loss=loss,
+                                  decode=unpack, variant=variant)
     embedder, chunks = Embedder(probe, plan), plan.chunks(len(classes))
 
     def save(done: int) -> None:
         ckpt.save_state(done, syn, opt, losses, elapsed + time.perf_counter() - t0)
 
     t0, done = time.perf_counter(), start
+    if report is not None:
+        report(start, iterations, None)  # the steps start now: a progress display times them from here
     try:
         for it in range(start, iterations):
             g = generator(cfg.seed, "dm-iter", it)
@@ -156,11 +194,11 @@ def condense_dm(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report:
             params = augment.sample_params(strategy, info.num_classes, (info.image_size, info.image_size), g)
             params = params.to(device)
             opt.zero_grad(set_to_none=True)
-            total = dm_step(net, problem, syn, classes, idx, params, chunks, amp)
+            total = dm_step(net, problem, syn, classes, idx, params, chunks, amp, loss=loss, decode=unpack)
             losses[it] = total
             opt.step()
             done = it + 1
-            if report is not None and (done % LOG_EVERY == 0 or done == iterations):
+            if report is not None and (done % LOG_EVERY == 0 or done in (start + 1, iterations)):
                 report(done, iterations, float(losses[it]))
             if ckpt.due(done, iterations):
                 save(done)
@@ -168,7 +206,11 @@ def condense_dm(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report:
         save(done)  # an iteration cut short is redone on resume
         raise
     elapsed += time.perf_counter() - t0
-    return MethodResult(syn.detach(), {"iterations": iterations, "batch_real": batch_real,
+    images = syn.detach() if unpack is None else unpack(syn.detach())
+    if cfg.factor > 1:  # what a candidate trains on, against the pixels learned (_factor.py)
+        variant["decoded_images_per_class"] = cfg.ipc
+        variant["learned_images_per_class"] = cfg.ipc / cfg.factor**2
+    return MethodResult(images, {**variant, "iterations": iterations, "batch_real": batch_real,
                                        "lr_img": opt.param_groups[0]["lr"], "dsa_strategy": strategy,
                                        "embedding_uses_batch_stats": uses_batch_stats(probe), "amp": amp,
                                        "step_plan": {**dataclasses.asdict(plan), **plan_record},
@@ -180,12 +222,14 @@ def default_iterations(image_size: int) -> int:
 
 
 def initial_images(problem: Problem, cfg: CondenseConfig) -> torch.Tensor:
-    """Random real images of each class (init=real) or Gaussian noise, class-major."""
+    """Random real images of each class (init=real) or Gaussian noise, class-major, at the
+    learned resolution: 1/``cfg.factor`` of the image size."""
     if cfg.init == "noise":
         info = problem.dataset.info
-        shape = (cfg.ipc, info.channels, info.image_size, info.image_size)
+        size = info.image_size // cfg.factor
+        shape = (cfg.ipc, info.channels, size, size)
         # one generator per class, so a shard starts from what the whole run starts from
         return torch.cat([torch.randn(shape, generator=generator(cfg.seed, "init-noise", c))
                           for c in problem.classes])
     idx = sample_per_class(problem.pools, cfg.ipc, generator(cfg.seed, "init-real"))[problem.classes]
-    return problem.real_images(idx).cpu()
+    return encode(problem.real_images(idx).cpu(), cfg.factor)

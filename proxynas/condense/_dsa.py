@@ -3,7 +3,7 @@
 Zhao & Bilen, "Dataset Condensation with Differentiable Siamese Augmentation", ICML 2021
 (arXiv:2102.08259), after Zhao, Mopuri & Bilen, "Dataset Condensation with Gradient
 Matching", ICLR 2021. Reference code: github.com/VICO-UoE/DatasetCondensation (main.py;
-``match_loss``, ``distance_wb`` and ``get_loops`` in utils.py). PROTOCOL.md §6 is the spec.
+``match_loss``, ``distance_wb`` and ``get_loops`` in utils.py). docs/protocol.md §6 is the spec.
 
 Each iteration builds a fresh, randomly initialised network and runs ``outer`` steps.
 In each, class by class, the synthetic images move so that the gradient of the
@@ -177,6 +177,8 @@ def condense_dsa(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report
         ckpt.save_state(done, syn, opt, losses, elapsed + time.perf_counter() - t0)
 
     t0, done = time.perf_counter(), start
+    if report is not None:
+        report(start, iterations, None)  # the steps start now: a progress display times them from here
     try:
         for it in range(start, iterations):
             net = make_net(it).to(device).train()

@@ -26,9 +26,7 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +36,7 @@ import torch
 from torch import nn
 
 from ..data import default_cache_dir
+from ..outputs import write_json
 
 log = logging.getLogger(__name__)
 
@@ -150,11 +149,7 @@ def remember(key: str, plan: StepPlan, record: dict[str, Any], path: Path | None
         entries = {}
     entries[key] = {"plan": dataclasses.asdict(plan), **record}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "w") as f:
-            json.dump(entries, f, indent=1)
-        os.replace(tmp, path)
+        write_json(path, entries)
     except OSError as e:  # a read-only cache only means tuning again next time
         log.warning("could not cache the DM step plan in %s (%s)", path, e)
 

@@ -1,7 +1,7 @@
 """One condensation spread over several processes or GPUs: class shards, then one merge.
 
-DM's loss is a sum over classes and every draw is made for all dataset classes before a
-shard takes its rows (``_dm.py``), so shard i of n (``--classes i/n``) computes exactly
+DM's loss (and M3D's) is a sum over classes and every draw is made for all dataset classes
+before a shard takes its rows (``_dm.py``), so shard i of n (``--classes i/n``) computes exactly
 its classes of the whole run; the coresets select class by class. ``condense_sharded``
 starts one process per shard, each on its device (round-robin over ``devices``), each
 checkpointing its own part file as any run does, and merges the parts into ``out``.
@@ -12,20 +12,23 @@ An interrupted or failed run leaves its parts and checkpoints: the same command 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
+from .. import processes
 from ..data import load_dataset
 from ..exceptions import OutputExistsError, ProxyNASError, UsageError
 from ..networks import build, uses_batch_stats
-from ._base import CondenseConfig, Reporter, SyntheticSet
+from ..outputs import check_output
+from ._base import EMBEDDING_MATCHERS, CondenseConfig, Reporter, SyntheticSet, config_path
 
 # Methods whose classes are independent. DSA is not: its inner loop trains the network on
 # every synthetic class, so a shard would see other synthetic images than the whole run.
-SHARDABLE = frozenset({"dm", "random", "herding", "kcenter"})
+SHARDABLE = EMBEDDING_MATCHERS | {"random", "herding", "kcenter"}
 
 
 def part_path(out: Path, i: int, n: int) -> Path:
@@ -41,31 +44,35 @@ def check_shardable(cfg: CondenseConfig, channels: int, num_classes: int, image_
     if cfg.method not in SHARDABLE:
         raise UsageError(f"--method {cfg.method} cannot be split into class shards (its classes interact); "
                          f"use --workers 1, or one of: {', '.join(sorted(SHARDABLE))}")
-    if cfg.method == "dm" and uses_batch_stats(build(cfg.model, channels, num_classes, image_size)):
+    if cfg.method in EMBEDDING_MATCHERS and uses_batch_stats(build(cfg.model, channels, num_classes, image_size)):
         raise UsageError(f"--model {cfg.model} normalises with batch statistics over all classes, so class "
                          "shards would differ from one run; use --workers 1 or a model without BatchNorm")
 
 
 def _shard_main(cfg: CondenseConfig, part: str, device: str, threads: int, resume: bool, index: int,
-                updates: multiprocessing.Queue) -> None:
+                updates: multiprocessing.Queue, parent_pid: int) -> None:
     from . import condense  # the package imports this module
 
-    torch.set_num_threads(threads)  # shards share the CPU cores instead of oversubscribing them
     try:
+        processes.worker_init(parent_pid)
+        torch.set_num_threads(threads)  # shards share the CPU cores instead of oversubscribing them
         condense(cfg, part, resume=resume, device=device,
                  report=lambda done, total, loss: updates.put((index, done, total, loss)))
     except ProxyNASError as e:
         updates.put((index, "error", str(e), None))
         raise SystemExit(e.exit_code) from None
-    except KeyboardInterrupt:  # the shard saved its checkpoint; the parent reports
+    except KeyboardInterrupt:  # SIGTERM from the parent, or its death: the shard saved its checkpoint
         raise SystemExit(130) from None
 
 
 def condense_sharded(cfg: CondenseConfig, out: Path, workers: int, devices: Sequence[torch.device],
-                     resume: bool = False, report: Reporter | None = None, poll: float = 0.5) -> SyntheticSet:
-    """Condense ``cfg`` (all classes) as ``workers`` class shards in parallel, then merge into ``out``."""
+                     resume: bool = False, report: Reporter | None = None, poll: float = 0.5,
+                     command: str | None = None) -> SyntheticSet:
+    """Condense ``cfg`` (all classes) as ``workers`` class shards in parallel, then merge into ``out``
+    (``command``: the command line, recorded as ``condense`` records it)."""
     from . import merge, parse_classes  # the package imports this module
 
+    out = check_output(out)
     info = load_dataset(cfg.dataset, cfg.data_path).info
     check_shardable(cfg, info.channels, info.num_classes, info.image_size, workers)
     if out.exists() and not resume:
@@ -84,7 +91,7 @@ def condense_sharded(cfg: CondenseConfig, out: Path, workers: int, devices: Sequ
     procs = [ctx.Process(target=_shard_main, name=f"proxynas-shard-{i + 1}",
                          args=(CondenseConfig(**{**cfg.to_dict(), "classes": parse_classes(f"{i + 1}/{workers}",
                                                                                         info.num_classes)}),
-                               str(parts[i]), str(devices[i % len(devices)]), threads, resume, i, updates))
+                               str(parts[i]), str(devices[i % len(devices)]), threads, resume, i, updates, os.getpid()))
              for i in range(workers)]
     progress: dict[int, tuple[int, int, float | None]] = {}
     errors: dict[int, str] = {}
@@ -100,8 +107,7 @@ def condense_sharded(cfg: CondenseConfig, out: Path, workers: int, devices: Sequ
             else:
                 progress[i] = (done, total, loss)
 
-    for proc in procs:
-        proc.start()
+    processes.start(procs)
     try:
         while any(proc.is_alive() for proc in procs):
             drain()
@@ -113,9 +119,8 @@ def condense_sharded(cfg: CondenseConfig, out: Path, workers: int, devices: Sequ
                        None if None in losses else sum(losses))
             for proc in procs:
                 proc.join(timeout=poll / workers)
-    except KeyboardInterrupt:
-        for proc in procs:
-            proc.join(timeout=60)  # the shards got the same SIGINT and are saving their checkpoints
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: each shard saves its checkpoint on the SIGTERM stop sends
+        processes.stop(procs)
         raise
     drain()
     failed = [i for i, proc in enumerate(procs) if proc.exitcode != 0]
@@ -124,8 +129,9 @@ def condense_sharded(cfg: CondenseConfig, out: Path, workers: int, devices: Sequ
         why = errors.get(i, f"exit code {procs[i].exitcode}")
         raise ProxyNASError(f"shard {i + 1} of {workers} failed: {why} (finished shards are kept; fix the cause "
                             "and run the same command with --resume)")
-    merged = merge(parts, out)
+    merged = merge(parts, out, command=command)
     for p in parts:
         p.unlink()
         p.with_suffix(".png").unlink(missing_ok=True)
+        config_path(p).unlink(missing_ok=True)
     return merged

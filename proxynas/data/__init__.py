@@ -1,7 +1,7 @@
 """Datasets for proxynas: registry, loading with a verified on-disk cache, and splits.
 
 ``load_dataset(name, data_path)`` returns uint8 train/test tensors plus a
-``DatasetInfo`` (classes, PROTOCOL §1 mean/std, DSA strategy); ``DATASETS.names()``
+``DatasetInfo`` (classes, docs/protocol.md §1 mean/std, DSA strategy); ``DATASETS.names()``
 lists what can be loaded; ``train_val_split`` holds out a class-balanced validation set.
 """
 
@@ -12,6 +12,8 @@ from ._loaders import (
     DSA_STRATEGY,
     DSA_STRATEGY_DIGITS,
     PUBLISHED_STATS,
+    CatalogEntry,
+    catalog,
     default_data_root,
     load_dataset,
 )
@@ -23,10 +25,12 @@ __all__ = [
     "DSA_STRATEGY",
     "DSA_STRATEGY_DIGITS",
     "PUBLISHED_STATS",
+    "CatalogEntry",
     "Dataset",
     "DatasetInfo",
     "Split",
     "TrainValSplit",
+    "catalog",
     "default_cache_dir",
     "default_data_root",
     "load_dataset",

@@ -26,7 +26,7 @@ import secrets
 import zlib
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -139,7 +139,17 @@ class CacheWriter:
             self.folder.rmdir()  # a failed first build leaves nothing behind
 
 
-Cached = tuple[DatasetInfo, str, dict[str, np.ndarray]]  # info, source description, arrays by name
+class Cached(NamedTuple):
+    info: DatasetInfo
+    source: str  # description of where the data came from
+    arrays: dict[str, np.ndarray]  # by name (ARRAYS)
+    fingerprint: str  # content digest: equal for the same images and labels wherever they were read from
+
+
+def fingerprint(records: dict[str, dict[str, Any]]) -> str:
+    """A digest of the arrays' manifest records (shape, dtype, checksum), so no pixel is read again."""
+    content = {name: [records[name][k] for k in ("shape", "dtype", "checksum")] for name in ARRAYS}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class _Invalid(Exception):
@@ -186,4 +196,4 @@ def _verify(folder: Path, meta: dict[str, Any], key: dict[str, Any]) -> Cached:
             raise _Invalid(f"{split} arrays do not match the dataset info {expected}")
         if len(labels) and not 0 <= labels.min() <= labels.max() < info.num_classes:
             raise _Invalid(f"{split} labels outside [0, {info.num_classes})")
-    return info, meta["source"], arrays
+    return Cached(info, meta["source"], arrays, fingerprint(meta["arrays"]))

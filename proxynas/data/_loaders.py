@@ -5,9 +5,9 @@ the data is there (raising ``DatasetError`` with the path searched and how to pr
 it), names the files whose size and mtime key the cache, and knows how to decode
 them. ``load_dataset`` decodes only on a cache miss.
 
-Normalisation: the published constants of PROTOCOL §1 where the paper has them
+Normalisation: the published constants of docs/protocol.md §1 where the paper has them
 (CIFAR-10 read from an ImageFolder copy included), else the mean/std measured on the
-train split. DSA strategy (PROTOCOL §3): all families, minus ``flip`` for digits.
+train split. DSA strategy (docs/protocol.md §3): all families, minus ``flip`` for digits.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from ._types import Dataset, DatasetInfo, Split, train_val_split
 logger = logging.getLogger(__name__)
 
 Stats = tuple[tuple[float, ...], tuple[float, ...]]
-PUBLISHED_STATS: dict[str, Stats] = {  # (mean, std) per channel, PROTOCOL §1
+PUBLISHED_STATS: dict[str, Stats] = {  # (mean, std) per channel, docs/protocol.md §1
     "mnist": ((0.1307,), (0.3081,)),
     "fashionmnist": ((0.2861,), (0.3530,)),
     "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
@@ -81,7 +81,7 @@ DATASETS: Registry[Locator] = Registry("dataset")
 
 
 def _make_info(name: str, class_names: tuple[str, ...], train_images: np.ndarray) -> DatasetInfo:
-    """Info for uint8 (N, C, S, S) train images: published mean/std when PROTOCOL §1 has them, else measured."""
+    """Info for uint8 (N, C, S, S) train images: published mean/std when docs/protocol.md §1 has them, else measured."""
     mean, std = PUBLISHED_STATS.get(name) or channel_stats(train_images)
     dsa = DSA_STRATEGY_DIGITS if name in _DIGIT_DATASETS else DSA_STRATEGY
     _, channels, size, _ = train_images.shape
@@ -304,6 +304,38 @@ DATASETS.add("folder", _folder)
 DATASETS.add("digits", _digits)
 
 
+# What each dataset holds, for listings that must not decode anything: (channels, image size, classes)
+# as load_dataset returns them ("folder" follows its images, so it has none)
+SHAPES: dict[str, tuple[int, int, int] | None] = {
+    "mnist": (1, 28, 10), "fashionmnist": (1, 28, 10), "svhn": (3, 32, 10), "cifar10": (3, 32, 10),
+    "cifar100": (3, 32, 100), "tinyimagenet": (3, IMAGENET_SIZE, 200), "imagenet": (3, IMAGENET_SIZE, 1000),
+    "folder": None, "digits": (1, DIGITS_SIZE, 10),
+}
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One registered dataset as ``proxynas datasets`` lists it."""
+
+    name: str
+    shape: tuple[int, int, int] | None  # (channels, image size, classes); None: read from the data
+    present: bool  # its locator finds the data (nothing is decoded)
+    where: str  # where it was found, or why not and how to provide it
+
+
+def catalog(data_path: str | Path | None = None) -> list[CatalogEntry]:
+    """Every registered dataset, with where its data is found (or what is missing): file checks only."""
+    path = None if data_path is None else Path(data_path).expanduser().resolve()
+    entries = []
+    for name in DATASETS.names():
+        try:
+            where, present = DATASETS.get(name)(path, False).description, True
+        except DatasetError as e:
+            where, present = str(e), False
+        entries.append(CatalogEntry(name, SHAPES.get(name), present, where))
+    return entries
+
+
 def load_dataset(
     name: str,
     data_path: str | Path | None = None,
@@ -338,10 +370,10 @@ def load_dataset(
         if cached is None:
             fix = "check the disk and that nothing else writes there"
             raise DatasetError(f"the dataset cache just written to {folder} fails verification; {fix}")
-    info, description, arrays = cached
+    info, description, arrays, fingerprint = cached
 
     def split(s: str) -> Split:
         images, labels = arrays[f"{s}_images"], arrays[f"{s}_labels"]
         return Split(torch.from_numpy(images), torch.from_numpy(labels), info.num_classes)
 
-    return Dataset(info, split("train"), split("test"), description)
+    return Dataset(info, split("train"), split("test"), description, fingerprint)

@@ -1,9 +1,9 @@
 """Containers for decoded datasets, and the class-balanced train/validation split.
 
 ``DatasetInfo`` carries what every consumer needs besides the pixels (shape, classes,
-the normalisation constants of PROTOCOL §1, the DSA strategy of PROTOCOL §3);
+the normalisation constants of docs/protocol.md §1, the DSA strategy of docs/protocol.md §3);
 ``Split`` holds uint8 images and int64 labels; ``train_val_split`` holds out the
-class-balanced validation set of the proxy-NAS protocol (PROTOCOL §5).
+class-balanced validation set of the proxy-NAS protocol (docs/protocol.md §5).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class DatasetInfo:
     class_names: tuple[str, ...]
     mean: tuple[float, ...]  # per channel, on [0, 1] pixels
     std: tuple[float, ...]
-    dsa_strategy: str  # DSA families joined by "_" (PROTOCOL §3)
+    dsa_strategy: str  # DSA families joined by "_" (docs/protocol.md §3)
 
     def __post_init__(self) -> None:
         if len(self.class_names) != self.num_classes:
@@ -104,6 +104,7 @@ class Dataset:
     train: Split
     test: Split
     source: str  # provenance: path and format (or generator) of the data
+    fingerprint: str | None = None  # content digest of the decoded arrays (None: built in memory)
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         return self.info.normalise(images)
@@ -114,7 +115,7 @@ class Dataset:
 
 @dataclass(frozen=True, eq=False)
 class TrainValSplit:
-    """A class-balanced hold-out of a training set (PROTOCOL §5: 10% of CIFAR-10 train)."""
+    """A class-balanced hold-out of a training set (docs/protocol.md §5: 10% of CIFAR-10 train)."""
 
     train_idx: torch.Tensor  # int64, sorted
     val_idx: torch.Tensor  # int64, sorted, disjoint from train_idx

@@ -1,0 +1,120 @@
+"""Seconds per condensation iteration: DM against its successors (M3D's MMD, factorised images).
+
+CIFAR-10, ipc 10, ConvNet (InstanceNorm), batch_real 64 by default, on the current
+device. Each row runs whole iterations as ``proxynas.condense._dm.match`` runs them (a
+fresh embedding network, the real batches and DSA draw of that iteration, forward,
+backward, the image update), with the same step plan (the memory rule, or ``--tune``:
+each row's own measured plan), interleaved iteration by iteration in rotating order so
+that a shared machine's changing load hits every row alike:
+
+  dm              DM's loss, the paper's method
+  m3d             M3D: a five-bandwidth Gaussian-kernel MMD per class (``_m3d.py``)
+  dm factor 2     DM's loss on images learned at 16x16 and upsampled (``_factor.py``)
+  m3d factor 2    both
+
+The issue's rule for these successors is a condensation step within 1.5x of DM's; the
+last column gives each row's time against DM's.
+
+    python bench/successors.py [--iters 5] [--data-path ../shared/datasets/cifar10-jpeg.tar.gz]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import statistics
+
+import torch
+
+import _common
+from proxynas import augment
+from proxynas._allocator import hot_loop_memory
+from proxynas._seeding import derive_seed, generator
+from proxynas.condense._base import CondenseConfig, Problem
+from proxynas.condense._dm import Loss, default_lr, dm_loss, dm_step, initial_images, plan_step
+from proxynas.condense._factor import decode
+from proxynas.condense._m3d import mmd_loss
+from proxynas.condense._plan import Embedder
+from proxynas.condense._sampling import sample_per_class
+from proxynas.networks import build
+
+IPC, MODEL, SEED = 10, "ConvNet", 0
+ROWS = {"dm": ("dm", dm_loss, 1), "m3d": ("m3d", mmd_loss, 1), "dm factor 2": ("dm", dm_loss, 2),
+        "m3d factor 2": ("m3d", mmd_loss, 2)}
+
+
+class Row:
+    """One method's synthetic images and optimiser, stepped an iteration at a time."""
+
+    def __init__(self, problem: Problem, method: str, loss: Loss, factor: int, batch_real: int, tune: bool) -> None:
+        info = problem.dataset.info
+        self.problem, self.loss, self.batch_real = problem, loss, batch_real
+        self.cfg = CondenseConfig(dataset="cifar10", method=method, ipc=IPC, model=MODEL, batch_real=batch_real,
+                                  seed=SEED, factor=factor, tune="yes" if tune else "no")
+        self.decode = None if factor == 1 else functools.partial(decode, size=info.image_size)
+        self.classes = torch.arange(info.num_classes)
+        self.syn = initial_images(problem, self.cfg).to(problem.device).requires_grad_(True)
+        self.opt = torch.optim.SGD([self.syn], lr=default_lr(IPC), momentum=self.cfg.momentum)
+        self.amp = problem.device.type == "cuda"  # condense()'s default
+        probe = self.net(0)
+        # a key of its own in the plan cache: without --tune every row runs the memory rule's plan,
+        # whatever a real run cached
+        variant = {"bench": method} | ({"factor": factor} if factor > 1 else {})
+        with hot_loop_memory(problem.device):  # as condense() plans it
+            self.plan, _ = plan_step(problem, self.cfg, probe, self.syn, batch_real, info.dsa_strategy, self.amp,
+                                     20_000, loss=loss, decode=self.decode, variant=variant)
+        self.embedder, self.chunks = Embedder(probe, self.plan), self.plan.chunks(info.num_classes)
+
+    def net(self, it: int) -> torch.nn.Module:
+        info = self.problem.dataset.info
+        return build(MODEL, info.channels, info.num_classes, info.image_size,
+                     seed=derive_seed(SEED, "dm-net", it)).to(self.problem.device).train()
+
+    def __call__(self, it: int) -> float:
+        info, problem = self.problem.dataset.info, self.problem
+        with hot_loop_memory(problem.device):
+            g = generator(SEED, "dm-iter", it)
+            idx = sample_per_class(problem.pools, self.batch_real, g)
+            params = augment.sample_params(info.dsa_strategy, info.num_classes, (info.image_size,) * 2, g)
+            self.opt.zero_grad(set_to_none=True)
+            loss = dm_step(self.embedder.load(self.net(it)), problem, self.syn, self.classes, idx,
+                           params.to(problem.device), self.chunks, self.amp, loss=self.loss, decode=self.decode)
+            self.opt.step()
+            return float(loss)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-path", default="../shared/datasets/cifar10-jpeg.tar.gz")
+    ap.add_argument("--batch-real", type=int, default=64)
+    ap.add_argument("--iters", type=int, default=5, help="timed iterations per row")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed iterations per row first")
+    ap.add_argument("--tune", action="store_true", help="measure each row's step plan (a minute each on a CPU)")
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+
+    problem = _common.cifar10_problem(args.data_path, args.device)
+    device, info = problem.device, problem.dataset.info
+    print(_common.describe(device))
+    print(f"CIFAR-10 ipc {IPC}, {MODEL}, batch_real {args.batch_real}, DSA {info.dsa_strategy}, "
+          f"{args.warmup} warm-up + {args.iters} timed iterations per row", flush=True)
+    rows = {name: Row(problem, method, loss, factor, args.batch_real, args.tune)
+            for name, (method, loss, factor) in ROWS.items()}
+    for name, row in rows.items():
+        print(f"  {name:<13} plan: {row.plan.label()}", flush=True)
+
+    times, losses = _common.interleaved(rows, device, args.warmup, args.iters)
+
+    base = statistics.fmean(times["dm"])
+    for name in rows:
+        mean = statistics.fmean(times[name])
+        spread = statistics.pstdev(times[name])
+        print(f"{name:<13} {mean:7.3f} ± {spread:.3f} s/iter  {mean / base:5.2f}x DM  "
+              f"losses {' '.join(f'{x:.4f}' for x in losses[name])}")
+    print(f"peak memory: {_common.peak_memory(device)}")
+
+
+if __name__ == "__main__":
+    main()

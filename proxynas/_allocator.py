@@ -1,0 +1,57 @@
+"""The CPU allocator during proxynas's hot loops (candidate training, DM condensation).
+
+A step frees and reallocates activations of tens to hundreds of MB (250 x 128 x 32 x 32
+floats is 131 MB; a DM forward of two classes, 512 x 128 x 32 x 32, is 268 MB). glibc
+serves every block above 32 MB with a fresh mmap and unmaps it on free, so each step
+page-faults and zero-fills all of them again. On a 2-core Xeon, with freed memory kept in
+the heap, d3-w128 training stepped 1.5x faster and a DM iteration 1.27x. The settings
+hold while any hot loop runs in the process; after the last one the heap is trimmed back.
+Accelerators' caching allocators need nothing, nor do other C libraries (macOS, musl),
+which are left as they are.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
+_GLIBC_TRIM_THRESHOLD, _GLIBC_MMAP_MAX = 128 * 1024, 65536  # glibc's defaults, restored afterwards
+_lock = threading.Lock()
+_users = 0  # hot loops running in this process (threads may train side by side)
+
+
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return None
+    return libc if hasattr(libc, "gnu_get_libc_version") else None
+
+
+@contextmanager
+def hot_loop_memory(device: torch.device) -> Iterator[None]:
+    """Keep freed memory in glibc's heap while a loop on ``device`` runs (CPU only)."""
+    global _users
+    libc = _glibc() if device.type == "cpu" else None
+    if libc is None:
+        yield
+        return
+    with _lock:
+        _users += 1
+        if _users == 1:
+            libc.mallopt(_M_MMAP_MAX, 0)  # large blocks from the heap, not from fresh mmaps ...
+            libc.mallopt(_M_TRIM_THRESHOLD, 2**62)  # ... which keeps what is freed
+    try:
+        yield
+    finally:
+        with _lock:
+            _users -= 1
+            if _users == 0:
+                libc.mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX)
+                libc.mallopt(_M_TRIM_THRESHOLD, _GLIBC_TRIM_THRESHOLD)
+                libc.malloc_trim(0)
