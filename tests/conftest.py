@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import torch
 
@@ -37,3 +39,13 @@ def tiny() -> Dataset:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Decoded datasets go to a per-session temp cache, never the user's ~/.cache."""
     monkeypatch.setenv("PROXYNAS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def ctrl_c_default() -> None:
+    """Popen's preexec_fn for a child that a test Ctrl-C's: SIGINT back to its default.
+
+    A job started in the background of a non-interactive shell (CI under nohup, ``cmd &``)
+    inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler, so the
+    child would never see the test's Ctrl-C.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -22,7 +22,7 @@ from proxynas import __version__
 from proxynas.cli import COMMANDS, build_parser, main
 from proxynas.condense import SyntheticSet, checkpoint_path
 from proxynas.exceptions import UsageError
-from tests.conftest import TINY_MODEL
+from tests.conftest import TINY_MODEL, ctrl_c_default
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -421,7 +421,7 @@ def test_progress_lines_reach_a_redirected_log_while_the_run_is_going(tmp_path):
                              "--iterations", "100000", "--real-batch-size", "4", "--tune", "no", "--device", "cpu",
                              "--out",
                              str(tmp_path / "p.safetensors")], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_default)
     try:
         lines = []
         while not any(" 1/100000 " in line for line in lines):

@@ -37,6 +37,7 @@ from proxynas.exceptions import ArtifactError, DatasetError, StudyError, UsageEr
 from proxynas.search import Prepared, SearchConfig, _check_outcome, run_search
 from proxynas.study import CONFIG_KEY, open_storage, open_study, run_worker
 from proxynas.train import TrainConfig
+from tests.conftest import ctrl_c_default
 from tests.test_cli import assert_one_line_error, run_cli
 from tests.test_search import TINY_SPACE
 
@@ -399,7 +400,7 @@ def _start_search(files, db: Path) -> tuple[subprocess.Popen, list[int]]:
     """A search in its own session, once both workers run a trial; with the workers' pids."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(_search_argv(files, db), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, preexec_fn=ctrl_c_default)
     deadline, running = time.time() + 120, 0
     while time.time() < deadline and running < 2:
         time.sleep(0.2)
