@@ -27,7 +27,6 @@ The proxy has no TLS and no authentication: bind it to a private network.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from optuna.storages import fail_stale_trials, run_grpc_proxy_server
 from optuna.storages._cached_storage import _CachedStorage
 
 from .exceptions import StudyError, UsageError
+from .outputs import check_port
 from .study import GRPC_SCHEME, HEARTBEAT_ATTR, HeartbeatSettings, _stable_api, open_storage
 
 log = logging.getLogger(__name__)
@@ -94,15 +94,6 @@ def _sweep_forever(storage: optuna.storages.BaseStorage, interval: int) -> None:
         time.sleep(interval)
 
 
-def _check_port(host: str, port: int) -> None:
-    """A taken port as one line, before gRPC logs its own bind error to stderr."""
-    try:
-        with socket.create_server((host, port)):
-            pass
-    except OSError as e:
-        raise UsageError(f"cannot listen on {host}:{port} ({e.strerror}); give another --port or --host") from None
-
-
 def serve(cfg: ServerConfig, on_ready: Callable[[], None] = lambda: None) -> None:
     """Serve ``cfg.storage`` over gRPC until interrupted; ``on_ready`` runs once the database is open."""
     try:
@@ -111,7 +102,7 @@ def serve(cfg: ServerConfig, on_ready: Callable[[], None] = lambda: None) -> Non
     except ImportError as e:
         raise StudyError(f"the storage server needs grpcio and protobuf ({e.name} is missing); "
                          "pip install 'proxynas[grpc]'") from None
-    _check_port(cfg.host, cfg.port)
+    check_port(cfg.host, cfg.port)  # a taken port as one line, before gRPC logs its own bind error
     storage = _HeartbeatRelay(open_storage(cfg.storage, cfg.heartbeat, connections=cfg.threads + 1))
     threading.Thread(target=_sweep_forever, args=(storage, cfg.heartbeat.interval), daemon=True,
                      name="stale-trial-sweep").start()
