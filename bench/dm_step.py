@@ -10,8 +10,8 @@ order, so drift in a shared machine's load hits them alike.
                      in $PROXYNAS_REFERENCE): one forward per class, real features
                      detached, one backward, ``loss.item()`` for its log
   proxynas fp32      proxynas.condense._dm: the step plan measured on this device at
-                     start-up (classes per forward, channels_last, in-place activations,
-                     torch.compile; printed), then the run's iterations, with freed memory
+                     start-up (real images per forward, classes per forward, channels_last,
+                     in-place activations, torch.compile; printed), then the run's iterations, with freed memory
                      kept in glibc's heap as condense() keeps it (proxynas._allocator)
   proxynas bf16      the same under bf16 autocast (the default on CUDA), planned separately
   per-class          proxynas's own per-class formulation, unplanned: the yardstick the fp32
@@ -64,7 +64,7 @@ class Proxynas:
             with hot_loop_memory(problem.device):  # as condense() tunes it
                 self.plan, record = plan_step(problem, cfg, probe, self.syn, batch_real, info.dsa_strategy, amp,
                                               20_000)
-            self.embedder, self.chunks = Embedder(probe, self.plan), self.plan.chunks(info.num_classes)
+            self.embedder = Embedder(probe, self.plan)
             self.describe = f"plan: {self.plan.label()}; measured: " + json.dumps(
                 {k: round(v, 3) for k, v in record["seconds_per_step"].items()})
         else:
@@ -90,7 +90,7 @@ class Proxynas:
         params = augment.sample_params(info.dsa_strategy, info.num_classes, (info.image_size,) * 2, g).to(problem.device)
         self.opt.zero_grad(set_to_none=True)
         if self.embedder is not None:
-            loss = dm_step(self.embedder.load(net), problem, self.syn, self.classes, idx, params, self.chunks, self.amp)
+            loss = dm_step(self.embedder.load(net), problem, self.syn, self.classes, idx, params, self.plan, self.amp)
         else:
             groups = self.classes.to(problem.device)
             real = augment.apply(problem.real_images(idx), params, groups.repeat_interleave(self.batch_real))

@@ -64,7 +64,7 @@ class Row:
         with hot_loop_memory(problem.device):  # as condense() plans it
             self.plan, _ = plan_step(problem, self.cfg, probe, self.syn, batch_real, info.dsa_strategy, self.amp,
                                      20_000, loss=loss, decode=self.decode, variant=variant)
-        self.embedder, self.chunks = Embedder(probe, self.plan), self.plan.chunks(info.num_classes)
+        self.embedder = Embedder(probe, self.plan)
 
     def net(self, it: int) -> torch.nn.Module:
         info = self.problem.dataset.info
@@ -79,7 +79,7 @@ class Row:
             params = augment.sample_params(info.dsa_strategy, info.num_classes, (info.image_size,) * 2, g)
             self.opt.zero_grad(set_to_none=True)
             loss = dm_step(self.embedder.load(self.net(it)), problem, self.syn, self.classes, idx,
-                           params.to(problem.device), self.chunks, self.amp, loss=self.loss, decode=self.decode)
+                           params.to(problem.device), self.plan, self.amp, loss=self.loss, decode=self.decode)
             self.opt.step()
             return float(loss)
 

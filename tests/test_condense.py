@@ -35,7 +35,8 @@ def test_dm_loss_matches_hand_computed_case():
     # class 1: real [1,1],[1,1] -> mean [1,2]; syn [1,0] -> [1,0]; diff [0,2] -> 4
     real = torch.tensor([[1.0, 2], [3, 4], [1, 1], [1, 1]]).view(4, 1, 1, 2)
     syn = torch.tensor([[0.0, 1], [1, 0]]).view(2, 1, 1, 2).requires_grad_(True)
-    loss = dm_loss(Linear(), real, syn, num_classes=2)
+    net = Linear()
+    loss = dm_loss(net.embed(real).unflatten(0, (2, 2)), net.embed(syn).unflatten(0, (2, 1)))
     assert loss.item() == pytest.approx(24.0)
     loss.backward()
     # d/ds ||mu - W s||^2 = -2 W^T (mu - W s): class 0 -> -2 [2, 8]; class 1 -> -2 [0, 4]
@@ -48,7 +49,7 @@ def test_batched_and_per_class_formulations_agree_for_instancenorm():
     real = torch.randn(4 * 6, 3, 32, 32, generator=g)
     syn_a = torch.randn(4 * 2, 3, 32, 32, generator=g).requires_grad_(True)
     syn_b = syn_a.detach().clone().requires_grad_(True)
-    loss_a = dm_loss(net, real, syn_a, 4)
+    loss_a = dm_loss(net.embed(real).unflatten(0, (4, 6)), net.embed(syn_a).unflatten(0, (4, 2)))
     loss_b = dm_loss_per_class(net, real, syn_b, 4)
     loss_a.backward()
     loss_b.backward()

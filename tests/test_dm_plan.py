@@ -13,7 +13,8 @@ from proxynas import augment
 from proxynas.condense import CondenseConfig, condense, dm_loss_per_class
 from proxynas.condense._base import Problem, class_pools
 from proxynas.condense._dm import dm_step
-from proxynas.condense._plan import Embedder, StepPlan, cache_key, cached, measure, remember, search, sizes_to_try
+from proxynas.condense._plan import (Embedder, StepPlan, cache_key, cached, measure, real_sizes_to_try, remember, search,
+                                     sizes_to_try)
 from proxynas.networks import build
 
 from conftest import make_dataset
@@ -39,7 +40,9 @@ def _per_class_loss_and_grad(net, problem, syn, idx, params):
 
 
 PLANS = [StepPlan(1), StepPlan(2), StepPlan(3), StepPlan(1, channels_last=True), StepPlan(3, inplace=True),
-         StepPlan(2, channels_last=True, inplace=True)]
+         StepPlan(2, channels_last=True, inplace=True),
+         StepPlan(3, real_per_forward=4),  # pieces that cut across classes, and a short last one
+         StepPlan(2, real_per_forward=5, channels_last=True)]
 
 
 @pytest.mark.parametrize("model", ["d2-w8-relu-instancenorm-avg", "d2-w8-leakyrelu-groupnorm-max",
@@ -55,7 +58,7 @@ def test_every_plan_computes_the_per_class_loss_in_fp32(model, plan):
     want_loss, want_grad = _per_class_loss_and_grad(net, problem, syn, idx, params)
 
     trial = syn.clone().requires_grad_(True)
-    loss = dm_step(Embedder(net, plan).load(net), problem, trial, torch.arange(K), idx, params, plan.chunks(K))
+    loss = dm_step(Embedder(net, plan).load(net), problem, trial, torch.arange(K), idx, params, plan)
     assert abs(float(loss) - float(want_loss)) <= 1e-6 * float(want_loss)
     # summation order differs by layout, so pixels are compared against the gradient's scale
     torch.testing.assert_close(trial.grad, want_grad, rtol=1e-5, atol=1e-5 * float(want_grad.abs().max()))
@@ -74,28 +77,38 @@ def test_sizes_to_try_are_powers_of_two_and_the_limit():
     assert sizes_to_try(10) == [1, 2, 4, 8, 10]
     assert sizes_to_try(8) == [1, 2, 4, 8]
     assert sizes_to_try(1) == [1]
+    # a quarter of a class's real batch up to four classes', below what the limit holds, then all
+    assert real_sizes_to_try(256, 10) == [64, 128, 256, 512, 1024, None]
+    assert real_sizes_to_try(256, 2) == [64, 128, 256, None]
+    assert real_sizes_to_try(2, 1) == [1, None]
 
 
 def test_search_keeps_the_fastest_plan_one_knob_at_a_time():
     def fake(plan: StepPlan) -> float:
         if plan.compiled:
             return math.inf  # no compiler here
-        return {1: 3.0, 2: 2.0, 3: 2.5}[plan.classes_per_forward] - 0.5 * plan.channels_last + 0.1 * plan.inplace
+        real = {2: 1.0, 4: 0.5, 8: 0.7, 16: 0.8, None: 0.9}[plan.real_per_forward]
+        syn = {1: 3.0, 2: 2.0, 3: 2.5}[plan.classes_per_forward]
+        return real + syn - 0.5 * plan.channels_last + 0.1 * plan.inplace
 
-    plan, record = search(lambda plans: {p: fake(p) for p in plans}, limit=3, fixed_size=False)
-    assert plan == StepPlan(2, channels_last=True)
+    plan, record = search(lambda plans: {p: fake(p) for p in plans}, limit=3, fixed_size=False, batch_real=8)
+    assert plan == StepPlan(2, real_per_forward=4, channels_last=True)
     times = record["seconds_per_step"]
-    assert set(times) == {"1 classes/forward", "2 classes/forward", "3 classes/forward",
-                          "2 classes/forward, channels_last", "2 classes/forward, channels_last, inplace",
-                          "2 classes/forward, channels_last, compiled"}
-    assert times["2 classes/forward, channels_last, compiled"] == math.inf
+    assert set(times) == {"3 classes/forward, 2 real/forward", "3 classes/forward, 4 real/forward",
+                          "3 classes/forward, 8 real/forward", "3 classes/forward, 16 real/forward",
+                          "3 classes/forward",
+                          "2 classes/forward, 4 real/forward", "1 classes/forward, 4 real/forward",
+                          "2 classes/forward, 4 real/forward, channels_last",
+                          "2 classes/forward, 4 real/forward, channels_last, inplace",
+                          "2 classes/forward, 4 real/forward, channels_last, compiled"}
+    assert times["2 classes/forward, 4 real/forward, channels_last, compiled"] == math.inf
 
 
 def test_search_with_batch_statistics_keeps_all_classes_in_one_forward():
     tried = []
     plan, _ = search(lambda plans: {p: tried.append(p) or 1.0 / (1 + p.compiled) for p in plans}, limit=4,
-                     fixed_size=True)
-    assert {p.classes_per_forward for p in tried} == {4}
+                     fixed_size=True, batch_real=8)
+    assert {(p.classes_per_forward, p.real_per_forward) for p in tried} == {(4, None)}
     assert plan == StepPlan(4, compiled=True)
 
 
@@ -119,13 +132,13 @@ def test_condense_measures_once_then_reads_the_cache(tiny, tmp_path, monkeypatch
                          tune="yes")
     first = condense(cfg, tmp_path / "a.safetensors", dataset=tiny).meta["step_plan"]
     assert first["source"] == "measured" and first["compiled"] is False
-    chosen = StepPlan(**{k: first[k] for k in ("classes_per_forward", "channels_last", "inplace", "compiled")})
+    chosen = StepPlan(**{k: first[k] for k in ("classes_per_forward", "real_per_forward", "channels_last", "inplace", "compiled")})
     assert math.isinf(first["seconds_per_step"][dataclasses.replace(chosen, compiled=True).label()])
     again = condense(CondenseConfig(**{**cfg.to_dict(), "tune": "auto"}), tmp_path / "b.safetensors",
                      dataset=tiny).meta["step_plan"]
     assert again["source"] == "cache"
-    assert {k: again[k] for k in ("classes_per_forward", "channels_last", "inplace", "compiled")} == \
-        {k: first[k] for k in ("classes_per_forward", "channels_last", "inplace", "compiled")}
+    assert {k: again[k] for k in ("classes_per_forward", "real_per_forward", "channels_last", "inplace", "compiled")} == \
+        {k: first[k] for k in ("classes_per_forward", "real_per_forward", "channels_last", "inplace", "compiled")}
 
 
 def test_short_runs_use_the_memory_rule_without_timing(tiny, tmp_path):
@@ -146,11 +159,11 @@ def test_compiled_plan_computes_the_per_class_loss_in_fp32():
     params = augment.sample_params(augment.DEFAULT_STRATEGY, K, (16, 16), g)
     syn = torch.randn(K * IPC, 3, 16, 16, generator=g)
     want_loss, want_grad = _per_class_loss_and_grad(net, problem, syn, idx, params)
-    plan = StepPlan(3, compiled=True)
+    plan = StepPlan(3, real_per_forward=4, compiled=True)
     emb = Embedder(build("d2-w8-relu-instancenorm-avg", 3, K, 16, seed=5), plan)
     for _ in range(2):  # the second iteration's weights reach the compiled graph, with no recompilation
         trial = syn.clone().requires_grad_(True)
-        loss = dm_step(emb.load(net), problem, trial, torch.arange(K), idx, params, plan.chunks(K))
+        loss = dm_step(emb.load(net), problem, trial, torch.arange(K), idx, params, plan)
         assert abs(float(loss) - float(want_loss)) <= 1e-6 * float(want_loss)
         torch.testing.assert_close(trial.grad, want_grad, rtol=1e-5, atol=1e-5 * float(want_grad.abs().max()))
 

@@ -18,11 +18,6 @@ from tests.conftest import TINY_MODEL, make_dataset
 from tests.test_condense import interrupt_at
 
 
-class Identity:
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1)
-
-
 def test_gaussian_mmd_matches_hand_computed_case():
     # real (0,0), (2,0); syn (0,2). Pairwise squared distances 4, 4, 8: h = 2 (4 + 4 + 8) / (3*3 - 3) = 16/3.
     # One bandwidth, 2σ² = h: k(d) = σ² exp(-d / h), σ² = 8/3.
@@ -61,7 +56,9 @@ def test_with_a_linear_kernel_mmd_is_dm_loss():
     real = torch.randn(4 * 6, 3, 16, 16, generator=g)
     syn_a = torch.randn(4 * 3, 3, 16, 16, generator=g).requires_grad_(True)
     syn_b = syn_a.detach().clone().requires_grad_(True)
-    mmd, dm = mmd_loss(net, real, syn_a, 4, kernel=linear_kernel), dm_loss(net, real, syn_b, 4)
+    f_real = net.embed(real).unflatten(0, (4, 6))
+    mmd = mmd_loss(f_real, net.embed(syn_a).unflatten(0, (4, 3)), kernel=linear_kernel)
+    dm = dm_loss(f_real, net.embed(syn_b).unflatten(0, (4, 3)))
     assert mmd.item() == pytest.approx(dm.item(), rel=1e-4)
     mmd.backward()
     dm.backward()
@@ -75,10 +72,10 @@ def test_wide_gaussians_tend_to_dm_loss_and_the_default_ladder_sees_what_means_m
     wide = functools.partial(gaussian_kernel, multipliers=(1e4,))  # fp64: the kernel sums are ~1e4x the loss
     torch.testing.assert_close(mmd2(real, syn, wide), ((real.mean(1) - syn.mean(1)) ** 2).sum(1), rtol=1e-3, atol=0)
     # the same mean (0) but another spread: DM sees nothing, the Gaussian MMD does
-    tight = torch.cat([torch.full((1, 1, 1, 8), 0.1), torch.full((1, 1, 1, 8), -0.1)]).repeat(2, 1, 1, 1)
+    tight = torch.stack([torch.full((8,), 0.1), torch.full((8,), -0.1)]).repeat(2, 1, 1)  # (K=2, 2, D=8)
     spread = 3 * tight
-    assert dm_loss(Identity(), spread, tight, 2).item() == pytest.approx(0.0, abs=1e-9)
-    assert mmd_loss(Identity(), spread, tight, 2).item() > 1e-2
+    assert dm_loss(spread, tight).item() == pytest.approx(0.0, abs=1e-9)
+    assert mmd_loss(spread, tight).item() > 1e-2
 
 
 def _base(**kw) -> CondenseConfig:
@@ -122,7 +119,8 @@ def test_the_loss_decreases_on_a_small_problem(tiny, tmp_path, kw):
                     f_real, f_syn = net.embed(real).unflatten(0, (3, -1)), net.embed(images).unflatten(0, (3, -1))
                     total += float(unbiased_mmd2(f_real, f_syn).sum())
                 else:
-                    total += float(dm_loss(net, real, images, 3))
+                    total += float(dm_loss(net.embed(real).unflatten(0, (3, -1)),
+                                           net.embed(images).unflatten(0, (3, -1))))
         return total
 
     assert held_out(end) < 0.5 * held_out(start)

@@ -11,15 +11,17 @@ mean embedding of a batch of real images, both under the same Siamese augmentati
     L(S) = Σ_c || mean_i φ(A_c(x_real_ci)) − mean_j φ(A_c(s_cj)) ||²
 
 With InstanceNorm every image is normalised on its own, so the classes may go through
-the network in chunks of any size and the result is the same as one forward per class;
-how many per forward, in which memory layout and whether compiled is measured on the
-device at start-up (``_plan.py``). With BatchNorm, real images of all classes form one
-batch and synthetic images another, so BN statistics come from the whole batch (one
-chunk). bf16 autocast is the default on CUDA (``amp=None``); ``amp=False`` keeps fp32.
+the network in chunks of any size, and the real images (which need no graph) in pieces
+of any size, and the result is the same as one forward per class; the two sizes, the
+memory layout and whether to compile are measured on the device at start-up
+(``_plan.py``). With BatchNorm, real images of all classes form one batch and synthetic
+images another, so BN statistics come from the whole batch (one chunk). bf16 autocast is
+the default on CUDA (``amp=None``); ``amp=False`` keeps fp32.
 
-``match`` is this loop with the per-class loss as a parameter, for DM's successors that
-change only the loss (``_m3d.py``: kernel MMD); with ``factor`` > 1 it learns images at a
-lower resolution and decodes them by upsampling (``_factor.py``), for any of the losses.
+``match`` is this loop with the loss on the embeddings as a parameter, for DM's
+successors that change only the loss (``_m3d.py``: kernel MMD); with ``factor`` > 1 it
+learns images at a lower resolution and decodes them by upsampling (``_factor.py``), for
+any of the losses.
 """
 
 from __future__ import annotations
@@ -48,21 +50,14 @@ class Embedding(Protocol):
     def embed(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
-# (net, real (K*B, C, H, W), syn (K*ipc, C, H, W), K) -> a loss that is a sum over the K classes
-Loss = Callable[[Embedding, torch.Tensor, torch.Tensor, int], torch.Tensor]
+# (real embeddings (K, B, D), synthetic embeddings (K, ipc, D)) -> a loss that is a sum over the K classes
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Decode = Callable[[torch.Tensor], torch.Tensor]  # learned images -> the images the loss and training see
 
 
-def dm_loss(net: Embedding, real: torch.Tensor, syn: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Σ_c ||mean φ(real_c) − mean φ(syn_c)||² for class-major batches.
-
-    real: (K*B, C, H, W), syn: (K*ipc, C, H, W), K = num_classes, both sorted by class.
-    Real features are computed without a graph: only the synthetic pixels are learned.
-    """
-    with torch.no_grad():
-        mu_real = net.embed(real).float().unflatten(0, (num_classes, -1)).mean(1)  # (K, D)
-    mu_syn = net.embed(syn).float().unflatten(0, (num_classes, -1)).mean(1)  # (K, D)
-    return ((mu_real - mu_syn) ** 2).sum()
+def dm_loss(real: torch.Tensor, syn: torch.Tensor) -> torch.Tensor:
+    """Σ_c ||mean φ(real_c) − mean φ(syn_c)||², from embeddings real (K, B, D) and syn (K, ipc, D)."""
+    return ((real.mean(1) - syn.mean(1)) ** 2).sum()
 
 
 def dm_loss_per_class(net: nn.Module, real: torch.Tensor, syn: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -77,29 +72,45 @@ def dm_loss_per_class(net: nn.Module, real: torch.Tensor, syn: torch.Tensor, num
 
 
 def dm_step(net: Embedding, problem: Problem, syn: torch.Tensor, classes: torch.Tensor, idx: torch.Tensor,
-            params: augment.DSAParams, chunks: list[slice], amp: bool = False, *, loss: Loss = dm_loss,
+            params: augment.DSAParams, plan: StepPlan, amp: bool = False, *, loss: Loss = dm_loss,
             decode: Decode | None = None) -> torch.Tensor:
-    """Accumulate d(loss)/d(syn) into ``syn.grad`` chunk by chunk; returns the loss (DM's by default).
+    """Accumulate d(loss)/d(syn) into ``syn.grad`` chunk by chunk of classes; returns the loss (DM's by default).
 
     syn: (K*ipc, C, h, w) class-major, the learned images (``decode`` turns a chunk of them
     into (n*ipc, C, H, W); None: they are the images); classes: (K,) dataset ids; idx:
-    (K, B) real train indices; params: one Siamese DSA draw per dataset class.
+    (K, B) real train indices; params: one Siamese DSA draw per dataset class. Real
+    embeddings are computed without a graph, ``plan.real_per_forward`` images at a time:
+    only the synthetic pixels are learned.
     """
     device = syn.device
     ipc, batch_real = len(syn) // len(classes), idx.shape[1]
     total = torch.zeros((), device=device)
-    for sl in chunks:
-        groups = classes[sl].to(device)
-        real = augment.apply(problem.real_images(idx[sl]), params, groups.repeat_interleave(batch_real))
+    for sl in plan.chunks(len(classes)):
+        n, groups = sl.stop - sl.start, classes[sl].to(device)
+        real = real_embeddings(net, problem, idx[sl].flatten(), groups.repeat_interleave(batch_real), params,
+                               plan.real_per_forward, amp)
         syn_chunk = syn[sl.start * ipc: sl.stop * ipc]
         if decode is not None:
             syn_chunk = decode(syn_chunk)
         syn_chunk = augment.apply(syn_chunk, params, groups.repeat_interleave(ipc))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            value = loss(net, real, syn_chunk, sl.stop - sl.start)
+            fake = net.embed(syn_chunk).float()
+        value = loss(real.unflatten(0, (n, batch_real)), fake.unflatten(0, (n, ipc)))
         value.backward()
         total += value.detach()
     return total
+
+
+def real_embeddings(net: Embedding, problem: Problem, idx: torch.Tensor, groups: torch.Tensor,
+                    params: augment.DSAParams, per_forward: int | None, amp: bool) -> torch.Tensor:
+    """φ(A(real)) of the train images ``idx`` (their DSA groups ``groups``), fp32, without a graph,
+    ``per_forward`` images a forward (None: all at once)."""
+    parts = []
+    for i, g in zip(idx.split(per_forward or len(idx)), groups.split(per_forward or len(idx))):
+        x = augment.apply(problem.real_images(i), params, g)
+        with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            parts.append(net.embed(x).float())
+    return torch.cat(parts)
 
 
 def plan_step(problem: Problem, cfg: CondenseConfig, probe: nn.Module, syn: torch.Tensor, batch_real: int,
@@ -131,11 +142,10 @@ def plan_step(problem: Problem, cfg: CondenseConfig, probe: nn.Module, syn: torc
         if plan not in embedders:
             embedders[plan] = Embedder(probe, plan)
         trial.grad = None
-        dm_step(embedders[plan], problem, trial, classes, idx, params, plan.chunks(len(classes)), amp, loss=loss,
-                decode=decode)
+        dm_step(embedders[plan], problem, trial, classes, idx, params, plan, amp, loss=loss, decode=decode)
 
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    plan, record = search(measure(step, sync), limit, batch_stats)
+    plan, record = search(measure(step, sync), limit, batch_stats, batch_real)
     remember(key, plan, record)
     return plan, {"source": "measured", **record}
 
@@ -177,7 +187,7 @@ def match(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report: Repor
     probe = make_net(0).to(device)
     plan, plan_record = plan_step(problem, cfg, probe, syn, batch_real, strategy, amp, iterations, loss=loss,
                                   decode=unpack, variant=variant)
-    embedder, chunks = Embedder(probe, plan), plan.chunks(len(classes))
+    embedder = Embedder(probe, plan)
 
     def save(done: int) -> None:
         ckpt.save_state(done, syn, opt, losses, elapsed + time.perf_counter() - t0)
@@ -194,7 +204,7 @@ def match(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report: Repor
             params = augment.sample_params(strategy, info.num_classes, (info.image_size, info.image_size), g)
             params = params.to(device)
             opt.zero_grad(set_to_none=True)
-            total = dm_step(net, problem, syn, classes, idx, params, chunks, amp, loss=loss, decode=unpack)
+            total = dm_step(net, problem, syn, classes, idx, params, plan, amp, loss=loss, decode=unpack)
             losses[it] = total
             opt.step()
             done = it + 1

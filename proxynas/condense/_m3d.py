@@ -30,7 +30,8 @@ paper's factor-and-upsample parametrisation (``_factor.py``). Choices made here:
   DM's learning rates carry over; the unscaled kernel has the same minimiser per class.
 - Per class: bandwidths and kernel sums never mix classes, so class chunks and class
   shards give exactly the whole run's result, as for DM. The kernel sums run in fp32
-  outside autocast (squared distances of bf16 features would lose their digits). Their
+  (DM's step hands every loss fp32 embeddings, outside autocast: squared distances of
+  bf16 features would lose their digits). Their
   Gram blocks, (B + ipc)² numbers a class, are small beside the activations by which
   ``_memory.class_chunks`` sizes a chunk, so DM's memory budget holds unchanged.
 """
@@ -44,7 +45,7 @@ import torch
 
 from .._registry import Registry
 from ._base import CONDENSERS, Checkpoint, CondenseConfig, MethodResult, Problem, Reporter
-from ._dm import Embedding, match
+from ._dm import match
 
 BANDWIDTHS = (0.25, 0.5, 1.0, 2.0, 4.0)  # 2σ² as multiples of the mean pairwise squared distance
 
@@ -84,14 +85,9 @@ def mmd2(real: torch.Tensor, syn: torch.Tensor, kernel: Kernel) -> torch.Tensor:
     return k_rr.mean((1, 2)) + k_ss.mean((1, 2)) - 2 * k_rs.mean((1, 2))
 
 
-def mmd_loss(net: Embedding, real: torch.Tensor, syn: torch.Tensor, num_classes: int,
-             kernel: Kernel = gaussian_kernel) -> torch.Tensor:
-    """Σ_c MMD²(φ(real_c), φ(syn_c)) for class-major batches (shapes as ``dm_loss``)."""
-    with torch.no_grad():
-        f_real = net.embed(real).float().unflatten(0, (num_classes, -1))  # (K, B, D)
-    f_syn = net.embed(syn).float().unflatten(0, (num_classes, -1))  # (K, ipc, D)
-    with torch.autocast(syn.device.type, enabled=False):
-        return mmd2(f_real, f_syn, kernel).sum()
+def mmd_loss(real: torch.Tensor, syn: torch.Tensor, kernel: Kernel = gaussian_kernel) -> torch.Tensor:
+    """Σ_c MMD²(φ(real_c), φ(syn_c)) from fp32 embeddings real (K, B, D) and syn (K, ipc, D), as ``dm_loss``."""
+    return mmd2(real, syn, kernel).sum()
 
 
 @CONDENSERS.register("m3d")

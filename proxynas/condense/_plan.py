@@ -1,22 +1,30 @@
 """How a DM step runs on this device, chosen by timing it.
 
-The DM loss is a sum over classes, so a step may put any number of classes through the
-embedding network per forward, in either memory layout, with in-place activations, and
-with the embedding compiled (``torch.compile`` fuses norm, activation and pooling); all
-of these compute the same loss. Which is fastest depends on the machine: on one 2-core
-CPU one class per forward beat all ten at once by 1.3x, because activations of 2,600
-images (1.2 GB a layer) stream from memory while those of 266 stay nearer the cores,
-and another machine ranked them the other way. So the plan is measured, not guessed:
-a few real steps per candidate at start-up, the fastest kept, and the answer cached per
-device, network, shapes and precision in ``$PROXYNAS_CACHE/dm_plans.json`` (a second
-run on the same machine pays nothing) and recorded in the proxy set.
+The DM loss is a sum over classes, and only the synthetic images are learned, so a step
+has two batch sizes of its own: the classes whose synthetic images go through the
+network together (their graph kept for the backward), and the real images per forward
+(no graph; with InstanceNorm each image is normalised alone, so any split gives the same
+features). Layout (channels_last), in-place activations and compilation (``torch.compile``
+fuses norm, activation and pooling) are the other knobs; every plan computes the same
+loss. Which is fastest depends on the machine. On one 2-core CPU one class per forward
+beat all ten at once by 1.3x when the two batch sizes were one, because the real
+activations of 2,600 images (1.2 GB a layer) stream from memory while those of 266 stay
+nearer the cores; but then the synthetic images went through in batches of ten, three
+times slower per image than all hundred at once. Another machine ranked them the other
+way. So the plan is measured, not guessed: a few real steps per candidate at start-up,
+the fastest kept, and the answer cached per device, network, shapes and precision in
+``$PROXYNAS_CACHE/dm_plans.json`` (a second run on the same machine pays nothing) and
+recorded in the proxy set.
 
-The search is greedy, one knob at a time: classes per forward (up to what the memory
-budget allows), then channels_last, then in-place activations, then compilation; the
-plans of each round are timed interleaved, step by step, and the fastest step counts,
-so a load spike on a shared machine does not pick the plan. A
-compiler may be missing (``torch.compile`` needs one on the CPU): that candidate then
-fails, is recorded as unavailable, and the step runs eagerly.
+The search is greedy, one knob at a time: real images per forward (with every class's
+synthetic images together, up to what the memory budget allows), then classes per
+forward, then channels_last, then in-place activations, then compilation; the plans of
+each round are timed interleaved, step by step, and the fastest step counts, so a load
+spike on a shared machine does not pick the plan. With batch statistics (BatchNorm) the
+real images of all classes form one batch and the synthetic ones another, so only the
+last three knobs are searched. A compiler may be missing (``torch.compile`` needs one
+on the CPU): that candidate then fails, is recorded as unavailable, and the step runs
+eagerly.
 """
 
 from __future__ import annotations
@@ -48,7 +56,8 @@ _INPLACE = (nn.ReLU, nn.LeakyReLU)
 
 @dataclass(frozen=True)
 class StepPlan:
-    classes_per_forward: int
+    classes_per_forward: int  # synthetic images of this many classes per forward and backward
+    real_per_forward: int | None = None  # real images per (graph-free) forward; None: all of those classes'
     channels_last: bool = False
     inplace: bool = False
     compiled: bool = False
@@ -60,7 +69,8 @@ class StepPlan:
     def label(self) -> str:
         flags = [f for f, on in (("channels_last", self.channels_last), ("inplace", self.inplace),
                                  ("compiled", self.compiled)) if on]
-        return f"{self.classes_per_forward} classes/forward" + "".join(f", {f}" for f in flags)
+        real = "" if self.real_per_forward is None else f", {self.real_per_forward} real/forward"
+        return f"{self.classes_per_forward} classes/forward{real}" + "".join(f", {f}" for f in flags)
 
 
 class Embedder:
@@ -98,12 +108,20 @@ def sizes_to_try(limit: int) -> list[int]:
     return sorted({2**k for k in range(int(math.log2(limit)) + 1) if 2**k < limit} | {limit})
 
 
+def real_sizes_to_try(batch_real: int, limit: int) -> list[int | None]:
+    """Real images per forward worth timing: a quarter of a class's batch up to four classes'
+    (fewer than ``limit`` classes hold), then all of them (None)."""
+    sizes = {max(1, batch_real * m // 4) for m in (1, 2, 4, 8, 16)}
+    return [*sorted(s for s in sizes if s < batch_real * limit), None]
+
+
 def search(time_plans: Callable[[list[StepPlan]], dict[StepPlan, float]], limit: int,
-           fixed_size: bool) -> tuple[StepPlan, dict[str, Any]]:
-    """The greedy search: a race of the sizes, then the best so far against itself with one
+           fixed_size: bool, batch_real: int) -> tuple[StepPlan, dict[str, Any]]:
+    """The greedy search: a race of real images per forward (all classes' synthetic images
+    together), then of classes per forward, then the best so far against itself with one
     more knob turned on, knob by knob. ``time_plans`` times a list of plans together
     (seconds per step; ``inf`` where a plan fails). ``fixed_size``: the embedding has batch
-    statistics, so all classes go in one forward.
+    statistics, so all classes go in one forward, real and synthetic apart.
     """
     timings: dict[str, float] = {}
 
@@ -112,7 +130,10 @@ def search(time_plans: Callable[[list[StepPlan]], dict[StepPlan, float]], limit:
         timings.update({p.label(): t for p, t in times.items()})
         return min(plans, key=times.__getitem__)  # a tie keeps the first: the plan already chosen
 
-    best = StepPlan(limit) if fixed_size else race([StepPlan(s) for s in sizes_to_try(limit)])
+    best = StepPlan(limit)
+    if not fixed_size:
+        best = race([StepPlan(limit, r) for r in real_sizes_to_try(batch_real, limit)])
+        best = race([dataclasses.replace(best, classes_per_forward=s) for s in sizes_to_try(limit)[::-1]])
     for knob in ("channels_last", "inplace", "compiled"):
         if knob == "inplace" and best.compiled:
             continue  # a compiled graph fuses activations anyway
@@ -127,7 +148,9 @@ def device_name(device: torch.device) -> str:
 
 
 def cache_key(device: torch.device, **shape: Any) -> str:
-    fields = {"device": device_name(device), "torch": torch.__version__, **shape}
+    # the plan's fields name the search that found it: a plan from before a knob existed is searched again
+    fields = {"device": device_name(device), "torch": torch.__version__,
+              "plan_fields": [f.name for f in dataclasses.fields(StepPlan)], **shape}
     return json.dumps(fields, sort_keys=True)
 
 
