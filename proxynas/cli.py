@@ -13,6 +13,7 @@ import shlex
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -22,6 +23,9 @@ from . import __version__
 from .exceptions import ProxyNASError, Terminated
 from .processes import sigterm_interrupts
 from .progress import StageDisplay, finished, progress_bar, search_display, use_lines
+
+if TYPE_CHECKING:  # the commands import the library lazily, so that --help stays fast
+    from .condense import CondenseConfig
 
 console = Console(stderr=True)
 # results: paths and ids print as they are; piped output is not squeezed into 80 columns
@@ -35,6 +39,8 @@ DATA_PATH_HELP = "where the data lives (a folder, or an ImageFolder .tar.gz); se
 SPLIT_SEED_HELP = "seed of the validation split (every study of one comparison needs the same)"
 LR_HELP = "SGD learning rate (momentum 0.9, weight decay 5e-4, x0.1 at half the epochs)"
 AMP_HELP = "bf16 autocast for training (CUDA)"
+COMPILE_HELP = ("torch.compile the networks (once per architecture: pays from a few hundred steps a training, see "
+                "BENCHMARKS.md; ignored where no compiler works)")
 IMAGE_SIZE_HELP = "input height and width in pixels"
 NUM_CLASSES_HELP = "classifier outputs"
 
@@ -73,6 +79,8 @@ def _renamed(p: argparse.ArgumentParser, new: str, *old: str, **kwargs) -> None:
 
 def _add_batch_size(p: argparse.ArgumentParser, default: int, help: str, *old: str) -> None:
     _renamed(p, "--batch-size", *old, type=int, default=default, help=help)
+
+
 ARTIFACTS_HELP = ("folder of the studies' Optuna artifacts, the report files (default: <db stem>-artifacts/ beside an "
                   "SQLite database; other databases: none unless given, the same for report and dashboard)")
 
@@ -140,10 +148,10 @@ class NetworksCommand(Command):
 
 
 def _add_data_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="digits", help="registered dataset name (see 'proxynas datasets')")
-    p.add_argument("--data-path", help="where the data lives (a folder, or an ImageFolder .tar.gz)")
+    p.add_argument("--dataset", default="digits", help=DATASET_HELP)
+    p.add_argument("--data-path", help=DATA_PATH_HELP)
     p.add_argument("--download", action="store_true", help="let torchvision download the dataset (needs internet)")
-    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
 
@@ -252,7 +260,7 @@ class CondenseCommand(Command):
         return 0
 
 
-def default_name(cfg) -> str:
+def default_name(cfg: CondenseConfig) -> str:
     shard = "" if cfg.classes is None else "-c" + "_".join(map(str, cfg.classes))
     # settings that change the set but not the method name it too, so no run overwrites or --resumes another's
     kernel = "" if cfg.mmd_kernel == "gaussian" else f"-{cfg.mmd_kernel}"
@@ -278,6 +286,7 @@ class EvaluateCommand(Command):
         p.add_argument("--lr", type=float, default=d.lr, help=LR_HELP)
         p.add_argument("--dsa-strategy", help="default: the dataset's; 'none' trains without augmentation")
         p.add_argument("--amp", action="store_true", help=AMP_HELP)
+        p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
         p.add_argument("--seed", type=int, default=0, help="seed of the networks' initialisation and training draws")
         p.add_argument("--data-path", help="override the data location recorded in the proxy set")
         p.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -288,7 +297,7 @@ class EvaluateCommand(Command):
         from .train import TrainConfig
 
         cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, amp=args.amp,
-                          dsa_strategy=args.dsa_strategy)
+                          dsa_strategy=args.dsa_strategy, compile=args.compile)
         with progress_bar(console, "evaluate", args.quiet, metric="acc") as report:
             res = evaluate(args.proxy, model=args.model, num_nets=args.num_nets, cfg=cfg, seed=args.seed,
                            device=args.device, data_path=args.data_path, report=report)
@@ -377,6 +386,7 @@ class SearchCommand(Command):
         p.add_argument("--lr", type=float, default=0.01, help=LR_HELP)
         p.add_argument("--dsa-strategy", help="default: the dataset's; 'none' trains without augmentation")
         p.add_argument("--amp", action="store_true", help=AMP_HELP)
+        p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
         p.add_argument("--repeats", type=int, default=5,
                        help="train each candidate this many times, each with its own seeds; it is ranked by the "
                             "mean validation accuracy (the paper: 5)")
@@ -385,7 +395,7 @@ class SearchCommand(Command):
         from .train import TrainConfig
 
         return TrainConfig(epochs=args.epochs, steps=getattr(args, "steps", None), batch_size=args.batch_size, lr=args.lr,
-                           dsa_strategy=args.dsa_strategy, amp=args.amp)
+                           dsa_strategy=args.dsa_strategy, amp=args.amp, compile=args.compile)
 
     def add_study_arguments(self, p: argparse.ArgumentParser, study: bool = True) -> None:
         from .study import DEFAULT_STORAGE
@@ -774,7 +784,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM as Terminated
         console.print(command.interrupted, highlight=False, soft_wrap=True)
         return e.exit_code if isinstance(e, Terminated) else 130
-
 
 
 if __name__ == "__main__":

@@ -345,6 +345,16 @@ def test_renamed_flag_keeps_the_new_default_when_unused():
         "results/report")
 
 
+@pytest.mark.parametrize("argv", [["search", "--proxy", "p", "--study", "s"],
+                                  ["baseline", "--kind", "whole", "--dataset", "digits", "--study", "w"]])
+def test_compile_flag_reaches_the_training_config(argv):
+    cmd = COMMANDS[argv[0]]
+    for flags, want in (([], False), (["--compile"], True)):
+        args = build_parser().parse_args([*argv, *flags])
+        args.argv = [*argv, *flags]
+        assert cmd.config(args).train.compile is want
+
+
 def test_condense_defaults_give_a_proxy_set_that_search_accepts(capsys, tmp_path, monkeypatch):
     """The default condense output holds the validation split out, so search takes it as it is."""
     from proxynas.exceptions import StudyError
