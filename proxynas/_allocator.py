@@ -21,6 +21,9 @@ import torch
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
 _GLIBC_TRIM_THRESHOLD, _GLIBC_MMAP_MAX = 128 * 1024, 65536  # glibc's defaults, restored afterwards
+# mallopt takes a C int: a larger Python int is cut to its low 32 bits by ctypes (2**62 became 0,
+# "trim every free", which undid the setting), so the largest "never trim" is INT_MAX
+_INT_MAX = 2**31 - 1
 _lock = threading.Lock()
 _users = 0  # hot loops running in this process (threads may train side by side)
 
@@ -45,7 +48,7 @@ def hot_loop_memory(device: torch.device) -> Iterator[None]:
         _users += 1
         if _users == 1:
             libc.mallopt(_M_MMAP_MAX, 0)  # large blocks from the heap, not from fresh mmaps ...
-            libc.mallopt(_M_TRIM_THRESHOLD, 2**62)  # ... which keeps what is freed
+            libc.mallopt(_M_TRIM_THRESHOLD, _INT_MAX)  # ... which keeps what is freed (up to 2 GiB at the top)
     try:
         yield
     finally:

@@ -125,6 +125,25 @@ def test_the_heap_settings_are_undone_after_training_and_nest():
     assert A._users == 0
 
 
+@pytest.mark.skipif(A._glibc() is None, reason="the heap settings are glibc's")
+def test_the_heap_keeps_freed_activations_so_a_step_does_not_fault_its_pages_in_again():
+    import resource
+
+    def faults_per_step(steps: int = 4) -> float:
+        x = torch.ones(64 << 20 >> 2)  # 64 MiB: past glibc's largest mmap threshold (32 MiB)
+        (x * 2).sum()  # the first step may grow the heap
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(steps):
+            (x * 2).sum()  # a fresh 64 MiB block, written, then freed
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / steps
+
+    plain = faults_per_step()
+    with A.hot_loop_memory(torch.device("cpu")):
+        kept = faults_per_step()
+    assert plain > 8000  # 16,384 pages of 4 KiB written afresh each step
+    assert kept < 0.01 * plain
+
+
 def test_training_runs_without_glibc(monkeypatch):
     monkeypatch.setattr(A, "_glibc", lambda: None)
     train_network(net(), *data(), CFG, torch.Generator())
