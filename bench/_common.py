@@ -75,6 +75,16 @@ def matmul_gflops(device: torch.device, dtype: torch.dtype = torch.float32, n: i
     return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
 
+def fast_bf16(device: torch.device) -> tuple[bool, str]:
+    """Whether bf16 matmuls run at least as fast as fp32 here (bf16 units: AMX, AVX-512 BF16, a GPU),
+    by a small timed matmul of each; and the figures that say so. Without such units a CPU falls
+    back to a plain loop hundreds of times slower, where a bf16 row would take hours."""
+    if device.type != "cpu":
+        return True, f"{device.type}: bf16 assumed native"
+    fp32, bf16 = (matmul_gflops(device, dtype, n=256, reps=3) for dtype in (torch.float32, torch.bfloat16))
+    return bf16 >= fp32, f"256x256 matmul: bf16 {bf16:.1f} GFLOP/s, fp32 {fp32:.1f} GFLOP/s"
+
+
 def peak_memory(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB (CUDA allocated)"

@@ -146,7 +146,11 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--skip-bf16", action="store_true", help="leave out the bf16 row (slow on CPUs without bf16 units)")
+    precision = ap.add_mutually_exclusive_group()
+    precision.add_argument("--skip-bf16", action="store_true", help="leave out the bf16 row")
+    precision.add_argument("--bf16", action="store_true",
+                           help="run the bf16 row even where bf16 matmuls measure slower than fp32 (no bf16 units: "
+                                "by default it is left out there)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
@@ -156,6 +160,11 @@ def main() -> None:
     # forward of every image, backward (~2x) of the synthetic ones only
     step_gflop = count_flops(MODEL, info.channels, info.image_size) * (images + 2 * info.num_classes * IPC) / 1e9
     print(_common.describe(device))
+    if not (args.skip_bf16 or args.bf16):
+        fast, figures = _common.fast_bf16(device)
+        args.skip_bf16 = not fast
+        if not fast:
+            print(f"bf16 row left out: this device has no fast bf16 ({figures}); --bf16 runs it anyway")
     peaks = {"fp32": _common.matmul_gflops(device)}
     if not args.skip_bf16:
         peaks["bf16"] = _common.matmul_gflops(device, torch.bfloat16)
