@@ -24,7 +24,8 @@ import torch
 
 from proxynas.condense._base import Problem
 from proxynas.data import load_dataset
-from proxynas.devices import resolve_device
+from proxynas.devices import matmul_gflops, resolve_device  # noqa: F401 - the benches' peak
+from proxynas.devices import synchronize as sync
 
 REFERENCE_ENV = "PROXYNAS_REFERENCE"
 
@@ -53,36 +54,9 @@ def interleaved(rows: dict, device: torch.device, warmup: int, iters: int) -> tu
     return times, losses
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def describe(device: torch.device) -> str:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     return f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads"
-
-
-def matmul_gflops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 10) -> float:
-    """Achieved GFLOP/s of an n x n matmul: the machine's practical peak for dense work."""
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
-
-
-def fast_bf16(device: torch.device) -> tuple[bool, str]:
-    """Whether bf16 matmuls run at least as fast as fp32 here (bf16 units: AMX, AVX-512 BF16, a GPU),
-    by a small timed matmul of each; and the figures that say so. Without such units a CPU falls
-    back to a plain loop hundreds of times slower, where a bf16 row would take hours."""
-    if device.type != "cpu":
-        return True, f"{device.type}: bf16 assumed native"
-    fp32, bf16 = (matmul_gflops(device, dtype, n=256, reps=3) for dtype in (torch.float32, torch.bfloat16))
-    return bf16 >= fp32, f"256x256 matmul: bf16 {bf16:.1f} GFLOP/s, fp32 {fp32:.1f} GFLOP/s"
 
 
 def peak_memory(device: torch.device) -> str:

@@ -43,6 +43,7 @@ from proxynas.condense._base import CondenseConfig, Problem
 from proxynas.condense._dm import dm_loss_per_class, dm_step, plan_step
 from proxynas.condense._plan import Embedder
 from proxynas.condense._sampling import sample_per_class
+from proxynas.devices import slow_bf16
 from proxynas.networks import build, count_flops
 
 IPC, MODEL, SEED = 10, "ConvNet", 0
@@ -161,10 +162,10 @@ def main() -> None:
     step_gflop = count_flops(MODEL, info.channels, info.image_size) * (images + 2 * info.num_classes * IPC) / 1e9
     print(_common.describe(device))
     if not (args.skip_bf16 or args.bf16):
-        fast, figures = _common.fast_bf16(device)
-        args.skip_bf16 = not fast
-        if not fast:
-            print(f"bf16 row left out: this device has no fast bf16 ({figures}); --bf16 runs it anyway")
+        why = slow_bf16(device)
+        args.skip_bf16 = why is not None
+        if why is not None:
+            print(f"bf16 row left out: {why}; --bf16 runs it anyway")
     peaks = {"fp32": _common.matmul_gflops(device)}
     if not args.skip_bf16:
         peaks["bf16"] = _common.matmul_gflops(device, torch.bfloat16)

@@ -3,8 +3,9 @@
 A step frees and reallocates activations of tens to hundreds of MB (250 x 128 x 32 x 32
 floats is 131 MB; a DM forward of two classes, 512 x 128 x 32 x 32, is 268 MB). glibc
 serves every block above 32 MB with a fresh mmap and unmaps it on free, so each step
-page-faults and zero-fills all of them again. On a 2-core Xeon, with freed memory kept in
-the heap, d3-w128 training stepped 1.5x faster and a DM iteration 1.27x. The settings
+page-faults and zero-fills all of them again: on a 2-core AMD EPYC a DM condensation
+took 210,000 page faults a second and spent half its CPU time in the kernel, and with
+freed memory kept in the heap it takes none (BENCHMARKS.md, third session). The settings
 hold while any hot loop runs in the process; after the last one the heap is trimmed back.
 Accelerators' caching allocators need nothing, nor do other C libraries (macOS, musl),
 which are left as they are.

@@ -28,6 +28,7 @@ from torch import nn
 
 from . import augment, stacked
 from ._allocator import hot_loop_memory
+from .devices import warn_if_slow_bf16
 from .exceptions import UnknownNameError, UsageError
 
 EVAL_BATCH = 1024
@@ -143,6 +144,8 @@ def train_repeats(nets: Sequence[nn.Module], images: torch.Tensor, labels: torch
     if len(nets) != len(generators):
         raise UsageError(f"{len(nets)} networks but {len(generators)} generators; pass one generator per repeat")
     device = next(nets[0].parameters()).device
+    if cfg.amp:
+        warn_if_slow_bf16(device)
     total = cfg.total_steps(len(images))
     streams = [_batches(images, labels, cfg, g, device, normalise) for g in generators]
     start, epoch = time.perf_counter(), 0

@@ -125,23 +125,82 @@ def test_the_heap_settings_are_undone_after_training_and_nest():
     assert A._users == 0
 
 
+def test_every_heap_setting_fits_mallopts_c_int(monkeypatch):
+    calls = []
+
+    class FakeGlibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+        def malloc_trim(self, pad):
+            return 1
+
+    monkeypatch.setattr(A, "_glibc", lambda: FakeGlibc())
+    with A.hot_loop_memory(torch.device("cpu")):
+        pass
+    # ctypes passes a Python int as a C int, cut to its low 32 bits: 2**62 became 0 ("trim always")
+    assert calls and all(-2**31 <= v < 2**31 for _, v in calls), calls
+    assert dict(calls[:2]) == {A._M_MMAP_MAX: 0, A._M_TRIM_THRESHOLD: 2**31 - 1}
+
+
 @pytest.mark.skipif(A._glibc() is None, reason="the heap settings are glibc's")
 def test_the_heap_keeps_freed_activations_so_a_step_does_not_fault_its_pages_in_again():
     import resource
 
-    def faults_per_step(steps: int = 4) -> float:
-        x = torch.ones(64 << 20 >> 2)  # 64 MiB: past glibc's largest mmap threshold (32 MiB)
-        (x * 2).sum()  # the first step may grow the heap
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    def faults_per_step(steps: int = 12) -> list[int]:
+        # 256 MiB: past glibc's largest mmap threshold (32 MiB), and larger than any hole an earlier
+        # free may have left in this process's heap, so that the block sits at its top
+        x = torch.ones(256 << 20 >> 2)
+        counts = []
         for _ in range(steps):
-            (x * 2).sum()  # a fresh 64 MiB block, written, then freed
-        return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / steps
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            (x * 2).sum()  # a fresh block, written, then freed
+            counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        return counts
 
-    plain = faults_per_step()
     with A.hot_loop_memory(torch.device("cpu")):
-        kept = faults_per_step()
-    assert plain > 8000  # 16,384 pages of 4 KiB written afresh each step
-    assert kept < 0.01 * plain
+        counts = faults_per_step()
+    # The heap grows over the first steps (new pages fault once each: 65,536 of 4 KiB for a
+    # block); from then on a step reuses what the last one freed. With the block given back
+    # at every free, as under glibc's own setting, every step faults all 65,536 again.
+    assert sum(counts[-3:]) < 0.01 * 3 * 65_536, counts
+
+def test_amp_on_a_cpu_without_fast_bf16_warns_once_and_names_the_fix(monkeypatch, caplog):
+    from proxynas import devices
+    from proxynas import train as train_module
+
+    class Checked(Exception):
+        pass
+
+    def check(device):
+        raise Checked(device)
+
+    monkeypatch.setattr(train_module, "warn_if_slow_bf16", check)  # training with --amp asks first
+    with pytest.raises(Checked):
+        train_network(net(), *data(), dataclasses.replace(CFG, amp=True), torch.Generator())
+    devices.warn_if_slow_bf16.cache_clear()
+    monkeypatch.setattr(devices, "slow_bf16", lambda device: "bf16 matmuls run at 1.0 GFLOP/s (no bf16 units)")
+    for _ in range(2):  # a second run in the process: no second warning
+        devices.warn_if_slow_bf16(torch.device("cpu"))
+    warnings = [r.getMessage() for r in caplog.records if "--amp" in r.getMessage()]
+    devices.warn_if_slow_bf16.cache_clear()
+    assert warnings == ["warning: --amp (bf16 autocast) slows this run down: bf16 matmuls run at 1.0 GFLOP/s "
+                        "(no bf16 units); run without --amp"]
+
+
+def test_slow_bf16_compares_measured_matmul_rates(monkeypatch):
+    from proxynas import devices
+
+    rates = {torch.float32: 80.0, torch.bfloat16: 1.1}
+    monkeypatch.setattr(devices, "matmul_gflops", lambda device, dtype, n, reps: rates[dtype])
+    devices.slow_bf16.cache_clear()
+    assert devices.slow_bf16(torch.device("cpu")) == ("bf16 matmuls run at 1.1 GFLOP/s on this CPU against fp32's "
+                                                      "80.0 (no bf16 units)")
+    rates[torch.bfloat16] = 400.0  # AMX
+    devices.slow_bf16.cache_clear()
+    assert devices.slow_bf16(torch.device("cpu")) is None
+    devices.slow_bf16.cache_clear()
 
 
 def test_training_runs_without_glibc(monkeypatch):

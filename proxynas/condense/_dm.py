@@ -36,6 +36,7 @@ from torch import nn
 
 from .. import augment
 from .._seeding import derive_seed, generator
+from ..devices import warn_if_slow_bf16
 from ..networks import build, uses_batch_stats
 from ._base import CONDENSERS, Checkpoint, CondenseConfig, MethodResult, Problem, Reporter
 from ._factor import check_factor, decode, encode
@@ -184,6 +185,8 @@ def match(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report: Repor
     start, elapsed = ckpt.restore(syn, opt, losses)
 
     amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
+    if amp:
+        warn_if_slow_bf16(device)
     probe = make_net(0).to(device)
     plan, plan_record = plan_step(problem, cfg, probe, syn, batch_real, strategy, amp, iterations, loss=loss,
                                   decode=unpack, variant=variant)
