@@ -28,7 +28,7 @@ from torch import nn
 
 from . import augment, stacked
 from ._allocator import hot_loop_memory
-from .devices import warn_if_slow_bf16
+from .devices import synchronize, warn_if_slow_bf16
 from .exceptions import UnknownNameError, UsageError
 
 EVAL_BATCH = 1024
@@ -164,8 +164,7 @@ def train_repeats(nets: Sequence[nn.Module], images: torch.Tensor, labels: torch
                         net.train()  # the hook may have evaluated a net
                 epoch += 1
         step_all.sync()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     return time.perf_counter() - start
 
 

@@ -36,7 +36,7 @@ from torch import nn
 
 from .. import augment
 from .._seeding import derive_seed, generator
-from ..devices import warn_if_slow_bf16
+from ..devices import synchronize, warn_if_slow_bf16
 from ..networks import build, uses_batch_stats
 from ._base import CONDENSERS, Checkpoint, CondenseConfig, MethodResult, Problem, Reporter
 from ._factor import check_factor, decode, encode
@@ -145,8 +145,7 @@ def plan_step(problem: Problem, cfg: CondenseConfig, probe: nn.Module, syn: torc
         trial.grad = None
         dm_step(embedders[plan], problem, trial, classes, idx, params, plan, amp, loss=loss, decode=decode)
 
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    plan, record = search(measure(step, sync), limit, batch_stats, batch_real)
+    plan, record = search(measure(step, functools.partial(synchronize, device)), limit, batch_stats, batch_real)
     remember(key, plan, record)
     return plan, {"source": "measured", **record}
 
