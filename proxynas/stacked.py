@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from .devices import synchronize
+
 if TYPE_CHECKING:
     from .train import TrainConfig
 
@@ -194,8 +196,7 @@ StepperFactory = Callable[..., Stepper]  # (nets, cfg, state=None) -> Stepper
 
 
 def _clock(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)  # only the probe's few steps wait for the device
+    synchronize(device)  # only the probe's few steps wait for the device
     return time.perf_counter()
 
 
