@@ -138,8 +138,7 @@ def load_problem(args: argparse.Namespace, with_reference: bool) -> Problem:
     proxy = data.normalise(data.train.images[proxy_idx]).to(device), data.train.labels[proxy_idx].to(device)
     cfg = TrainConfig(epochs=args.epochs, batch_size=BATCH, dsa_strategy=data.info.dsa_strategy, amp=args.amp,
                       compile=args.compile)
-    with contextlib.redirect_stdout(io.StringIO()):  # the main process says where the reference is
-        utils = _common.reference() if with_reference else None
+    utils = _common.reference(quiet=True) if with_reference else None  # the main process says where it is
     return Problem(data, proxy, (data.train.images[val_idx], data.train.labels[val_idx]), cfg, device,
                    args.repeats, utils)
 

@@ -3,7 +3,11 @@
 CIFAR-10, ipc 10, ConvNet (InstanceNorm), batch_real 256, on the current device. Each
 formulation runs whole iterations (a fresh embedding network, real batches drawn, DSA,
 forward, backward, the image update), interleaved iteration by iteration in rotating
-order, so drift in a shared machine's load hits them alike.
+order, so drift in a shared machine's load hits them alike. Each runs in a process of its
+own, as it would run alone: the reference with glibc's allocator as it is, proxynas with
+freed memory kept in the heap for the whole run, as ``condense()`` keeps it
+(``proxynas._allocator``); in one shared process one of them would be timed with the
+other's heap.
 
   reference          the loop body of VICO-UoE/DatasetCondensation main_DM.py (its
                      get_network, DiffAugment and ParamDiffAug, imported from the checkout
@@ -11,8 +15,7 @@ order, so drift in a shared machine's load hits them alike.
                      detached, one backward, ``loss.item()`` for its log
   proxynas fp32      proxynas.condense._dm: the step plan measured on this device at
                      start-up (real images per forward, classes per forward, channels_last,
-                     in-place activations, torch.compile; printed), then the run's iterations, with freed memory
-                     kept in glibc's heap as condense() keeps it (proxynas._allocator)
+                     in-place activations, torch.compile; printed), then the run's iterations
   proxynas bf16      the same under bf16 autocast (the default on CUDA), planned separately
   per-class          proxynas's own per-class formulation, unplanned: the yardstick the fp32
                      losses must equal (same networks, real batches and DSA draws)
@@ -27,6 +30,7 @@ only the synthetic images' backward runs).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import statistics
@@ -55,6 +59,9 @@ class Proxynas:
     def __init__(self, problem: Problem, batch_real: int, amp: bool, tune: bool) -> None:
         info = problem.dataset.info
         self.problem, self.batch_real, self.amp = problem, batch_real, amp
+        # held for this worker process's life, as condense() holds it for its whole run
+        self._heap = hot_loop_memory(problem.device)
+        self._heap.__enter__()
         self.classes = torch.arange(info.num_classes)
         idx0 = sample_per_class(problem.pools, IPC, generator(SEED, "init-real"))
         self.syn = problem.real_images(idx0).requires_grad_(True)
@@ -62,9 +69,7 @@ class Proxynas:
         probe = self.net(0)
         if tune:
             cfg = CondenseConfig(dataset="cifar10", ipc=IPC, batch_real=batch_real, tune="yes")
-            with hot_loop_memory(problem.device):  # as condense() tunes it
-                self.plan, record = plan_step(problem, cfg, probe, self.syn, batch_real, info.dsa_strategy, amp,
-                                              20_000)
+            self.plan, record = plan_step(problem, cfg, probe, self.syn, batch_real, info.dsa_strategy, amp, 20_000)
             self.embedder = Embedder(probe, self.plan)
             self.describe = f"plan: {self.plan.label()}; measured: " + json.dumps(
                 {k: round(v, 3) for k, v in record["seconds_per_step"].items()})
@@ -78,12 +83,6 @@ class Proxynas:
                      seed=derive_seed(SEED, "dm-net", it)).to(self.problem.device).train()
 
     def __call__(self, it: int) -> float:
-        # condense() keeps freed memory in the heap for its whole run; here only for this
-        # iteration, then trimmed, so the next row (maybe the reference) starts as glibc does
-        with hot_loop_memory(self.problem.device):
-            return self.iteration(it)
-
-    def iteration(self, it: int) -> float:
         info, problem = self.problem.dataset.info, self.problem
         g = generator(SEED, "dm-iter", it)
         net = self.net(it).requires_grad_(False)
@@ -107,6 +106,7 @@ class Reference:
 
     def __init__(self, utils, data, device: torch.device, batch_real: int) -> None:
         info = data.info
+        np.random.seed(SEED)  # its real batches come from numpy's global RNG, as in main_DM.py
         self.utils, self.device, self.batch_real, self.info = utils, device, batch_real, info
         self.images_all = data.normalise(data.train.images.to(device))
         self.indices_class = [p.numpy() for p in data.train.class_indices()]
@@ -140,6 +140,15 @@ class Reference:
         return loss.item()
 
 
+def reference_row(data_path: str, device: str, batch_real: int) -> Reference:
+    problem = _common.cifar10_problem(data_path, device)
+    return Reference(_common.reference(quiet=True), problem.dataset, problem.device, batch_real)
+
+
+def proxynas_row(data_path: str, device: str, batch_real: int, amp: bool, tune: bool) -> Proxynas:
+    return Proxynas(_common.cifar10_problem(data_path, device), batch_real, amp, tune)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-path", default="../shared/datasets/cifar10-jpeg.tar.gz")
@@ -156,7 +165,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
     problem = _common.cifar10_problem(args.data_path, args.device)
-    device, info, data = problem.device, problem.dataset.info, problem.dataset
+    device, info = problem.device, problem.dataset.info
     images = info.num_classes * (args.batch_real + IPC)
     # forward of every image, backward (~2x) of the synthetic ones only
     step_gflop = count_flops(MODEL, info.channels, info.image_size) * (images + 2 * info.num_classes * IPC) / 1e9
@@ -174,17 +183,17 @@ def main() -> None:
           flush=True)
 
     rows = {}
-    utils = _common.reference()
-    if utils is not None:
-        rows["reference fp32"] = Reference(utils, data, device, args.batch_real)
-    rows["proxynas fp32"] = Proxynas(problem, args.batch_real, False, tune=True)
+    if _common.reference() is not None:
+        rows["reference fp32"] = functools.partial(reference_row, args.data_path, args.device, args.batch_real)
+    rows["proxynas fp32"] = functools.partial(proxynas_row, args.data_path, args.device, args.batch_real, False, True)
     if not args.skip_bf16:
-        rows["proxynas bf16"] = Proxynas(problem, args.batch_real, True, tune=True)
-    rows["per-class fp32"] = Proxynas(problem, args.batch_real, False, tune=False)
-    for name, row in rows.items():
-        print(f"  {name:<15} {row.describe}", flush=True)
-
-    times, losses = _common.interleaved(rows, device, args.warmup, args.iters)
+        rows["proxynas bf16"] = functools.partial(proxynas_row, args.data_path, args.device, args.batch_real, True,
+                                                  True)
+    rows["per-class fp32"] = functools.partial(proxynas_row, args.data_path, args.device, args.batch_real, False,
+                                               False)
+    run = _common.interleaved(rows, device, args.warmup, args.iters,
+                              show=lambda name, text: print(f"  {name:<15} {text}", flush=True))
+    times, losses = run.times, run.losses
 
     base = statistics.fmean(times["reference fp32"]) if "reference fp32" in times else None
     for name in rows:
@@ -197,7 +206,9 @@ def main() -> None:
     want, got = losses["per-class fp32"], losses["proxynas fp32"]
     worst = max(abs(a - b) / abs(b) for a, b in zip(got, want))
     print(f"proxynas fp32 against its per-class formulation: largest relative loss difference {worst:.2e}")
-    print(f"peak memory: {_common.peak_memory(device)}")
+    for name, usage in run.usage.items():
+        print(f"{name:<15} per iteration: {usage}")
+    print("peak memory: " + "; ".join(f"{name} {peak}" for name, peak in run.peak_memory.items()))
 
 
 if __name__ == "__main__":

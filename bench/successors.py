@@ -5,7 +5,8 @@ device. Each row runs whole iterations as ``proxynas.condense._dm.match`` runs t
 fresh embedding network, the real batches and DSA draw of that iteration, forward,
 backward, the image update), with the same step plan (the memory rule, or ``--tune``:
 each row's own measured plan), interleaved iteration by iteration in rotating order so
-that a shared machine's changing load hits every row alike:
+that a shared machine's changing load hits every row alike; each row in a process of its
+own, with freed memory kept in the heap for the whole run, as ``condense()`` keeps it:
 
   dm              DM's loss, the paper's method
   m3d             M3D: a five-bandwidth Gaussian-kernel MMD per class (``_m3d.py``)
@@ -40,8 +41,7 @@ from proxynas.condense._sampling import sample_per_class
 from proxynas.networks import build
 
 IPC, MODEL, SEED = 10, "ConvNet", 0
-ROWS = {"dm": ("dm", dm_loss, 1), "m3d": ("m3d", mmd_loss, 1), "dm factor 2": ("dm", dm_loss, 2),
-        "m3d factor 2": ("m3d", mmd_loss, 2)}
+ROWS = {"dm": ("dm", 1), "m3d": ("m3d", 1), "dm factor 2": ("dm", 2), "m3d factor 2": ("m3d", 2)}
 
 
 class Row:
@@ -57,14 +57,17 @@ class Row:
         self.syn = initial_images(problem, self.cfg).to(problem.device).requires_grad_(True)
         self.opt = torch.optim.SGD([self.syn], lr=default_lr(IPC), momentum=self.cfg.momentum)
         self.amp = problem.device.type == "cuda"  # condense()'s default
+        # held for this worker process's life, as condense() holds it for its whole run
+        self._heap = hot_loop_memory(problem.device)
+        self._heap.__enter__()
         probe = self.net(0)
         # a key of its own in the plan cache: without --tune every row runs the memory rule's plan,
         # whatever a real run cached
         variant = {"bench": method} | ({"factor": factor} if factor > 1 else {})
-        with hot_loop_memory(problem.device):  # as condense() plans it
-            self.plan, _ = plan_step(problem, self.cfg, probe, self.syn, batch_real, info.dsa_strategy, self.amp,
-                                     20_000, loss=loss, decode=self.decode, variant=variant)
+        self.plan, _ = plan_step(problem, self.cfg, probe, self.syn, batch_real, info.dsa_strategy, self.amp,
+                                 20_000, loss=loss, decode=self.decode, variant=variant)
         self.embedder = Embedder(probe, self.plan)
+        self.describe = f"plan: {self.plan.label()}"
 
     def net(self, it: int) -> torch.nn.Module:
         info = self.problem.dataset.info
@@ -73,15 +76,19 @@ class Row:
 
     def __call__(self, it: int) -> float:
         info, problem = self.problem.dataset.info, self.problem
-        with hot_loop_memory(problem.device):
-            g = generator(SEED, "dm-iter", it)
-            idx = sample_per_class(problem.pools, self.batch_real, g)
-            params = augment.sample_params(info.dsa_strategy, info.num_classes, (info.image_size,) * 2, g)
-            self.opt.zero_grad(set_to_none=True)
-            loss = dm_step(self.embedder.load(self.net(it)), problem, self.syn, self.classes, idx,
-                           params.to(problem.device), self.plan, self.amp, loss=self.loss, decode=self.decode)
-            self.opt.step()
-            return float(loss)
+        g = generator(SEED, "dm-iter", it)
+        idx = sample_per_class(problem.pools, self.batch_real, g)
+        params = augment.sample_params(info.dsa_strategy, info.num_classes, (info.image_size,) * 2, g)
+        self.opt.zero_grad(set_to_none=True)
+        loss = dm_step(self.embedder.load(self.net(it)), problem, self.syn, self.classes, idx,
+                       params.to(problem.device), self.plan, self.amp, loss=self.loss, decode=self.decode)
+        self.opt.step()
+        return float(loss)
+
+
+def row(data_path: str, device: str, method: str, factor: int, batch_real: int, tune: bool) -> Row:
+    loss = {"dm": dm_loss, "m3d": mmd_loss}[method]
+    return Row(_common.cifar10_problem(data_path, device), method, loss, factor, batch_real, tune)
 
 
 def main() -> None:
@@ -100,12 +107,11 @@ def main() -> None:
     print(_common.describe(device))
     print(f"CIFAR-10 ipc {IPC}, {MODEL}, batch_real {args.batch_real}, DSA {info.dsa_strategy}, "
           f"{args.warmup} warm-up + {args.iters} timed iterations per row", flush=True)
-    rows = {name: Row(problem, method, loss, factor, args.batch_real, args.tune)
-            for name, (method, loss, factor) in ROWS.items()}
-    for name, row in rows.items():
-        print(f"  {name:<13} plan: {row.plan.label()}", flush=True)
-
-    times, losses = _common.interleaved(rows, device, args.warmup, args.iters)
+    rows = {name: functools.partial(row, args.data_path, args.device, method, factor, args.batch_real, args.tune)
+            for name, (method, factor) in ROWS.items()}
+    run = _common.interleaved(rows, device, args.warmup, args.iters,
+                              show=lambda name, text: print(f"  {name:<13} {text}", flush=True))
+    times, losses = run.times, run.losses
 
     base = statistics.fmean(times["dm"])
     for name in rows:
@@ -113,7 +119,9 @@ def main() -> None:
         spread = statistics.pstdev(times[name])
         print(f"{name:<13} {mean:7.3f} ± {spread:.3f} s/iter  {mean / base:5.2f}x DM  "
               f"losses {' '.join(f'{x:.4f}' for x in losses[name])}")
-    print(f"peak memory: {_common.peak_memory(device)}")
+    for name, usage in run.usage.items():
+        print(f"{name:<13} per iteration: {usage}")
+    print("peak memory: " + "; ".join(f"{name} {peak}" for name, peak in run.peak_memory.items()))
 
 
 if __name__ == "__main__":
