@@ -4,7 +4,8 @@ The reference is the paper's research code, GitHub VICO-UoE/DatasetCondensation
 (``utils.py``, ``networks.py``, ``main_DM.py``). It is never copied into this project:
 check it out anywhere and name the checkout in ``PROXYNAS_REFERENCE``; each bench then
 imports its functions and times them in the same run, on the same device, beside
-proxynas (each in a process of its own: ``interleaved``). Without the variable the reference column is skipped, and the bench says so.
+proxynas (each in a process of its own: ``interleaved``). Without the variable the
+reference column is skipped, and the bench says so.
 
     git clone https://github.com/VICO-UoE/DatasetCondensation ~/ref
     PROXYNAS_REFERENCE=~/ref python bench/dm_step.py
@@ -52,6 +53,28 @@ def cifar10_problem(data_path: str, device: str) -> Problem:
 _ROW = None  # in a worker
 
 
+@dataclasses.dataclass(frozen=True)
+class Usage:
+    """What one iteration cost its process: CPU seconds in user code and in the kernel (on a CPU,
+    mostly zero-filling freshly mapped pages) and minor page faults; and the CPU seconds a
+    virtual machine's host took from all its cores meanwhile (steal: when it is large, so is
+    the noise in the wall times)."""
+    user: float
+    kernel: float
+    faults: int
+    steal: float
+
+    @staticmethod
+    def mean(usages: list[Usage]) -> Usage:
+        n = len(usages)
+        return Usage(sum(u.user for u in usages) / n, sum(u.kernel for u in usages) / n,
+                     sum(u.faults for u in usages) // n, sum(u.steal for u in usages) / n)
+
+    def __str__(self) -> str:
+        return (f"CPU {self.user:.2f} s user + {self.kernel:.2f} s kernel, {self.faults:,} page faults; "
+                f"{self.steal:.2f} CPU s stolen by the host")
+
+
 def _build_row(factory: Callable[[], Callable[[int], float]]) -> str:
     global _ROW
     _ROW = factory()
@@ -78,38 +101,12 @@ def _time_row(it: int, device: torch.device) -> tuple[float, float, Usage]:
                                 after.ru_minflt - before.ru_minflt, _steal_seconds() - steal)
 
 
-def _row_peak_memory(device: torch.device) -> str:
-    return peak_memory(device)
-
-
-@dataclasses.dataclass(frozen=True)
-class Usage:
-    """What one iteration cost its process: CPU seconds in user code and in the kernel (on a CPU,
-    mostly zero-filling freshly mapped pages) and minor page faults; and the CPU seconds a
-    virtual machine's host took from all its cores meanwhile (steal: when it is large, so is
-    the noise in the wall times)."""
-    user: float
-    kernel: float
-    faults: int
-    steal: float
-
-    @staticmethod
-    def mean(usages: list[Usage]) -> Usage:
-        n = len(usages)
-        return Usage(sum(u.user for u in usages) / n, sum(u.kernel for u in usages) / n,
-                     sum(u.faults for u in usages) // n, sum(u.steal for u in usages) / n)
-
-    def __str__(self) -> str:
-        return (f"CPU {self.user:.2f} s user + {self.kernel:.2f} s kernel, {self.faults:,} page faults; "
-                f"{self.steal:.2f} CPU s stolen by the host")
-
-
 @dataclasses.dataclass
 class Interleaved:
     describe: dict[str, str]  # row -> what the row printed of itself once built (its plan, say)
     times: dict[str, list[float]]  # row -> seconds of each timed iteration
     losses: dict[str, list[float]]
-    usage: dict[str, Usage]  # row -> the mean of its timed iterations'
+    usage: dict[str, Usage]  # row -> the mean over its timed iterations
     peak_memory: dict[str, str]
 
 
@@ -137,7 +134,7 @@ def interleaved(factories: dict[str, Callable[[], Callable[[int], float]]], devi
                     times[name].append(seconds)
                     losses[name].append(loss)
                     usages[name].append(usage)
-        peaks = {name: w.submit(_row_peak_memory, device).result() for name, w in workers.items()}
+        peaks = {name: w.submit(peak_memory, device).result() for name, w in workers.items()}
     finally:
         for w in workers.values():
             w.shutdown()
