@@ -13,6 +13,7 @@ reference column is skipped, and the bench says so.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import multiprocessing
@@ -27,6 +28,7 @@ from typing import Callable
 
 import torch
 
+from proxynas._allocator import hot_loop_memory
 from proxynas.condense._base import Problem
 from proxynas.data import load_dataset
 from proxynas.devices import matmul_gflops, resolve_device  # noqa: F401 - the benches' peak
@@ -73,6 +75,15 @@ class Usage:
     def __str__(self) -> str:
         return (f"CPU {self.user:.2f} s user + {self.kernel:.2f} s kernel, {self.faults:,} page faults; "
                 f"{self.steal:.2f} CPU s stolen by the host")
+
+
+_HELD = contextlib.ExitStack()  # what a worker holds until it exits (never closed: the process ends)
+
+
+def hold_heap(device: torch.device) -> None:
+    """Keep freed memory in glibc's heap for the rest of this (worker) process, as
+    ``condense()`` and the trainer keep it for a whole run (``proxynas._allocator``)."""
+    _HELD.enter_context(hot_loop_memory(device))
 
 
 def _build_row(factory: Callable[[], Callable[[int], float]]) -> str:

@@ -41,7 +41,6 @@ import torch
 
 import _common
 from proxynas import augment
-from proxynas._allocator import hot_loop_memory
 from proxynas._seeding import derive_seed, generator
 from proxynas.condense._base import CondenseConfig, Problem
 from proxynas.condense._dm import dm_loss_per_class, dm_step, plan_step
@@ -59,9 +58,7 @@ class Proxynas:
     def __init__(self, problem: Problem, batch_real: int, amp: bool, tune: bool) -> None:
         info = problem.dataset.info
         self.problem, self.batch_real, self.amp = problem, batch_real, amp
-        # held for this worker process's life, as condense() holds it for its whole run
-        self._heap = hot_loop_memory(problem.device)
-        self._heap.__enter__()
+        _common.hold_heap(problem.device)  # a row has its worker process to itself
         self.classes = torch.arange(info.num_classes)
         idx0 = sample_per_class(problem.pools, IPC, generator(SEED, "init-real"))
         self.syn = problem.real_images(idx0).requires_grad_(True)

@@ -30,7 +30,6 @@ import torch
 
 import _common
 from proxynas import augment
-from proxynas._allocator import hot_loop_memory
 from proxynas._seeding import derive_seed, generator
 from proxynas.condense._base import CondenseConfig, Problem
 from proxynas.condense._dm import Loss, default_lr, dm_loss, dm_step, initial_images, plan_step
@@ -57,9 +56,7 @@ class Row:
         self.syn = initial_images(problem, self.cfg).to(problem.device).requires_grad_(True)
         self.opt = torch.optim.SGD([self.syn], lr=default_lr(IPC), momentum=self.cfg.momentum)
         self.amp = problem.device.type == "cuda"  # condense()'s default
-        # held for this worker process's life, as condense() holds it for its whole run
-        self._heap = hot_loop_memory(problem.device)
-        self._heap.__enter__()
+        _common.hold_heap(problem.device)  # a row has its worker process to itself
         probe = self.net(0)
         # a key of its own in the plan cache: without --tune every row runs the memory rule's plan,
         # whatever a real run cached
