@@ -114,7 +114,6 @@ def _time_row(it: int, device: torch.device) -> tuple[float, float, Usage]:
 
 @dataclasses.dataclass
 class Interleaved:
-    describe: dict[str, str]  # row -> what the row printed of itself once built (its plan, say)
     times: dict[str, list[float]]  # row -> seconds of each timed iteration
     losses: dict[str, list[float]]
     usage: dict[str, Usage]  # row -> the mean over its timed iterations
@@ -130,10 +129,8 @@ def interleaved(factories: dict[str, Callable[[], Callable[[int], float]]], devi
     spawn = multiprocessing.get_context("spawn")
     workers = {name: ProcessPoolExecutor(1, spawn) for name in factories}
     try:
-        describe = {}
         for name, factory in factories.items():
-            describe[name] = workers[name].submit(_build_row, factory).result()
-            show(name, describe[name])
+            show(name, workers[name].submit(_build_row, factory).result())
         times: dict[str, list[float]] = {name: [] for name in factories}
         losses: dict[str, list[float]] = {name: [] for name in factories}
         usages: dict[str, list[Usage]] = {name: [] for name in factories}
@@ -149,7 +146,7 @@ def interleaved(factories: dict[str, Callable[[], Callable[[int], float]]], devi
     finally:
         for w in workers.values():
             w.shutdown()
-    return Interleaved(describe, times, losses, {name: Usage.mean(u) for name, u in usages.items()}, peaks)
+    return Interleaved(times, losses, {name: Usage.mean(u) for name, u in usages.items()}, peaks)
 
 
 def describe(device: torch.device) -> str:

@@ -148,7 +148,9 @@ def _meta_forward(module: nn.Module, channels: int, image_size: int) -> torch.Te
     return functional_call(module, state, (x,))
 
 
-_FIX_SIZE = "use larger images or a shallower network"
+def _cannot_run(name: str, channels: int, image_size: int, reason: str) -> UsageError:
+    return UsageError(f"{name} cannot run on {channels}x{image_size}x{image_size} inputs ({reason}); "
+                      "use larger images or a shallower network")
 
 
 def _flat_dim(name: str, module: nn.Module, channels: int, image_size: int) -> int:
@@ -156,10 +158,7 @@ def _flat_dim(name: str, module: nn.Module, channels: int, image_size: int) -> i
     try:
         return _meta_forward(module, channels, image_size).flatten(1).shape[1]
     except (RuntimeError, ValueError) as err:
-        reason = str(err).splitlines()[0]
-        raise UsageError(
-            f"{name} cannot run on {channels}x{image_size}x{image_size} inputs ({reason}); {_FIX_SIZE}"
-        ) from None
+        raise _cannot_run(name, channels, image_size, str(err).splitlines()[0]) from None
 
 
 class Net(nn.Module):
@@ -230,8 +229,8 @@ class ConvNet(Net):
         layers = [(cfg.width, 3, True)] * cfg.depth
         size = _map_sizes(image_size, layers, cfg.pool)[-1]
         if size == 0:
-            raise UsageError(f"{cfg.id} cannot run on {channels}x{image_size}x{image_size} inputs ({cfg.depth} "
-                             f"{cfg.pool} poolings shrink the map below 1x1); {_FIX_SIZE}")
+            reason = f"{cfg.depth} {cfg.pool} poolings shrink the map below 1x1"
+            raise _cannot_run(cfg.id, channels, image_size, reason)
         features = _conv_stack(channels, image_size, layers, cfg.act, cfg.norm, cfg.pool)
         # the size by arithmetic, not by a meta forward: 20 ms a network, 15 s to check a 720-network space
         super().__init__(cfg.id, features, channels, num_classes, image_size, flat_dim=cfg.width * size * size)
