@@ -23,16 +23,16 @@ import resource
 import sys
 import time
 import types
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from typing import Callable
 
 import torch
 
-from proxynas._allocator import hot_loop_memory
-from proxynas.condense._base import Problem
-from proxynas.data import load_dataset
-from proxynas.devices import matmul_gflops, resolve_device  # noqa: F401 - the benches' peak
-from proxynas.devices import synchronize as sync
+from proxynas.core.condense._base import Problem
+from proxynas.core.data import load_dataset
+from proxynas.runtime.allocator import hot_loop_memory
+from proxynas.runtime.devices import matmul_gflops, resolve_device  # noqa: F401 - the benches' peak
+from proxynas.runtime.devices import synchronize as sync
 
 REFERENCE_ENV = "PROXYNAS_REFERENCE"
 
@@ -47,7 +47,7 @@ def cifar10_problem(data_path: str, device: str) -> Problem:
 # A row is built in its worker (``factory()``, a picklable callable) and then called with
 # each iteration number, returning its loss. Each worker is one spawned process, so each
 # row's allocator state, heap setting and compiled graphs stay its own, as when it runs
-# alone: proxynas keeps freed memory in glibc's heap for a whole run (proxynas._allocator),
+# alone: proxynas keeps freed memory in glibc's heap for a whole run (proxynas.runtime.allocator),
 # and a reference in the same process would reuse those chunks, or, trimmed between its
 # iterations, proxynas would page-fault every activation afresh, which it never does in a
 # real run.
@@ -61,6 +61,7 @@ class Usage:
     mostly zero-filling freshly mapped pages) and minor page faults; and the CPU seconds a
     virtual machine's host took from all its cores meanwhile (steal: when it is large, so is
     the noise in the wall times)."""
+
     user: float
     kernel: float
     faults: int
@@ -69,12 +70,18 @@ class Usage:
     @staticmethod
     def mean(usages: list[Usage]) -> Usage:
         n = len(usages)
-        return Usage(sum(u.user for u in usages) / n, sum(u.kernel for u in usages) / n,
-                     sum(u.faults for u in usages) // n, sum(u.steal for u in usages) / n)
+        return Usage(
+            sum(u.user for u in usages) / n,
+            sum(u.kernel for u in usages) / n,
+            sum(u.faults for u in usages) // n,
+            sum(u.steal for u in usages) / n,
+        )
 
     def __str__(self) -> str:
-        return (f"CPU {self.user:.2f} s user + {self.kernel:.2f} s kernel, {self.faults:,} page faults; "
-                f"{self.steal:.2f} CPU s stolen by the host")
+        return (
+            f"CPU {self.user:.2f} s user + {self.kernel:.2f} s kernel, {self.faults:,} page faults; "
+            f"{self.steal:.2f} CPU s stolen by the host"
+        )
 
 
 _HELD = contextlib.ExitStack()  # what a worker holds until it exits (never closed: the process ends)
@@ -82,7 +89,7 @@ _HELD = contextlib.ExitStack()  # what a worker holds until it exits (never clos
 
 def hold_heap(device: torch.device) -> None:
     """Keep freed memory in glibc's heap for the rest of this (worker) process, as
-    ``condense()`` and the trainer keep it for a whole run (``proxynas._allocator``)."""
+    ``condense()`` and the trainer keep it for a whole run (``proxynas.runtime.allocator``)."""
     _HELD.enter_context(hot_loop_memory(device))
 
 
@@ -108,8 +115,16 @@ def _time_row(it: int, device: torch.device) -> tuple[float, float, Usage]:
     loss = _ROW(it)
     sync(device)
     seconds, after = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF)
-    return seconds, loss, Usage(after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime,
-                                after.ru_minflt - before.ru_minflt, _steal_seconds() - steal)
+    return (
+        seconds,
+        loss,
+        Usage(
+            after.ru_utime - before.ru_utime,
+            after.ru_stime - before.ru_stime,
+            after.ru_minflt - before.ru_minflt,
+            _steal_seconds() - steal,
+        ),
+    )
 
 
 @dataclasses.dataclass
@@ -120,8 +135,13 @@ class Interleaved:
     peak_memory: dict[str, str]
 
 
-def interleaved(factories: dict[str, Callable[[], Callable[[int], float]]], device: torch.device, warmup: int,
-                iters: int, show: Callable[[str, str], None] = lambda name, text: None) -> Interleaved:
+def interleaved(
+    factories: dict[str, Callable[[], Callable[[int], float]]],
+    device: torch.device,
+    warmup: int,
+    iters: int,
+    show: Callable[[str, str], None] = lambda name, text: None,
+) -> Interleaved:
     """Build each row in a worker process of its own, one after another (a row may time its
     own plans while it is built, on an otherwise idle machine; ``show`` gets each row's
     description as it is ready), then run iteration ``it`` of every row, one row at a time, in
@@ -136,7 +156,7 @@ def interleaved(factories: dict[str, Callable[[], Callable[[int], float]]], devi
         usages: dict[str, list[Usage]] = {name: [] for name in factories}
         names = list(factories)
         for it in range(warmup + iters):
-            for name in names[it % len(names):] + names[:it % len(names)]:
+            for name in names[it % len(names) :] + names[: it % len(names)]:
                 seconds, loss, usage = workers[name].submit(_time_row, it, device).result()
                 if it >= warmup:
                     times[name].append(seconds)
@@ -166,8 +186,10 @@ def reference(quiet: bool = False) -> types.ModuleType | None:
     say = (lambda text: None) if quiet else print
     path = os.environ.get(REFERENCE_ENV)
     if not path:
-        say(f"reference: skipped ({REFERENCE_ENV} is not set; point it at a checkout of "
-              "VICO-UoE/DatasetCondensation to time the paper's code beside proxynas)")
+        say(
+            f"reference: skipped ({REFERENCE_ENV} is not set; point it at a checkout of "
+            "VICO-UoE/DatasetCondensation to time the paper's code beside proxynas)"
+        )
         return None
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.isfile(os.path.join(path, "utils.py")):
@@ -180,6 +202,7 @@ def reference(quiet: bool = False) -> types.ModuleType | None:
             importlib.import_module("scipy.ndimage.interpolation")
         except ImportError:
             import scipy.ndimage
+
             sys.modules["scipy.ndimage.interpolation"] = scipy.ndimage
     sys.path.insert(0, path)
     try:

@@ -12,7 +12,7 @@ class of the 10% hold-out). A time covers the build, the training and that evalu
              and a host copy every step. It trains ``epoch_eval_train + 1`` epochs, so it
              gets ``epoch_eval_train = epochs - 1``: both paths train the same number of
              steps. Its evaluation is the same 1,000 validation images.
-  proxynas   ``proxynas.train.train_network`` then ``proxynas.train.accuracy``.
+  proxynas   ``proxynas.core.train.train_network`` then ``proxynas.core.train.accuracy``.
              ``--amp`` puts it (only it) under bf16 autocast, ``--compile`` under torch.compile
              (each configuration compiles once per process; the warmup compiles only the first).
   R repeats  ``train_repeats`` on R repeats of the configuration (own init, batch order and
@@ -28,7 +28,7 @@ machine's load drifts onto all of them alike); a short untimed run of the first
 configuration warms every worker up first. Batch order and DSA draws
 differ between the reference and proxynas, so accuracies agree only statistically.
 GFLOP/s: training FLOPs (3 x forward FLOPs x images trained, by
-``proxynas.networks.count_flops``) over the time, against the machine's matmul peak.
+``proxynas.core.networks.count_flops``) over the time, against the machine's matmul peak.
 
     PROXYNAS_REFERENCE=~/ref python bench/candidates.py [--epochs 10] [--reps 2] [--repeats 5]
         [--configs ID,ID,...] [--spread 12] [--amp] [--compile] [--device auto]
@@ -46,25 +46,29 @@ import multiprocessing
 import statistics
 import time
 import types
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from typing import Callable
 
+import _common
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-import _common
-from proxynas import stacked
-from proxynas._seeding import derive_seed, generator
-from proxynas.condense._sampling import sample_per_class
-from proxynas.data import Dataset, load_dataset, train_val_split
-from proxynas.devices import resolve_device
-from proxynas.networks import NetConfig, build, count_flops
-from proxynas.search_space import load_space
-from proxynas.train import TrainConfig, accuracy, train_network, train_repeats
+from proxynas.core import stacked
+from proxynas.core.condense._sampling import sample_per_class
+from proxynas.core.data import Dataset, load_dataset, train_val_split
+from proxynas.core.networks import NetConfig, build, count_flops
+from proxynas.core.train import TrainConfig, accuracy, train_network, train_repeats
+from proxynas.nas.search_space import load_space
+from proxynas.runtime.devices import resolve_device
+from proxynas.runtime.seeding import derive_seed, generator
 
 SEED, IPC, VAL_PER_CLASS, BATCH = 0, 50, 100, 250
-DEFAULT_CONFIGS = ("d3-w128-relu-instancenorm-avg", "d1-w32-relu-batchnorm-max",
-                   "d2-w64-leakyrelu-groupnorm-avg", "d4-w32-sigmoid-layernorm-none")
+DEFAULT_CONFIGS = (
+    "d3-w128-relu-instancenorm-avg",
+    "d1-w32-relu-batchnorm-max",
+    "d2-w64-leakyrelu-groupnorm-avg",
+    "d4-w32-sigmoid-layernorm-none",
+)
 REFERENCE_POOLING = {"none": "none", "max": "maxpooling", "avg": "avgpooling"}
 
 
@@ -87,14 +91,16 @@ def pools(data: Dataset, idx: torch.Tensor) -> list[torch.Tensor]:
 
 def build_seeded(cid: str, problem: Problem, repeat: int = 0) -> torch.nn.Module:
     info = problem.data.info
-    return build(cid, info.channels, info.num_classes, info.image_size,
-                 seed=derive_seed(SEED, "candidate", cid, repeat)).to(problem.device)
+    return build(
+        cid, info.channels, info.num_classes, info.image_size, seed=derive_seed(SEED, "candidate", cid, repeat)
+    ).to(problem.device)
 
 
 def proxynas_single(cid: str, problem: Problem, epochs: int) -> float:
     net = build_seeded(cid, problem)
-    train_network(net, *problem.proxy, dataclasses.replace(problem.cfg, epochs=epochs),
-                  generator(SEED, "candidate-train", cid))
+    train_network(
+        net, *problem.proxy, dataclasses.replace(problem.cfg, epochs=epochs), generator(SEED, "candidate-train", cid)
+    )
     return accuracy(net, *problem.val, problem.data.normalise, problem.cfg.amp)
 
 
@@ -110,12 +116,26 @@ def reference_single(cid: str, problem: Problem, epochs: int) -> float:
     utils, info, c = problem.utils, problem.data.info, NetConfig.from_id(cid)
     with torch.random.fork_rng(devices=[]):  # the reference draws init and DSA from the global RNG
         torch.manual_seed(derive_seed(SEED, "reference", cid))
-        net = utils.ConvNet(info.channels, info.num_classes, c.width, c.depth, c.act, c.norm,
-                            REFERENCE_POOLING[c.pool], (info.image_size, info.image_size))
+        net = utils.ConvNet(
+            info.channels,
+            info.num_classes,
+            c.width,
+            c.depth,
+            c.act,
+            c.norm,
+            REFERENCE_POOLING[c.pool],
+            (info.image_size, info.image_size),
+        )
         args = types.SimpleNamespace(
-            lr_net=problem.cfg.lr, epoch_eval_train=epochs - 1, batch_train=BATCH, dsa=True,
-            dsa_strategy=problem.cfg.dsa_strategy, dsa_param=utils.ParamDiffAug(), device=str(problem.device),
-            dc_aug_param=None)
+            lr_net=problem.cfg.lr,
+            epoch_eval_train=epochs - 1,
+            batch_train=BATCH,
+            dsa=True,
+            dsa_strategy=problem.cfg.dsa_strategy,
+            dsa_param=utils.ParamDiffAug(),
+            device=str(problem.device),
+            dc_aug_param=None,
+        )
         val = TensorDataset(problem.data.normalise(problem.val[0]), problem.val[1])
         with contextlib.redirect_stdout(io.StringIO()):  # its one log line per call
             _, _, acc = utils.evaluate_synset(0, net, *problem.proxy, DataLoader(val, batch_size=BATCH), args)
@@ -136,11 +156,13 @@ def load_problem(args: argparse.Namespace, with_reference: bool) -> Problem:
     proxy_idx = sample_per_class(pools(data, split.train_idx), IPC, generator(SEED, "proxy")).flatten()
     val_idx = sample_per_class(pools(data, split.val_idx), VAL_PER_CLASS, generator(SEED, "val")).flatten()
     proxy = data.normalise(data.train.images[proxy_idx]).to(device), data.train.labels[proxy_idx].to(device)
-    cfg = TrainConfig(epochs=args.epochs, batch_size=BATCH, dsa_strategy=data.info.dsa_strategy, amp=args.amp,
-                      compile=args.compile)
+    cfg = TrainConfig(
+        epochs=args.epochs, batch_size=BATCH, dsa_strategy=data.info.dsa_strategy, amp=args.amp, compile=args.compile
+    )
     utils = _common.reference(quiet=True) if with_reference else None  # the main process says where it is
-    return Problem(data, proxy, (data.train.images[val_idx], data.train.labels[val_idx]), cfg, device,
-                   args.repeats, utils)
+    return Problem(
+        data, proxy, (data.train.images[val_idx], data.train.labels[val_idx]), cfg, device, args.repeats, utils
+    )
 
 
 # --- each path in a worker process of its own -----------------------------------------------
@@ -174,8 +196,13 @@ def main() -> None:
     ap.add_argument("--data-path", default="../shared/datasets/cifar10-jpeg.tar.gz")
     ap.add_argument("--epochs", type=int, default=10, help="docs/protocol.md §5: 200 (2 steps an epoch)")
     ap.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help="comma-separated ConvNet ids")
-    ap.add_argument("--spread", type=int, default=0, metavar="N",
-                    help="instead, N configurations spread over the 720-ConvNet space (every (720 // N - 1)-th id)")
+    ap.add_argument(
+        "--spread",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead, N configurations spread over the 720-ConvNet space (every (720 // N - 1)-th id)",
+    )
     ap.add_argument("--reps", type=int, default=2, help="times each configuration is timed on each path")
     ap.add_argument("--repeats", type=int, default=5, help="R of the repeats columns (0 skips them)")
     ap.add_argument("--amp", action="store_true", help="bf16 autocast on the proxynas paths")
@@ -195,12 +222,14 @@ def main() -> None:
     peak = _common.matmul_gflops(device, torch.bfloat16 if args.amp else torch.float32)
     info = load_dataset("cifar10", args.data_path).info
     steps = args.epochs * math.ceil(IPC * info.num_classes / BATCH)
-    print(f"matmul peak {peak:.0f} GFLOP/s ({'bf16' if args.amp else 'fp32'}); proxy {IPC * info.num_classes} "
-          f"images, val {VAL_PER_CLASS * info.num_classes}; {args.epochs} epochs x {steps // args.epochs} steps of "
-          f"batch {BATCH} (the reference: epoch_eval_train={args.epochs - 1}, i.e. the same {args.epochs} epochs); "
-          f"DSA {info.dsa_strategy}, one family per {TrainConfig().dsa_family}; proxynas "
-          f"{'bf16 autocast' if args.amp else 'fp32'}{', compiled' if args.compile else ''}; R = {args.repeats}; "
-          f"{args.reps} rep(s); each path in its own process; times include build + training + evaluation")
+    print(
+        f"matmul peak {peak:.0f} GFLOP/s ({'bf16' if args.amp else 'fp32'}); proxy {IPC * info.num_classes} "
+        f"images, val {VAL_PER_CLASS * info.num_classes}; {args.epochs} epochs x {steps // args.epochs} steps of "
+        f"batch {BATCH} (the reference: epoch_eval_train={args.epochs - 1}, i.e. the same {args.epochs} epochs); "
+        f"DSA {info.dsa_strategy}, one family per {TrainConfig().dsa_family}; proxynas "
+        f"{'bf16 autocast' if args.amp else 'fp32'}{', compiled' if args.compile else ''}; R = {args.repeats}; "
+        f"{args.reps} rep(s); each path in its own process; times include build + training + evaluation"
+    )
     print(f"configs ({len(sample)}): {' '.join(sample)}", flush=True)
 
     spawn = multiprocessing.get_context("spawn")
@@ -244,8 +273,10 @@ def measure(args: argparse.Namespace, sample: list[str], workers: dict[str, Proc
 
     totals = {p: [sum(t[k][r] for k in range(len(sample))) for r in range(args.reps)] for p, t in times.items()}
     single = statistics.fmean(totals["proxynas"])
-    print(f"proxynas  total {single:7.1f} s for {len(sample)} candidates ({3600 * len(sample) / single:.1f} per hour);"
-          f" per rep {[round(t, 1) for t in totals['proxynas']]}")
+    print(
+        f"proxynas  total {single:7.1f} s for {len(sample)} candidates ({3600 * len(sample) / single:.1f} per hour);"
+        f" per rep {[round(t, 1) for t in totals['proxynas']]}"
+    )
     if "reference" in totals:
         ref = statistics.fmean(totals["reference"])
         per_rep = [round(r / p, 2) for r, p in zip(totals["reference"], totals["proxynas"])]
@@ -253,8 +284,10 @@ def measure(args: argparse.Namespace, sample: list[str], workers: dict[str, Proc
     for name in ("sequential", "stacked", "auto"):
         if name in totals:
             mean = statistics.fmean(totals[name])
-            print(f"R{args.repeats} {name:<10} total {mean:7.1f} s = {mean / single:.2f}x one training "
-                  f"({mean / (args.repeats * single):.2f} of {args.repeats} x one)")
+            print(
+                f"R{args.repeats} {name:<10} total {mean:7.1f} s = {mean / single:.2f}x one training "
+                f"({mean / (args.repeats * single):.2f} of {args.repeats} x one)"
+            )
 
 
 if __name__ == "__main__":

@@ -6,14 +6,14 @@ forward, backward, the image update), interleaved iteration by iteration in rota
 order, so drift in a shared machine's load hits them alike. Each runs in a process of its
 own, as it would run alone: the reference with glibc's allocator as it is, proxynas with
 freed memory kept in the heap for the whole run, as ``condense()`` keeps it
-(``proxynas._allocator``); in one shared process one of them would be timed with the
+(``proxynas.runtime.allocator``); in one shared process one of them would be timed with the
 other's heap.
 
   reference          the loop body of VICO-UoE/DatasetCondensation main_DM.py (its
                      get_network, DiffAugment and ParamDiffAug, imported from the checkout
                      in $PROXYNAS_REFERENCE): one forward per class, real features
                      detached, one backward, ``loss.item()`` for its log
-  proxynas fp32      proxynas.condense._dm: the step plan measured on this device at
+  proxynas fp32      proxynas.core.condense._dm: the step plan measured on this device at
                      start-up (real images per forward, classes per forward, channels_last,
                      in-place activations, torch.compile; printed), then the run's iterations
   proxynas bf16      the same under bf16 autocast (the default on CUDA), planned separately
@@ -36,18 +36,18 @@ import logging
 import statistics
 import time
 
+import _common
 import numpy as np
 import torch
 
-import _common
-from proxynas import augment
-from proxynas._seeding import derive_seed, generator
-from proxynas.condense._base import CondenseConfig, Problem
-from proxynas.condense._dm import dm_loss_per_class, dm_step, plan_step
-from proxynas.condense._plan import Embedder
-from proxynas.condense._sampling import sample_per_class
-from proxynas.devices import slow_bf16
-from proxynas.networks import build, count_flops
+from proxynas.core import augment
+from proxynas.core.condense._base import CondenseConfig, Problem
+from proxynas.core.condense._dm import dm_loss_per_class, dm_step, plan_step
+from proxynas.core.condense._plan import Embedder
+from proxynas.core.condense._sampling import sample_per_class
+from proxynas.core.networks import build, count_flops
+from proxynas.runtime.devices import slow_bf16
+from proxynas.runtime.seeding import derive_seed, generator
 
 IPC, MODEL, SEED = 10, "ConvNet", 0
 
@@ -69,22 +69,28 @@ class Proxynas:
             self.plan, record = plan_step(problem, cfg, probe, self.syn, batch_real, info.dsa_strategy, amp, 20_000)
             self.embedder = Embedder(probe, self.plan)
             self.describe = f"plan: {self.plan.label()}; measured: " + json.dumps(
-                {k: round(v, 3) for k, v in record["seconds_per_step"].items()})
+                {k: round(v, 3) for k, v in record["seconds_per_step"].items()}
+            )
         else:
             self.plan = self.embedder = None
             self.describe = "one forward per class, graph kept for the synthetic images only"
 
     def net(self, it: int) -> torch.nn.Module:
         info = self.problem.dataset.info
-        return build(MODEL, info.channels, info.num_classes, info.image_size,
-                     seed=derive_seed(SEED, "dm-net", it)).to(self.problem.device).train()
+        return (
+            build(MODEL, info.channels, info.num_classes, info.image_size, seed=derive_seed(SEED, "dm-net", it))
+            .to(self.problem.device)
+            .train()
+        )
 
     def __call__(self, it: int) -> float:
         info, problem = self.problem.dataset.info, self.problem
         g = generator(SEED, "dm-iter", it)
         net = self.net(it).requires_grad_(False)
         idx = sample_per_class(problem.pools, self.batch_real, g)
-        params = augment.sample_params(info.dsa_strategy, info.num_classes, (info.image_size,) * 2, g).to(problem.device)
+        params = augment.sample_params(info.dsa_strategy, info.num_classes, (info.image_size,) * 2, g).to(
+            problem.device
+        )
         self.opt.zero_grad(set_to_none=True)
         if self.embedder is not None:
             loss = dm_step(self.embedder.load(net), problem, self.syn, self.classes, idx, params, self.plan, self.amp)
@@ -124,7 +130,7 @@ class Reference:
         loss = torch.tensor(0.0).to(self.device)
         for c in range(info.num_classes):
             img_real = self.get_images(c, self.batch_real)
-            img_syn = self.image_syn[c * IPC:(c + 1) * IPC]
+            img_syn = self.image_syn[c * IPC : (c + 1) * IPC]
             seed = int(time.time() * 1000) % 100000
             img_real = u.DiffAugment(img_real, info.dsa_strategy, seed=seed, param=self.param)
             img_syn = u.DiffAugment(img_syn, info.dsa_strategy, seed=seed, param=self.param)
@@ -155,9 +161,12 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     precision = ap.add_mutually_exclusive_group()
     precision.add_argument("--skip-bf16", action="store_true", help="leave out the bf16 row")
-    precision.add_argument("--bf16", action="store_true",
-                           help="run the bf16 row even where bf16 matmuls measure slower than fp32 (no bf16 units: "
-                                "by default it is left out there)")
+    precision.add_argument(
+        "--bf16",
+        action="store_true",
+        help="run the bf16 row even where bf16 matmuls measure slower than fp32 (no bf16 units: "
+        "by default it is left out there)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
@@ -175,21 +184,24 @@ def main() -> None:
     peaks = {"fp32": _common.matmul_gflops(device)}
     if not args.skip_bf16:
         peaks["bf16"] = _common.matmul_gflops(device, torch.bfloat16)
-    print(f"CIFAR-10 ipc {IPC}, {MODEL}, batch_real {args.batch_real}: {images} images forward, "
-          f"~{step_gflop:.1f} GFLOP per step; matmul peak " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()),
-          flush=True)
+    print(
+        f"CIFAR-10 ipc {IPC}, {MODEL}, batch_real {args.batch_real}: {images} images forward, "
+        f"~{step_gflop:.1f} GFLOP per step; matmul peak " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()),
+        flush=True,
+    )
 
     rows = {}
     if _common.reference() is not None:
         rows["reference fp32"] = functools.partial(reference_row, args.data_path, args.device, args.batch_real)
     rows["proxynas fp32"] = functools.partial(proxynas_row, args.data_path, args.device, args.batch_real, False, True)
     if not args.skip_bf16:
-        rows["proxynas bf16"] = functools.partial(proxynas_row, args.data_path, args.device, args.batch_real, True,
-                                                  True)
-    rows["per-class fp32"] = functools.partial(proxynas_row, args.data_path, args.device, args.batch_real, False,
-                                               False)
-    run = _common.interleaved(rows, device, args.warmup, args.iters,
-                              show=lambda name, text: print(f"  {name:<15} {text}", flush=True))
+        rows["proxynas bf16"] = functools.partial(
+            proxynas_row, args.data_path, args.device, args.batch_real, True, True
+        )
+    rows["per-class fp32"] = functools.partial(proxynas_row, args.data_path, args.device, args.batch_real, False, False)
+    run = _common.interleaved(
+        rows, device, args.warmup, args.iters, show=lambda name, text: print(f"  {name:<15} {text}", flush=True)
+    )
     times, losses = run.times, run.losses
 
     base = statistics.fmean(times["reference fp32"]) if "reference fp32" in times else None
@@ -197,9 +209,11 @@ def main() -> None:
         mean = statistics.fmean(times[name])
         peak = peaks["bf16" if "bf16" in name else "fp32"]
         speed = f"{base / mean:5.2f}x the reference" if base else "reference skipped"
-        print(f"{name:<15} {mean:7.3f} ± {statistics.pstdev(times[name]):.3f} s/iter  {speed}  "
-              f"{step_gflop / mean:7.1f} GFLOP/s ({100 * step_gflop / mean / peak:4.1f}% of {'bf16' if 'bf16' in name else 'fp32'} "
-              f"matmul peak)  losses {' '.join(f'{x:.4f}' for x in losses[name])}")
+        print(
+            f"{name:<15} {mean:7.3f} ± {statistics.pstdev(times[name]):.3f} s/iter  {speed}  "
+            f"{step_gflop / mean:7.1f} GFLOP/s ({100 * step_gflop / mean / peak:4.1f}% of {'bf16' if 'bf16' in name else 'fp32'} "
+            f"matmul peak)  losses {' '.join(f'{x:.4f}' for x in losses[name])}"
+        )
     want, got = losses["per-class fp32"], losses["proxynas fp32"]
     worst = max(abs(a - b) / abs(b) for a, b in zip(got, want))
     print(f"proxynas fp32 against its per-class formulation: largest relative loss difference {worst:.2e}")

@@ -18,7 +18,7 @@ from pathlib import Path
 import PIL
 import torch
 
-from proxynas.data import load_dataset
+from proxynas.core.data import load_dataset
 
 DEFAULT_TARBALL = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 
@@ -45,8 +45,10 @@ def main() -> None:
         first = _timed_load(args.tarball, cache_dir)
         cached = [_timed_load(args.tarball, cache_dir) for _ in range(args.repeats)]
     print(f"first load (decode + cache write): {first:.2f} s")
-    print(f"cached load: {statistics.mean(cached):.3f} ± {statistics.stdev(cached) if len(cached) > 1 else 0:.3f} s "
-          f"(mean ± std of {len(cached)}; max {max(cached):.3f} s)")
+    print(
+        f"cached load: {statistics.mean(cached):.3f} ± {statistics.stdev(cached) if len(cached) > 1 else 0:.3f} s "
+        f"(mean ± std of {len(cached)}; max {max(cached):.3f} s)"
+    )
 
 
 if __name__ == "__main__":

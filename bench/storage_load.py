@@ -40,8 +40,8 @@ import optuna
 import psycopg
 import sqlalchemy
 
-from proxynas.search_space import load_space
-from proxynas.study import CONFIG_KEY, open_grpc_storage
+from proxynas.nas.search_space import load_space
+from proxynas.nas.study import CONFIG_KEY, open_grpc_storage
 
 DEFAULT_DB = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 PROXYNAS = [sys.executable, "-m", "proxynas"]
@@ -82,8 +82,9 @@ class ConnectionSampler:
     def _run(self) -> None:
         with psycopg.connect(self._dsn, autocommit=True) as conn:
             while not self._stop.is_set():
-                (n,) = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
-                                    (self._name,)).fetchone()
+                (n,) = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (self._name,)
+                ).fetchone()
                 self.peak = max(self.peak, n)
                 self._stop.wait(self._every)
 
@@ -106,9 +107,25 @@ def free_port() -> int:
 def storage_server(db_url: str, *, threads: int = 8, heartbeat: int = 10, grace: int = 60) -> Iterator[str]:
     """A ``proxynas storage-server`` subprocess on ``db_url``; yields its grpc:// address once it answers."""
     port = free_port()
-    proc = subprocess.Popen([*PROXYNAS, "storage-server", "--storage", db_url, "--port", str(port), "--threads",
-                             str(threads), "--heartbeat", str(heartbeat), "--grace", str(grace)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            *PROXYNAS,
+            "storage-server",
+            "--storage",
+            db_url,
+            "--port",
+            str(port),
+            "--threads",
+            str(threads),
+            "--heartbeat",
+            str(heartbeat),
+            "--grace",
+            str(grace),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     address = f"grpc://127.0.0.1:{port}"
     try:
         open_grpc_storage(address, wait=60).close()
@@ -123,7 +140,8 @@ def storage_server(db_url: str, *, threads: int = 8, heartbeat: int = 10, grace:
 def count_once(db_url: str, study: str, ids: set[str]) -> tuple[int, int, int, float]:
     """(complete, duplicates, missing, trials per second) of a finished study."""
     trials = optuna.load_study(study_name=study, storage=db_url).get_trials(
-        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
+    )
     per_id = collections.Counter(t.user_attrs.get(CONFIG_KEY) for t in trials)
     duplicates = sum(n - 1 for n in per_id.values())
     missing = len(ids - set(per_id))
@@ -131,15 +149,29 @@ def count_once(db_url: str, study: str, ids: set[str]) -> tuple[int, int, int, f
     return len(trials), duplicates, missing, len(trials) / span if span > 0 else float("nan")
 
 
-def run_load(mode: str, workers: int, *, db_url: str = DEFAULT_DB, restrict: str | None = None,
-             threads: int = 8) -> LoadResult:
+def run_load(
+    mode: str, workers: int, *, db_url: str = DEFAULT_DB, restrict: str | None = None, threads: int = 8
+) -> LoadResult:
     """One load run (``mode`` "direct" or "grpc"); the study is deleted afterwards."""
     space = load_space(None)
     ids = {c.id for c in (space.restrict(restrict) if restrict else space).configs()}
     prefix = f"load-{uuid.uuid4().hex[:8]}-"
     study, watched = prefix + "params", tagged(db_url, prefix + mode)
-    argv = ["score", "--metrics", "params", "--dataset", "digits", "--study-prefix", prefix,
-            "--workers", str(workers), "--device", "cpu", "--quiet", *(["--restrict", restrict] if restrict else [])]
+    argv = [
+        "score",
+        "--metrics",
+        "params",
+        "--dataset",
+        "digits",
+        "--study-prefix",
+        prefix,
+        "--workers",
+        str(workers),
+        "--device",
+        "cpu",
+        "--quiet",
+        *(["--restrict", restrict] if restrict else []),
+    ]
     server = storage_server(watched, threads=threads) if mode == "grpc" else contextlib.nullcontext(watched)
     try:
         with server as url, ConnectionSampler(db_url, prefix + mode) as sampler:
@@ -152,8 +184,9 @@ def run_load(mode: str, workers: int, *, db_url: str = DEFAULT_DB, restrict: str
     finally:
         with contextlib.suppress(KeyError):
             optuna.delete_study(study_name=study, storage=db_url)
-    return LoadResult(mode, workers, len(ids), complete, duplicates, missing, round(wall, 1), round(rate, 2),
-                      sampler.peak)
+    return LoadResult(
+        mode, workers, len(ids), complete, duplicates, missing, round(wall, 1), round(rate, 2), sampler.peak
+    )
 
 
 def main() -> None:
@@ -166,16 +199,21 @@ def main() -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per run instead of a table row")
     args = p.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    print(f"# {time.strftime('%Y-%m-%d %H:%M')} on {platform.node()}, {os.cpu_count()} CPUs, "
-          f"optuna {optuna.__version__}", flush=True)
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M')} on {platform.node()}, {os.cpu_count()} CPUs, optuna {optuna.__version__}",
+        flush=True,
+    )
     for mode in args.modes:
         r = run_load(mode, args.workers, db_url=args.db, restrict=args.restrict, threads=args.threads)
         if args.json:
             print(json.dumps({**asdict(r), "exactly_once": r.exactly_once}), flush=True)
         else:
-            print(f"{r.mode:6} workers {r.workers}: {r.complete}/{r.configurations} complete, {r.duplicates} "
-                  f"duplicate, {r.missing} missing | {r.wall_s} s, {r.trials_per_s} trials/s | peak "
-                  f"{r.peak_connections} PostgreSQL connections", flush=True)
+            print(
+                f"{r.mode:6} workers {r.workers}: {r.complete}/{r.configurations} complete, {r.duplicates} "
+                f"duplicate, {r.missing} missing | {r.wall_s} s, {r.trials_per_s} trials/s | peak "
+                f"{r.peak_connections} PostgreSQL connections",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Seconds per condensation iteration: DM against its successors (M3D's MMD, factorised images).
 
 CIFAR-10, ipc 10, ConvNet (InstanceNorm), batch_real 64 by default, on the current
-device. Each row runs whole iterations as ``proxynas.condense._dm.match`` runs them (a
+device. Each row runs whole iterations as ``proxynas.core.condense._dm.match`` runs them (a
 fresh embedding network, the real batches and DSA draw of that iteration, forward,
 backward, the image update), with the same step plan (the memory rule, or ``--tune``:
 each row's own measured plan), interleaved iteration by iteration in rotating order so
@@ -26,18 +26,18 @@ import functools
 import logging
 import statistics
 
+import _common
 import torch
 
-import _common
-from proxynas import augment
-from proxynas._seeding import derive_seed, generator
-from proxynas.condense._base import CondenseConfig, Problem
-from proxynas.condense._dm import Loss, default_lr, dm_loss, dm_step, initial_images, plan_step
-from proxynas.condense._factor import decode
-from proxynas.condense._m3d import mmd_loss
-from proxynas.condense._plan import Embedder
-from proxynas.condense._sampling import sample_per_class
-from proxynas.networks import build
+from proxynas.core import augment
+from proxynas.core.condense._base import CondenseConfig, Problem
+from proxynas.core.condense._dm import Loss, default_lr, dm_loss, dm_step, initial_images, plan_step
+from proxynas.core.condense._factor import decode
+from proxynas.core.condense._m3d import mmd_loss
+from proxynas.core.condense._plan import Embedder
+from proxynas.core.condense._sampling import sample_per_class
+from proxynas.core.networks import build
+from proxynas.runtime.seeding import derive_seed, generator
 
 IPC, MODEL, SEED = 10, "ConvNet", 0
 ROWS = {"dm": ("dm", 1), "m3d": ("m3d", 1), "dm factor 2": ("dm", 2), "m3d factor 2": ("m3d", 2)}
@@ -49,8 +49,16 @@ class Row:
     def __init__(self, problem: Problem, method: str, loss: Loss, factor: int, batch_real: int, tune: bool) -> None:
         info = problem.dataset.info
         self.problem, self.loss, self.batch_real = problem, loss, batch_real
-        self.cfg = CondenseConfig(dataset="cifar10", method=method, ipc=IPC, model=MODEL, batch_real=batch_real,
-                                  seed=SEED, factor=factor, tune="yes" if tune else "no")
+        self.cfg = CondenseConfig(
+            dataset="cifar10",
+            method=method,
+            ipc=IPC,
+            model=MODEL,
+            batch_real=batch_real,
+            seed=SEED,
+            factor=factor,
+            tune="yes" if tune else "no",
+        )
         self.decode = None if factor == 1 else functools.partial(decode, size=info.image_size)
         self.classes = torch.arange(info.num_classes)
         self.syn = initial_images(problem, self.cfg).to(problem.device).requires_grad_(True)
@@ -61,15 +69,29 @@ class Row:
         # a key of its own in the plan cache: without --tune every row runs the memory rule's plan,
         # whatever a real run cached
         variant = {"bench": method} | ({"factor": factor} if factor > 1 else {})
-        self.plan, _ = plan_step(problem, self.cfg, probe, self.syn, batch_real, info.dsa_strategy, self.amp,
-                                 20_000, loss=loss, decode=self.decode, variant=variant)
+        self.plan, _ = plan_step(
+            problem,
+            self.cfg,
+            probe,
+            self.syn,
+            batch_real,
+            info.dsa_strategy,
+            self.amp,
+            20_000,
+            loss=loss,
+            decode=self.decode,
+            variant=variant,
+        )
         self.embedder = Embedder(probe, self.plan)
         self.describe = f"plan: {self.plan.label()}"
 
     def net(self, it: int) -> torch.nn.Module:
         info = self.problem.dataset.info
-        return build(MODEL, info.channels, info.num_classes, info.image_size,
-                     seed=derive_seed(SEED, "dm-net", it)).to(self.problem.device).train()
+        return (
+            build(MODEL, info.channels, info.num_classes, info.image_size, seed=derive_seed(SEED, "dm-net", it))
+            .to(self.problem.device)
+            .train()
+        )
 
     def __call__(self, it: int) -> float:
         info, problem = self.problem.dataset.info, self.problem
@@ -77,8 +99,18 @@ class Row:
         idx = sample_per_class(problem.pools, self.batch_real, g)
         params = augment.sample_params(info.dsa_strategy, info.num_classes, (info.image_size,) * 2, g)
         self.opt.zero_grad(set_to_none=True)
-        loss = dm_step(self.embedder.load(self.net(it)), problem, self.syn, self.classes, idx,
-                       params.to(problem.device), self.plan, self.amp, loss=self.loss, decode=self.decode)
+        loss = dm_step(
+            self.embedder.load(self.net(it)),
+            problem,
+            self.syn,
+            self.classes,
+            idx,
+            params.to(problem.device),
+            self.plan,
+            self.amp,
+            loss=self.loss,
+            decode=self.decode,
+        )
         self.opt.step()
         return float(loss)
 
@@ -102,20 +134,28 @@ def main() -> None:
     problem = _common.cifar10_problem(args.data_path, args.device)
     device, info = problem.device, problem.dataset.info
     print(_common.describe(device))
-    print(f"CIFAR-10 ipc {IPC}, {MODEL}, batch_real {args.batch_real}, DSA {info.dsa_strategy}, "
-          f"{args.warmup} warm-up + {args.iters} timed iterations per row", flush=True)
-    rows = {name: functools.partial(row, args.data_path, args.device, method, factor, args.batch_real, args.tune)
-            for name, (method, factor) in ROWS.items()}
-    run = _common.interleaved(rows, device, args.warmup, args.iters,
-                              show=lambda name, text: print(f"  {name:<13} {text}", flush=True))
+    print(
+        f"CIFAR-10 ipc {IPC}, {MODEL}, batch_real {args.batch_real}, DSA {info.dsa_strategy}, "
+        f"{args.warmup} warm-up + {args.iters} timed iterations per row",
+        flush=True,
+    )
+    rows = {
+        name: functools.partial(row, args.data_path, args.device, method, factor, args.batch_real, args.tune)
+        for name, (method, factor) in ROWS.items()
+    }
+    run = _common.interleaved(
+        rows, device, args.warmup, args.iters, show=lambda name, text: print(f"  {name:<13} {text}", flush=True)
+    )
     times, losses = run.times, run.losses
 
     base = statistics.fmean(times["dm"])
     for name in rows:
         mean = statistics.fmean(times[name])
         spread = statistics.pstdev(times[name])
-        print(f"{name:<13} {mean:7.3f} ± {spread:.3f} s/iter  {mean / base:5.2f}x DM  "
-              f"losses {' '.join(f'{x:.4f}' for x in losses[name])}")
+        print(
+            f"{name:<13} {mean:7.3f} ± {spread:.3f} s/iter  {mean / base:5.2f}x DM  "
+            f"losses {' '.join(f'{x:.4f}' for x in losses[name])}"
+        )
     for name, usage in run.usage.items():
         print(f"{name:<13} per iteration: {usage}")
     print("peak memory: " + "; ".join(f"{name} {peak}" for name, peak in run.peak_memory.items()))

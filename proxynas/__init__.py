@@ -2,6 +2,65 @@
 
 Condense a dataset with Distribution Matching, train candidate networks on the tiny
 proxy set, and measure with rank correlations how far the proxy ranking can be trusted.
+
+The package is layered, each layer importing only those below it::
+
+    cli        the command line (proxynas.cli)
+    analysis   rankings, statistics, plots, the dashboard
+    nas        search spaces, studies, sources, objectives, search, baselines
+    core       data, augmentation, networks, training, condensation, evaluation
+    runtime    registries, seeding, files, devices, progress, processes
+
+The public API below is importable from the root. It is loaded on first use, so that
+``import proxynas`` (and ``proxynas --help``) stays fast.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from proxynas.version import __version__
+
+if TYPE_CHECKING:
+    from proxynas.analysis.report import Report, build_report, write_report
+    from proxynas.core.condense import CondenseConfig, SyntheticSet, condense, merge
+    from proxynas.core.data import Dataset, load_dataset
+    from proxynas.core.evaluate import evaluate
+    from proxynas.core.networks import NetConfig, build
+    from proxynas.core.train import TrainConfig, train_network
+    from proxynas.exceptions import ProxyNASError
+    from proxynas.nas.search import SearchConfig, run_search
+    from proxynas.nas.search_space import SearchSpace, load_space
+
+_HOME = {  # public name -> the module that defines it
+    "Report": "proxynas.analysis.report",
+    "build_report": "proxynas.analysis.report",
+    "write_report": "proxynas.analysis.report",
+    "CondenseConfig": "proxynas.core.condense",
+    "SyntheticSet": "proxynas.core.condense",
+    "condense": "proxynas.core.condense",
+    "merge": "proxynas.core.condense",
+    "Dataset": "proxynas.core.data",
+    "load_dataset": "proxynas.core.data",
+    "evaluate": "proxynas.core.evaluate",
+    "NetConfig": "proxynas.core.networks",
+    "build": "proxynas.core.networks",
+    "TrainConfig": "proxynas.core.train",
+    "train_network": "proxynas.core.train",
+    "ProxyNASError": "proxynas.exceptions",
+    "SearchConfig": "proxynas.nas.search",
+    "run_search": "proxynas.nas.search",
+    "SearchSpace": "proxynas.nas.search_space",
+    "load_space": "proxynas.nas.search_space",
+}
+
+__all__ = ["__version__", *_HOME]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module 'proxynas' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOME[name]), name)
+    globals()[name] = value
+    return value

@@ -1,5 +1,5 @@
 """``python -m proxynas``: the command line without an installed entry point (a GPU box, say)."""
 
-from .cli import main
+from proxynas.cli import main
 
 raise SystemExit(main())

@@ -7,13 +7,19 @@ import signal
 import pytest
 import torch
 
-from proxynas.data import Dataset, DatasetInfo, Split
+from proxynas.core.data import Dataset, DatasetInfo, Split
 
 TINY_MODEL = "d2-w8-relu-instancenorm-avg"  # a ConvNet small enough for many iterations on CPU
 
 
-def make_dataset(num_classes: int = 3, per_class: int = 20, size: int = 16, channels: int = 3,
-                 test_per_class: int = 10, seed: int = 0) -> Dataset:
+def make_dataset(
+    num_classes: int = 3,
+    per_class: int = 20,
+    size: int = 16,
+    channels: int = 3,
+    test_per_class: int = 10,
+    seed: int = 0,
+) -> Dataset:
     """Classes that differ in mean brightness, so training on them can learn something."""
     g = torch.Generator().manual_seed(seed)
 
@@ -24,9 +30,16 @@ def make_dataset(num_classes: int = 3, per_class: int = 20, size: int = 16, chan
         images = (base.view(-1, 1, 1, 1) + noise).clamp(0, 255).to(torch.uint8)
         return Split(images, labels, num_classes)
 
-    info = DatasetInfo(name="tiny", channels=channels, image_size=size, num_classes=num_classes,
-                       class_names=tuple(f"c{i}" for i in range(num_classes)), mean=(0.5,) * channels,
-                       std=(0.25,) * channels, dsa_strategy="color_crop_cutout_flip_scale_rotate")
+    info = DatasetInfo(
+        name="tiny",
+        channels=channels,
+        image_size=size,
+        num_classes=num_classes,
+        class_names=tuple(f"c{i}" for i in range(num_classes)),
+        mean=(0.5,) * channels,
+        std=(0.25,) * channels,
+        dsa_strategy="color_crop_cutout_flip_scale_rotate",
+    )
     return Dataset(info, split(per_class), split(test_per_class), source="tests.conftest.make_dataset")
 
 

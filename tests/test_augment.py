@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from proxynas import augment as A
+from proxynas.core import augment as A
 from proxynas.exceptions import UnknownNameError, UsageError
 
 FAMILY_NAMES = list(A.FAMILIES)
@@ -349,8 +349,10 @@ def test_one_family_per_call_draws_every_family_across_calls():
 
 
 def test_one_family_per_call_uses_the_host_generator_for_the_family():
-    params = [A.sample_params(A.DEFAULT_STRATEGY, 4, (8, 8), gen(s), family_per="call", host_generator=gen(9))
-              for s in range(20)]
+    params = [
+        A.sample_params(A.DEFAULT_STRATEGY, 4, (8, 8), gen(s), family_per="call", host_generator=gen(9))
+        for s in range(20)
+    ]
     assert len({p.strategy for p in params}) == 1  # the family follows host_generator only
     assert len({tuple(p.values[p.strategy[0]].flatten().tolist()) for p in params}) > 1
 

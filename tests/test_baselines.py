@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from proxynas.baselines import select_configs
 from proxynas.cli import main
-from proxynas.data import load_dataset, train_val_split
+from proxynas.core.data import load_dataset, train_val_split
+from proxynas.core.train import TrainConfig, train_network
 from proxynas.exceptions import StudyError, UsageError
-from proxynas.search import SearchConfig, run_search
-from proxynas.study import CONFIG_KEY
-from proxynas.train import TrainConfig, train_network
+from proxynas.nas.baselines import select_configs
+from proxynas.nas.search import SearchConfig, run_search
+from proxynas.nas.study import CONFIG_KEY
 from tests.test_search import TINY_SPACE, completed_once, proxy  # noqa: F401  (fixture)
 
 
@@ -78,8 +78,17 @@ def test_whole_and_early_stop_baselines_fill_chosen_configs(tmp_path):
     digits = load_dataset("digits")
     n_train = len(train_val_split(digits.train.labels, 0.1, 0).train_idx)
     for kind, train in (("whole", TrainConfig(epochs=1, batch_size=250)), ("early-stop", TrainConfig(steps=2))):
-        cfg = SearchConfig(study=kind, baseline=kind, dataset="digits", configs=ids, storage=storage,
-                           space=str(space), train=train, device="cpu", repeats=1)
+        cfg = SearchConfig(
+            study=kind,
+            baseline=kind,
+            dataset="digits",
+            configs=ids,
+            storage=storage,
+            space=str(space),
+            train=train,
+            device="cpu",
+            repeats=1,
+        )
         assert run_search(cfg) == 2
         trials = completed_once(storage, kind, total=2)
         assert {t.user_attrs[CONFIG_KEY] for t in trials} == set(ids)
@@ -88,21 +97,58 @@ def test_whole_and_early_stop_baselines_fill_chosen_configs(tmp_path):
         # the real protocol: the steps one training runs, epochs only where they define them, the DSA used
         assert attrs["protocol"]["dsa_strategy"] == digits.info.dsa_strategy
         assert (attrs["protocol"]["epochs"], attrs["protocol"]["steps"]) == {
-            "whole": (1, math.ceil(n_train / 250)), "early-stop": (None, 2)}[kind]
+            "whole": (1, math.ceil(n_train / 250)),
+            "early-stop": (None, 2),
+        }[kind]
     with pytest.raises(StudyError, match="not in the space"):
-        run_search(SearchConfig(study="x", baseline="whole", dataset="digits", configs=("d9-w1-relu-none-avg",),
-                                storage=storage, space=str(space), device="cpu"))
+        run_search(
+            SearchConfig(
+                study="x",
+                baseline="whole",
+                dataset="digits",
+                configs=("d9-w1-relu-none-avg",),
+                storage=storage,
+                space=str(space),
+                device="cpu",
+            )
+        )
 
 
 def test_baseline_command_top_of_a_proxy_study(capsys, tmp_path, proxy):  # noqa: F811
     space = tmp_path / "tiny.toml"
     space.write_text(TINY_SPACE)
     storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    common = ["--storage", storage, "--space", str(space), "--epochs", "1", "--repeats", "2", "--device", "cpu",
-              "--quiet"]
+    common = [
+        "--storage",
+        storage,
+        "--space",
+        str(space),
+        "--epochs",
+        "1",
+        "--repeats",
+        "2",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     assert main(["search", "--proxy", str(proxy), "--study", "rnd", *common]) == 0
-    assert main(["baseline", "--kind", "whole", "--dataset", "digits", "--study", "whole",
-                 "--configs", "top:rnd:2", *common]) == 0
+    assert (
+        main(
+            [
+                "baseline",
+                "--kind",
+                "whole",
+                "--dataset",
+                "digits",
+                "--study",
+                "whole",
+                "--configs",
+                "top:rnd:2",
+                *common,
+            ]
+        )
+        == 0
+    )
     whole = optuna.load_study(study_name="whole", storage=storage)
     assert len(whole.trials) == 2 and {t.user_attrs["repeats"] for t in whole.trials} == {2}
     assert whole.user_attrs["command"].startswith("proxynas baseline --kind whole --dataset digits --study whole")
@@ -114,13 +160,35 @@ def test_score_command_writes_one_study_per_zero_cost_proxy(tmp_path, caplog):
     space = tmp_path / "tiny.toml"
     space.write_text(TINY_SPACE)
     storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    assert main(["score", "--dataset", "digits", "--metrics", "naswot,grad_norm", "--batch-size", "8",
-                 "--study-prefix", "zc-", "--storage", storage, "--space", str(space), "--device", "cpu",
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--dataset",
+                "digits",
+                "--metrics",
+                "naswot,grad_norm",
+                "--batch-size",
+                "8",
+                "--study-prefix",
+                "zc-",
+                "--storage",
+                storage,
+                "--space",
+                str(space),
+                "--device",
+                "cpu",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     for metric in ("naswot", "grad_norm"):
         study = optuna.load_study(study_name=f"zc-{metric}", storage=storage)
         assert study.user_attrs["kind"] == "zero-cost" and study.user_attrs["method"] == metric
         completed_once(storage, f"zc-{metric}", total=4)
         best = f"best {study.best_value:.4g} ("  # a score, not shown as a percentage
-        assert any(f" zc-{metric} 4/4 (100%) done" in r.getMessage() and best in r.getMessage()  # after a timestamp
-                   for r in caplog.records)
+        assert any(
+            f" zc-{metric} 4/4 (100%) done" in r.getMessage() and best in r.getMessage()  # after a timestamp
+            for r in caplog.records
+        )

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from proxynas import __version__
 from proxynas.cli import COMMANDS, build_parser, main
-from proxynas.condense import SyntheticSet, checkpoint_path
+from proxynas.core.condense import SyntheticSet, checkpoint_path
 from proxynas.exceptions import UsageError
+from proxynas.version import __version__
 from tests.conftest import TINY_MODEL, ctrl_c_default
 
 
@@ -52,15 +52,31 @@ def test_version_and_help(capsys):
 
 def test_condense_then_evaluate_on_digits(capsys, tmp_path):
     out = tmp_path / "dm.safetensors"
-    code, stdout, _ = run_cli(capsys, "condense", "--dataset", "digits", "--ipc", "2", "--model", TINY_MODEL,
-                              "--iterations", "3", "--real-batch-size", "8", "--out", out, "--quiet", "--device", "cpu")
+    code, stdout, _ = run_cli(
+        capsys,
+        "condense",
+        "--dataset",
+        "digits",
+        "--ipc",
+        "2",
+        "--model",
+        TINY_MODEL,
+        "--iterations",
+        "3",
+        "--real-batch-size",
+        "8",
+        "--out",
+        out,
+        "--quiet",
+        "--device",
+        "cpu",
+    )
     assert code == 0 and "wrote" in stdout
     syn = SyntheticSet.load(out)
     assert syn.images.shape == (20, 1, 32, 32) and syn.meta["dataset"]["name"] == "digits"
     assert out.with_suffix(".png").exists()
 
-    code, stdout, _ = run_cli(capsys, "evaluate", out, "--epochs", "2", "--num-nets", "2", "--quiet",
-                              "--device", "cpu")
+    code, stdout, _ = run_cli(capsys, "evaluate", out, "--epochs", "2", "--num-nets", "2", "--quiet", "--device", "cpu")
     assert code == 0 and "test accuracy" in stdout
     result = json.loads((tmp_path / f"dm.eval-{TINY_MODEL}.json").read_text())
     assert len(result["accuracies"]) == 2 and 0.0 <= result["mean"] <= 1.0
@@ -68,32 +84,61 @@ def test_condense_then_evaluate_on_digits(capsys, tmp_path):
 
 
 def test_sharded_condense_and_merge(capsys, tmp_path):
-    common = ["condense", "--dataset", "digits", "--ipc", "1", "--model", TINY_MODEL, "--iterations", "2",
-              "--real-batch-size", "4", "--quiet", "--device", "cpu"]
+    common = [
+        "condense",
+        "--dataset",
+        "digits",
+        "--ipc",
+        "1",
+        "--model",
+        TINY_MODEL,
+        "--iterations",
+        "2",
+        "--real-batch-size",
+        "4",
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
     for i in (1, 2):
         assert run_cli(capsys, *common, "--classes", f"{i}/2", "--out", tmp_path / f"p{i}.safetensors")[0] == 0
-    code, stdout, _ = run_cli(capsys, "condense", "merge", tmp_path / "p1.safetensors", tmp_path / "p2.safetensors",
-                              "--out", tmp_path / "all.safetensors")
+    code, stdout, _ = run_cli(
+        capsys,
+        "condense",
+        "merge",
+        tmp_path / "p1.safetensors",
+        tmp_path / "p2.safetensors",
+        "--out",
+        tmp_path / "all.safetensors",
+    )
     assert code == 0 and "10 images" in stdout
     assert SyntheticSet.load(tmp_path / "all.safetensors").labels.tolist() == list(range(10))
     code, stdout, _ = run_cli(capsys, *common, "--workers", "2", "--out", tmp_path / "parallel.safetensors")
     assert code == 0 and "10 images" in stdout
-    torch.testing.assert_close(SyntheticSet.load(tmp_path / "parallel.safetensors").images,
-                               SyntheticSet.load(tmp_path / "all.safetensors").images, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        SyntheticSet.load(tmp_path / "parallel.safetensors").images,
+        SyntheticSet.load(tmp_path / "all.safetensors").images,
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
-@pytest.mark.parametrize("argv,code,fragments", [
-    (["--ipc", "0"], 2, ["--ipc must be at least 1"]),
-    (["--ipc", "400"], 2, ["larger than the smallest class", "--ipc 125 or less"]),  # 139 less the 10% hold-out
-    (["--model", "NoSuchNet", "--iterations", "1"], 2, ["unknown network 'NoSuchNet'", "ConvNetBN"]),
-    (["--classes", "9/3"], 2, ["--classes '9/3' is not valid"]),
-    (["--workers", "0"], 2, ["--workers must be at least 1"]),
-    (["--workers", "2", "--method", "dsa"], 2, ["--method dsa cannot be split into class shards"]),
-    (["--devices", "cpu", "--device", "cpu"], 2, ["not both"]),
-])
+@pytest.mark.parametrize(
+    "argv,code,fragments",
+    [
+        (["--ipc", "0"], 2, ["--ipc must be at least 1"]),
+        (["--ipc", "400"], 2, ["larger than the smallest class", "--ipc 125 or less"]),  # 139 less the 10% hold-out
+        (["--model", "NoSuchNet", "--iterations", "1"], 2, ["unknown network 'NoSuchNet'", "ConvNetBN"]),
+        (["--classes", "9/3"], 2, ["--classes '9/3' is not valid"]),
+        (["--workers", "0"], 2, ["--workers must be at least 1"]),
+        (["--workers", "2", "--method", "dsa"], 2, ["--method dsa cannot be split into class shards"]),
+        (["--devices", "cpu", "--device", "cpu"], 2, ["not both"]),
+    ],
+)
 def test_condense_bad_input(capsys, tmp_path, argv, code, fragments):
-    got, _, err = run_cli(capsys, "condense", "--dataset", "digits", "--out", tmp_path / "x.safetensors",
-                          "--quiet", *argv)
+    got, _, err = run_cli(
+        capsys, "condense", "--dataset", "digits", "--out", tmp_path / "x.safetensors", "--quiet", *argv
+    )
     assert got == code
     assert_one_line_error(err, *fragments)
     assert not (tmp_path / "x.safetensors").exists()
@@ -150,15 +195,32 @@ def test_evaluate_refuses_foreign_and_unreadable_files(capsys, tmp_path):
 def test_kill_9_then_resume_completes_with_the_uninterrupted_result(tmp_path):
     """A real process killed with SIGKILL mid-run, then --resume, ends where a straight run ends."""
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
-    argv = [sys.executable, "-m", "proxynas.cli", "condense", "--dataset", "digits", "--ipc", "2", "--model",
-            TINY_MODEL, "--iterations", "150", "--real-batch-size", "8", "--checkpoint-every", "10", "--quiet",
-            "--device", "cpu"]
+    argv = [
+        sys.executable,
+        "-m",
+        "proxynas",
+        "condense",
+        "--dataset",
+        "digits",
+        "--ipc",
+        "2",
+        "--model",
+        TINY_MODEL,
+        "--iterations",
+        "150",
+        "--real-batch-size",
+        "8",
+        "--checkpoint-every",
+        "10",
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
     straight = tmp_path / "straight.safetensors"
     subprocess.run(argv + ["--out", str(straight)], env=env, check=True, capture_output=True)
 
     out = tmp_path / "killed.safetensors"
-    proc = subprocess.Popen(argv + ["--out", str(out)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv + ["--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not checkpoint_path(out).exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -178,11 +240,18 @@ def test_kill_9_then_resume_completes_with_the_uninterrupted_result(tmp_path):
 def test_quickstart_runs_end_to_end_and_resumes_after_an_interruption(tmp_path):
     import optuna
 
-    from proxynas.quickstart import QuickstartPlan, run_quickstart
+    from proxynas.cli.quickstart import QuickstartPlan, run_quickstart
 
-    plan = QuickstartPlan(out=tmp_path / "qs", ipc=2, dm_iterations=4, batch_real=8, proxy_epochs=2,
-                          whole_epochs=1, restrict="depth=1;width=32;act=relu;norm=none,instancenorm;pool=avg",
-                          device="cpu")
+    plan = QuickstartPlan(
+        out=tmp_path / "qs",
+        ipc=2,
+        dm_iterations=4,
+        batch_real=8,
+        proxy_epochs=2,
+        whole_epochs=1,
+        restrict="depth=1;width=32;act=relu;norm=none,instancenorm;pool=avg",
+        device="cpu",
+    )
 
     def stop_before_whole(stage: str) -> None:
         if stage == "baseline whole":
@@ -224,28 +293,46 @@ def test_space_show_prints_size_and_counts(capsys):
 def test_report_with_a_bad_top_is_one_line(capsys, tmp_path):
     db = tmp_path / "db.sqlite"
     db.touch()  # exists, so only --top can be wrong
-    code, out, err = run_cli(capsys, "report", "--storage", f"sqlite:///{db}", "--proxy", "dm", "--whole", "whole",
-                             "--top", "abc", "--out", tmp_path / "report")
+    code, out, err = run_cli(
+        capsys,
+        "report",
+        "--storage",
+        f"sqlite:///{db}",
+        "--proxy",
+        "dm",
+        "--whole",
+        "whole",
+        "--top",
+        "abc",
+        "--out",
+        tmp_path / "report",
+    )
     assert code == UsageError.exit_code and "Traceback" not in out + err
     assert "top must be a fraction" in err and "'abc'" in err
     assert not (tmp_path / "report").exists()
 
 
-@pytest.mark.parametrize("command,argv,fragments", [
-    ("search", ["--repeats", "0"], ["--repeats must be at least 1", "not 0"]),
-    ("baseline", ["--repeats", "-1"], ["--repeats must be at least 1"]),
-    ("search", ["--devices", "cuda:0"], ["--devices 'cuda:0' asks for CUDA", "torch sees no CUDA GPU"]),
-    ("score", ["--devices", "0,1"], ["--devices '0,1' asks for CUDA"]),
-    ("search", ["--device", "cpu", "--devices", "cpu"], ["give --device", "or --devices", "not both"]),
-    ("search", ["--workers", "0", "--device", "cpu"], ["--workers must be at least 1"]),
-])
-def test_repeats_and_devices_are_checked_before_any_study_exists(capsys, tmp_path, monkeypatch, command, argv,
-                                                                 fragments):
+@pytest.mark.parametrize(
+    "command,argv,fragments",
+    [
+        ("search", ["--repeats", "0"], ["--repeats must be at least 1", "not 0"]),
+        ("baseline", ["--repeats", "-1"], ["--repeats must be at least 1"]),
+        ("search", ["--devices", "cuda:0"], ["--devices 'cuda:0' asks for CUDA", "torch sees no CUDA GPU"]),
+        ("score", ["--devices", "0,1"], ["--devices '0,1' asks for CUDA"]),
+        ("search", ["--device", "cpu", "--devices", "cpu"], ["give --device", "or --devices", "not both"]),
+        ("search", ["--workers", "0", "--device", "cpu"], ["--workers must be at least 1"]),
+    ],
+)
+def test_repeats_and_devices_are_checked_before_any_study_exists(
+    capsys, tmp_path, monkeypatch, command, argv, fragments
+):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU machine
     db = tmp_path / "db.sqlite"
-    source = {"search": ["--proxy", tmp_path / "p.safetensors", "--study", "s"],
-              "baseline": ["--kind", "whole", "--dataset", "digits", "--study", "s"],
-              "score": ["--dataset", "digits"]}[command]
+    source = {
+        "search": ["--proxy", tmp_path / "p.safetensors", "--study", "s"],
+        "baseline": ["--kind", "whole", "--dataset", "digits", "--study", "s"],
+        "score": ["--dataset", "digits"],
+    }[command]
     code, _, err = run_cli(capsys, command, *source, "--storage", f"sqlite:///{db}", *argv, "--quiet")
     assert code == UsageError.exit_code
     assert_one_line_error(err, *fragments)
@@ -276,8 +363,12 @@ def _subparsers(parser):
 
 
 def test_every_flag_of_every_command_has_a_help_text():
-    missing = [f"{prog} {'/'.join(a.option_strings) or a.dest}" for prog, p in _subparsers(build_parser())
-               for a in p._actions if not a.help and not isinstance(a, argparse._SubParsersAction)]
+    missing = [
+        f"{prog} {'/'.join(a.option_strings) or a.dest}"
+        for prog, p in _subparsers(build_parser())
+        for a in p._actions
+        if not a.help and not isinstance(a, argparse._SubParsersAction)
+    ]
     assert missing == []
 
 
@@ -313,20 +404,29 @@ def test_every_example_parses(cmd):
 
 def test_default_output_name_is_the_one_the_help_states():
     from proxynas.cli import default_name
-    from proxynas.condense import CondenseConfig
+    from proxynas.core.condense import CondenseConfig
 
     assert default_name(CondenseConfig(dataset="digits")) == "digits-dm-ipc10-ConvNet-s0.safetensors"
 
 
-@pytest.mark.parametrize("argv,old,new,dest,value", [
-    (["evaluate", "p.safetensors", "--batch", "32"], "--batch", "--batch-size", "batch_size", 32),
-    (["search", "--proxy", "p", "--study", "s", "--batch", "50"], "--batch", "--batch-size", "batch_size", 50),
-    (["score", "--dataset", "digits", "--minibatch", "8"], "--minibatch", "--batch-size", "batch_size", 8),
-    (["condense", "--batch-real", "16"], "--batch-real", "--real-batch-size", "real_batch_size", 16),
-    (["report", "--proxy", "dm", "rnd", "--whole", "w"], "--proxy", "--proxy-studies", "proxy_studies", ["dm", "rnd"]),
-    (["report", "--proxy-studies", "dm", "--whole", "w", "--out", "r"], "--out", "--out-dir", "out_dir", Path("r")),
-    (["quickstart", "--out", "q"], "--out", "--out-dir", "out_dir", Path("q")),
-])
+@pytest.mark.parametrize(
+    "argv,old,new,dest,value",
+    [
+        (["evaluate", "p.safetensors", "--batch", "32"], "--batch", "--batch-size", "batch_size", 32),
+        (["search", "--proxy", "p", "--study", "s", "--batch", "50"], "--batch", "--batch-size", "batch_size", 50),
+        (["score", "--dataset", "digits", "--minibatch", "8"], "--minibatch", "--batch-size", "batch_size", 8),
+        (["condense", "--batch-real", "16"], "--batch-real", "--real-batch-size", "real_batch_size", 16),
+        (
+            ["report", "--proxy", "dm", "rnd", "--whole", "w"],
+            "--proxy",
+            "--proxy-studies",
+            "proxy_studies",
+            ["dm", "rnd"],
+        ),
+        (["report", "--proxy-studies", "dm", "--whole", "w", "--out", "r"], "--out", "--out-dir", "out_dir", Path("r")),
+        (["quickstart", "--out", "q"], "--out", "--out-dir", "out_dir", Path("q")),
+    ],
+)
 def test_renamed_flags_still_work_and_say_what_replaced_them(capsys, argv, old, new, dest, value):
     args = build_parser().parse_args(argv)
     assert getattr(args, dest) == value
@@ -342,11 +442,17 @@ def test_renamed_flags_still_work_and_say_what_replaced_them(capsys, argv, old, 
 def test_renamed_flag_keeps_the_new_default_when_unused():
     assert build_parser().parse_args(["evaluate", "p"]).batch_size == 256
     assert build_parser().parse_args(["report", "--proxy-studies", "dm", "--whole", "w"]).out_dir == Path(
-        "results/report")
+        "results/report"
+    )
 
 
-@pytest.mark.parametrize("argv", [["search", "--proxy", "p", "--study", "s"],
-                                  ["baseline", "--kind", "whole", "--dataset", "digits", "--study", "w"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["search", "--proxy", "p", "--study", "s"],
+        ["baseline", "--kind", "whole", "--dataset", "digits", "--study", "w"],
+    ],
+)
 def test_compile_flag_reaches_the_training_config(argv):
     cmd = COMMANDS[argv[0]]
     for flags, want in (([], False), (["--compile"], True)):
@@ -358,7 +464,7 @@ def test_compile_flag_reaches_the_training_config(argv):
 def test_condense_defaults_give_a_proxy_set_that_search_accepts(capsys, tmp_path, monkeypatch):
     """The default condense output holds the validation split out, so search takes it as it is."""
     from proxynas.exceptions import StudyError
-    from proxynas.sources import proxy_source
+    from proxynas.nas.sources import proxy_source
 
     monkeypatch.chdir(tmp_path)
     code, stdout, _ = run_cli(capsys, "condense", "--method", "random", "--ipc", "1", "--quiet")
@@ -379,7 +485,7 @@ def _condensed(capsys, tmp_path, *argv) -> Path:
 
 
 def test_outputs_follow_the_umask_and_carry_a_config_that_round_trips(capsys, tmp_path):
-    from proxynas.condense import CondenseConfig, config_path
+    from proxynas.core.condense import CondenseConfig, config_path
 
     old = os.umask(0o022)
     try:
@@ -397,8 +503,9 @@ def test_outputs_follow_the_umask_and_carry_a_config_that_round_trips(capsys, tm
     assert "--seed 3" in config["command"] and config["seed"] == 3 and syn.meta["command"] == config["command"]
     assert CondenseConfig.from_dict(config["config"]) == CondenseConfig.from_dict(syn.meta["config"])
     assert config["dataset"] == syn.meta["dataset"] and config["versions"]["torch"] == torch.__version__
-    assert {k: v for k, v in config.items() if k != "file"} == {k: v for k, v in syn.meta.items()
-                                                                if k not in ("loss_curve", "selected_indices")}
+    assert {k: v for k, v in config.items() if k != "file"} == {
+        k: v for k, v in syn.meta.items() if k not in ("loss_curve", "selected_indices")
+    }
 
 
 def test_datasets_and_networks_list_without_building_anything(capsys):
@@ -412,8 +519,8 @@ def test_datasets_and_networks_list_without_building_anything(capsys):
 
 
 def test_space_show_lists_every_axis_and_a_sample_that_covers_it(capsys):
-    from proxynas.networks import NetConfig
-    from proxynas.search_space import load_space
+    from proxynas.core.networks import NetConfig
+    from proxynas.nas.search_space import load_space
 
     code, stdout, _ = run_cli(capsys, "space", "show", "--sample", "5")
     assert code == 0 and "none, batchnorm, layernorm, instancenorm, groupnorm" in stdout
@@ -427,11 +534,33 @@ def test_space_show_lists_every_axis_and_a_sample_that_covers_it(capsys):
 def test_progress_lines_reach_a_redirected_log_while_the_run_is_going(tmp_path):
     """A real condense with stderr to a pipe: timestamped lines with the count and an ETA, before it ends."""
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "proxynas.cli", "condense", "--ipc", "1", "--model", TINY_MODEL,
-                             "--iterations", "100000", "--real-batch-size", "4", "--tune", "no", "--device", "cpu",
-                             "--out",
-                             str(tmp_path / "p.safetensors")], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_default)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "proxynas",
+            "condense",
+            "--ipc",
+            "1",
+            "--model",
+            TINY_MODEL,
+            "--iterations",
+            "100000",
+            "--real-batch-size",
+            "4",
+            "--tune",
+            "no",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "p.safetensors"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=ctrl_c_default,
+    )
     try:
         lines = []
         while not any(" 1/100000 " in line for line in lines):
@@ -440,8 +569,11 @@ def test_progress_lines_reach_a_redirected_log_while_the_run_is_going(tmp_path):
             lines.append(line)
         assert proc.poll() is None  # still running: the line came while it runs, not at exit
         first = lines[-1].rstrip("\n")
-        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d condense dm 1/100000 \(0%\) loss \d+\.\d{4} "
-                            r"\| elapsed \d+:\d\d:\d\d \| ETA \d+:\d\d:\d\d", first), first
+        assert re.fullmatch(
+            r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d condense dm 1/100000 \(0%\) loss \d+\.\d{4} "
+            r"\| elapsed \d+:\d\d:\d\d \| ETA \d+:\d\d:\d\d",
+            first,
+        ), first
         proc.send_signal(signal.SIGINT)
         rest = proc.communicate(timeout=120)[1]
     finally:
@@ -451,7 +583,7 @@ def test_progress_lines_reach_a_redirected_log_while_the_run_is_going(tmp_path):
 
 
 def test_a_command_without_resume_never_advises_it(capsys, monkeypatch):
-    from proxynas import networks
+    from proxynas.core import networks
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt

@@ -9,13 +9,21 @@ import pytest
 import torch
 from torch import nn
 
-from proxynas import _allocator as allocator
-from proxynas.condense import (CondenseConfig, SyntheticSet, checkpoint_path, condense, dm_loss,
-                               dm_loss_per_class, merge, parse_classes)
-from proxynas.condense._base import Checkpoint
-from proxynas.condense._coreset import herd
+from proxynas.core.condense import (
+    CondenseConfig,
+    SyntheticSet,
+    checkpoint_path,
+    condense,
+    dm_loss,
+    dm_loss_per_class,
+    merge,
+    parse_classes,
+)
+from proxynas.core.condense._base import Checkpoint
+from proxynas.core.condense._coreset import herd
+from proxynas.core.networks import build
 from proxynas.exceptions import ArtifactError, OutputExistsError, UsageError
-from proxynas.networks import build
+from proxynas.runtime import allocator
 from tests.conftest import TINY_MODEL, make_dataset
 
 
@@ -68,14 +76,19 @@ def test_dm_loss_decreases_on_a_small_problem(tiny, tmp_path):
 def test_condensation_keeps_the_heap_while_it_runs_and_undoes_it_after(tiny, tmp_path):
     seen = []
     cfg = CondenseConfig(ipc=1, model=TINY_MODEL, iterations=3, batch_real=4, init="noise", seed=0)
-    condense(cfg, tmp_path / "p.safetensors", dataset=tiny, device="cpu",
-             report=lambda done, total, value: seen.append(allocator._users))
+    condense(
+        cfg,
+        tmp_path / "p.safetensors",
+        dataset=tiny,
+        device="cpu",
+        report=lambda done, total, value: seen.append(allocator._users),
+    )
     assert seen and set(seen) == {1}
     assert allocator._users == 0
 
 
 def test_batchnorm_embedding_sees_every_class_in_one_batch(tiny, tmp_path, monkeypatch):
-    import proxynas.condense._dm as dm
+    import proxynas.core.condense._dm as dm
 
     seen: list[int] = []
 
@@ -87,8 +100,9 @@ def test_batchnorm_embedding_sees_every_class_in_one_batch(tiny, tmp_path, monke
         return net
 
     monkeypatch.setattr(dm, "build", build_recording)
-    cfg = CondenseConfig(ipc=2, model="d1-w8-relu-batchnorm-avg", iterations=2, batch_real=5,
-                         memory_budget=1)  # a budget that would force one class per chunk without BN
+    cfg = CondenseConfig(
+        ipc=2, model="d1-w8-relu-batchnorm-avg", iterations=2, batch_real=5, memory_budget=1
+    )  # a budget that would force one class per chunk without BN
     syn = condense(cfg, tmp_path / "bn.safetensors", dataset=tiny, device="cpu")
     assert syn.meta["embedding_uses_batch_stats"] is True
     # per iteration: all 3 classes x 5 real images in one batch, then 3 x 2 synthetic ones
@@ -98,8 +112,9 @@ def test_batchnorm_embedding_sees_every_class_in_one_batch(tiny, tmp_path, monke
 def test_chunking_classes_does_not_change_instancenorm_result(tiny, tmp_path):
     cfg = CondenseConfig(ipc=2, model=TINY_MODEL, iterations=5, batch_real=8)
     whole = condense(cfg, tmp_path / "a.safetensors", dataset=tiny, device="cpu")
-    chunked = condense(CondenseConfig(**{**cfg.to_dict(), "memory_budget": 1}), tmp_path / "b.safetensors",
-                       dataset=tiny, device="cpu")
+    chunked = condense(
+        CondenseConfig(**{**cfg.to_dict(), "memory_budget": 1}), tmp_path / "b.safetensors", dataset=tiny, device="cpu"
+    )
     assert torch.allclose(whole.images, chunked.images, atol=1e-5)
 
 
@@ -108,8 +123,10 @@ def test_herding_selects_what_brute_force_greedy_selects():
     target = feats.mean(0)
     chosen: list[int] = []
     for _ in range(4):  # at each step, try every unused row by hand
-        best = min((i for i in range(9) if i not in chosen),
-                   key=lambda i: float(((target - feats[chosen + [i]].mean(0)) ** 2).sum()))
+        best = min(
+            (i for i in range(9) if i not in chosen),
+            key=lambda i: float(((target - feats[chosen + [i]].mean(0)) ** 2).sum()),
+        )
         chosen.append(best)
     assert herd(feats, 4).tolist() == chosen
 
@@ -158,6 +175,7 @@ def test_excluded_validation_split_is_never_used(tiny, tmp_path):
 
 def interrupt_at(iteration: int, cfg: CondenseConfig, out, data) -> None:
     """Run ``cfg`` into ``out`` and Ctrl-C it when ``iteration`` is reported; leaves the checkpoint."""
+
     def interrupt(done, total, loss):
         if done == iteration:
             raise KeyboardInterrupt
@@ -189,8 +207,9 @@ def test_resume_with_other_settings_is_refused(tiny, tmp_path):
 
 def test_resume_may_change_the_iteration_count(tiny, tmp_path):
     cfg = CondenseConfig(ipc=2, model=TINY_MODEL, iterations=20, batch_real=4, checkpoint_every=2)
-    short = condense(CondenseConfig(**{**cfg.to_dict(), "iterations": 12}), tmp_path / "short.safetensors",
-                     dataset=tiny)
+    short = condense(
+        CondenseConfig(**{**cfg.to_dict(), "iterations": 12}), tmp_path / "short.safetensors", dataset=tiny
+    )
     out = tmp_path / "p.safetensors"
     interrupt_at(10, cfg, out, tiny)
     with pytest.raises(UsageError, match="at iteration 10, beyond --iterations 9; pass --iterations 10"):
@@ -213,8 +232,9 @@ def test_checkpoints_are_due_by_iteration_count_or_by_the_clock(tmp_path):
 
 def test_a_run_saves_when_the_minutes_are_up(tiny, tmp_path):
     # DSA reports every iteration, before that iteration's checkpoint is written
-    cfg = CondenseConfig(method="dsa", ipc=1, model=TINY_MODEL, iterations=4, batch_real=4,
-                         checkpoint_every=1000, checkpoint_minutes=0)
+    cfg = CondenseConfig(
+        method="dsa", ipc=1, model=TINY_MODEL, iterations=4, batch_real=4, checkpoint_every=1000, checkpoint_minutes=0
+    )
     out, seen = tmp_path / "p.safetensors", []
 
     def look(done, total, loss):
@@ -257,8 +277,9 @@ def test_a_dm_shard_with_a_batchnorm_embedding_is_refused(tmp_path):
     assert not (tmp_path / "part.safetensors").exists()
     every = condense(CondenseConfig(**base, classes=(0, 1, 2, 3)), tmp_path / "all.safetensors", dataset=data)
     assert every.labels.tolist() == [0, 1, 2, 3]  # all the classes: one run, nothing differs
-    condense(CondenseConfig(**{**base, "method": "random"}, classes=(0, 1)), tmp_path / "random.safetensors",
-             dataset=data)  # a coreset has no batch statistics to share
+    condense(
+        CondenseConfig(**{**base, "method": "random"}, classes=(0, 1)), tmp_path / "random.safetensors", dataset=data
+    )  # a coreset has no batch statistics to share
 
 
 @pytest.mark.parametrize("spec,expected", [("2/3", (1, 4)), ("0,3,3", (0, 3)), ("1/1", (0, 1, 2, 3, 4))])
@@ -288,14 +309,16 @@ def test_foreign_and_damaged_files_are_refused(tmp_path):
 
 
 def test_all_pairs_of_seeds_give_different_sets(tiny, tmp_path):
-    sets = [condense(CondenseConfig(method="random", ipc=2, seed=s), tmp_path / f"{s}.safetensors", dataset=tiny)
-            for s in range(3)]
+    sets = [
+        condense(CondenseConfig(method="random", ipc=2, seed=s), tmp_path / f"{s}.safetensors", dataset=tiny)
+        for s in range(3)
+    ]
     for a, b in itertools.combinations(sets, 2):
         assert not torch.equal(a.images, b.images)
 
 
 def test_a_shard_of_an_imbalanced_dataset_draws_within_the_smallest_class(tmp_path):
-    from proxynas.data import Dataset, Split
+    from proxynas.core.data import Dataset, Split
 
     data = make_dataset(num_classes=3)
     keep = (data.train.labels != 0) | (torch.arange(len(data.train.labels)) % 20 < 6)  # class 0: 6 images

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from proxynas.condense import CondenseConfig, _dsa, checkpoint_path, condense
-from proxynas.condense._dsa import freeze_batch_norm, gradient_distance, loops
+from proxynas.core.condense import CondenseConfig, _dsa, checkpoint_path, condense
+from proxynas.core.condense._dsa import freeze_batch_norm, gradient_distance, loops
+from proxynas.core.networks import build
 from proxynas.exceptions import UsageError
-from proxynas.networks import build
 from tests.conftest import TINY_MODEL, make_dataset
 
 
@@ -59,8 +59,16 @@ def test_freeze_batch_norm_sets_running_stats_then_eval():
 
 
 def _cfg(**kw) -> CondenseConfig:
-    base = {"dataset": "tiny", "method": "dsa", "ipc": 2, "model": TINY_MODEL, "iterations": 12,
-            "batch_real": 8, "init": "noise", "seed": 3}
+    base = {
+        "dataset": "tiny",
+        "method": "dsa",
+        "ipc": 2,
+        "model": TINY_MODEL,
+        "iterations": 12,
+        "batch_real": 8,
+        "init": "noise",
+        "seed": 3,
+    }
     return CondenseConfig(**{**base, **kw})
 
 
@@ -73,8 +81,13 @@ def small_loops(monkeypatch):
 def test_artifact_records_method_and_loops(tmp_path, small_loops):
     data = make_dataset()
     seen = []
-    syn = condense(_cfg(iterations=10), tmp_path / "p.safetensors", dataset=data, device="cpu",
-                   report=lambda done, total, loss: seen.append((done, total, loss)))
+    syn = condense(
+        _cfg(iterations=10),
+        tmp_path / "p.safetensors",
+        dataset=data,
+        device="cpu",
+        report=lambda done, total, loss: seen.append((done, total, loss)),
+    )
     assert syn.images.shape == (6, 3, 16, 16) and syn.labels.tolist() == [0, 0, 1, 1, 2, 2]
     meta = syn.meta
     assert meta["method"] == "dsa" and (meta["outer_loop"], meta["inner_loop"]) == (2, 2)
@@ -106,8 +119,9 @@ def test_matching_network_trains_with_plain_sgd_as_the_reference(tmp_path, small
 
 def test_loss_decreases(tmp_path):
     # ipc 1: one outer step, so each iteration is exactly one matching step
-    syn = condense(_cfg(ipc=1, iterations=40, lr_img=1.0), tmp_path / "p.safetensors",
-                   dataset=make_dataset(), device="cpu")
+    syn = condense(
+        _cfg(ipc=1, iterations=40, lr_img=1.0), tmp_path / "p.safetensors", dataset=make_dataset(), device="cpu"
+    )
     curve = syn.meta["loss_curve"]
     assert sum(curve[-8:]) / 8 < 0.9 * sum(curve[:8]) / 8
 
@@ -130,8 +144,12 @@ def test_interrupt_then_resume_equals_uninterrupted(tmp_path, small_loops):
 
 
 def test_batchnorm_net_runs(tmp_path):
-    syn = condense(_cfg(ipc=1, iterations=2, model="d2-w8-relu-batchnorm-avg"), tmp_path / "p.safetensors",
-                   dataset=make_dataset(), device="cpu")
+    syn = condense(
+        _cfg(ipc=1, iterations=2, model="d2-w8-relu-batchnorm-avg"),
+        tmp_path / "p.safetensors",
+        dataset=make_dataset(),
+        device="cpu",
+    )
     assert syn.meta["matching_net_uses_batch_stats"] is True
     assert all(math.isfinite(v) for v in syn.meta["loss_curve"])
 
@@ -145,6 +163,7 @@ def test_shard_matches_whole_run_when_one_outer_step(tmp_path):
     # ipc 1 has no inner training, so a shard computes what the whole run computes for its classes
     data = make_dataset()
     full = condense(_cfg(ipc=1, iterations=4), tmp_path / "full.safetensors", dataset=data, device="cpu")
-    shard = condense(_cfg(ipc=1, iterations=4, classes=(0, 2)), tmp_path / "shard.safetensors", dataset=data,
-                     device="cpu")
+    shard = condense(
+        _cfg(ipc=1, iterations=4, classes=(0, 2)), tmp_path / "shard.safetensors", dataset=data, device="cpu"
+    )
     assert torch.allclose(shard.images, full.images[[0, 2]], atol=1e-6)

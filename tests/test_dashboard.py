@@ -24,14 +24,14 @@ import pytest
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta
 from optuna.trial import TrialState, create_trial
 
-from proxynas import dashboard
-from proxynas.condense import SyntheticSet, save_grid
+from proxynas.analysis import dashboard
+from proxynas.analysis.report import build_report, study_frame, write_report
+from proxynas.core.condense import SyntheticSet, save_grid
+from proxynas.core.train import TrainConfig
 from proxynas.exceptions import StudyError
-from proxynas.report import build_report, study_frame, write_report
-from proxynas.search import SearchConfig, prepare, run_search
-from proxynas.search_space import load_space
-from proxynas.study import enqueue_configs, open_storage
-from proxynas.train import TrainConfig
+from proxynas.nas.search import SearchConfig, prepare, run_search
+from proxynas.nas.search_space import load_space
+from proxynas.nas.study import enqueue_configs, open_storage
 from tests.test_cli import assert_one_line_error, run_cli
 from tests.test_search import TINY_SPACE, config, proxy, space_file  # noqa: F401  (fixtures)
 
@@ -81,49 +81,84 @@ def test_an_older_study_with_every_axis_as_params_resumes(proxy, space_file, tmp
     url = sqlite(tmp_path)
     storage = open_storage(url)
     study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
-    old = {cid: {"depth": 1, "width": width, "act": "relu", "norm": "none", "pool": "avg"}
-           for cid, width in (("d1-w8-relu-none-avg", 8), ("d1-w16-relu-none-avg", 16))}
+    old = {
+        cid: {"depth": 1, "width": width, "act": "relu", "norm": "none", "pool": "avg"}
+        for cid, width in (("d1-w8-relu-none-avg", 8), ("d1-w16-relu-none-avg", 16))
+    }
     done, waiting = old
-    study.add_trial(create_trial(value=0.5, params=old[done], user_attrs={"config_id": done, **old[done]},
-                                 distributions={a: optuna.distributions.CategoricalDistribution(values)
-                                                for a, values in load_space(str(space_file)).axes.items()}))
+    study.add_trial(
+        create_trial(
+            value=0.5,
+            params=old[done],
+            user_attrs={"config_id": done, **old[done]},
+            distributions={
+                a: optuna.distributions.CategoricalDistribution(values)
+                for a, values in load_space(str(space_file)).axes.items()
+            },
+        )
+    )
     enqueue_configs(storage, study, {waiting: old[waiting]})  # WAITING with every axis fixed, as enqueued before
     assert run_search(config(proxy, space_file, url)) == 3  # the old WAITING trial and the two never enqueued
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert sorted(t.user_attrs["config_id"] for t in complete) == sorted(
-        [done, waiting, "d1-w8-relu-instancenorm-avg", "d1-w16-relu-instancenorm-avg"])
+        [done, waiting, "d1-w8-relu-instancenorm-avg", "d1-w16-relu-instancenorm-avg"]
+    )
     frame = study_frame(url, "s").set_index("config_id")
     assert frame.loc[done, "width"] == 8 and frame.loc["d1-w16-relu-instancenorm-avg", "width"] == 16
     assert list(frame.norm.sort_index()) == ["instancenorm", "none", "instancenorm", "none"]
 
 
-def test_the_note_says_what_the_study_is_and_its_best_configurations_with_their_spread(proxy, space_file,
-                                                                                      tmp_path):  # noqa: F811
+def test_the_note_says_what_the_study_is_and_its_best_configurations_with_their_spread(proxy, space_file, tmp_path):  # noqa: F811
     url = sqlite(tmp_path)
     study = prepare(config(proxy, space_file, url, epochs=3, repeats=2)).study
     written = od.get_note(study)  # prepare writes the note before anything runs
     assert "## s: proxy study" in written and "0 of 4 configurations complete" in written
     for cid, accs in (("d1-w8-relu-none-avg", [0.5, 0.7]), ("d1-w16-relu-none-avg", [0.8, 0.8])):
         mean, std = sum(accs) / 2, abs(accs[0] - accs[1]) / 2
-        study.add_trial(create_trial(value=mean, user_attrs={"config_id": cid, "val_accs": accs, "val_std": std,
-                                                             "test_acc": mean - 0.1, "test_std": 0.0}))
+        study.add_trial(
+            create_trial(
+                value=mean,
+                user_attrs={
+                    "config_id": cid,
+                    "val_accs": accs,
+                    "val_std": std,
+                    "test_acc": mean - 0.1,
+                    "test_std": 0.0,
+                },
+            )
+        )
     dashboard.save_study_note(study)
     note = od.get_note(study)
     assert note == dashboard.study_note(study)
-    for fragment in (f"`{proxy.resolve()}` (random, 2 images per class", "digits; ranked on a 10% validation split",
-                     "3 epochs (3 steps) of batch 250", "2 trainings per candidate", "`val_acc`, maximised",
-                     "varying width (8, 16), norm (none, instancenorm); fixed depth 1, act relu, pool avg",
-                     "2 of 4 configurations complete"):
+    for fragment in (
+        f"`{proxy.resolve()}` (random, 2 images per class",
+        "digits; ranked on a 10% validation split",
+        "3 epochs (3 steps) of batch 250",
+        "2 trainings per candidate",
+        "`val_acc`, maximised",
+        "varying width (8, 16), norm (none, instancenorm); fixed depth 1, act relu, pool avg",
+        "2 of 4 configurations complete",
+    ):
         assert fragment in note, fragment
     best = [line for line in note.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")]
-    assert best == ["| 1 | `d1-w16-relu-none-avg` | 5 | 80.00% | 0.00% | 80.00% to 80.00% (2) | 70.00% | 0.00% |",
-                    "| 2 | `d1-w8-relu-none-avg` | 4 | 60.00% | 10.00% | 50.00% to 70.00% (2) | 50.00% | 0.00% |"]
+    assert best == [
+        "| 1 | `d1-w16-relu-none-avg` | 5 | 80.00% | 0.00% | 80.00% to 80.00% (2) | 70.00% | 0.00% |",
+        "| 2 | `d1-w8-relu-none-avg` | 4 | 60.00% | 10.00% | 50.00% to 70.00% (2) | 50.00% | 0.00% |",
+    ]
 
 
 def test_a_zero_cost_note_lists_scores_without_a_spread(tmp_path, space_file):  # noqa: F811
     url = sqlite(tmp_path)
-    cfg = SearchConfig(study="z", zero_cost="naswot", dataset="digits", storage=url, space=str(space_file),
-                       train=TrainConfig(epochs=0), repeats=1, device="cpu")
+    cfg = SearchConfig(
+        study="z",
+        zero_cost="naswot",
+        dataset="digits",
+        storage=url,
+        space=str(space_file),
+        train=TrainConfig(epochs=0),
+        repeats=1,
+        device="cpu",
+    )
     study = prepare(cfg).study
     study.add_trial(create_trial(value=1234.5, user_attrs={"config_id": "d1-w8-relu-none-avg", "score": 1234.5}))
     note = dashboard.study_note(study)
@@ -134,8 +169,11 @@ def test_a_zero_cost_note_lists_scores_without_a_spread(tmp_path, space_file):  
 def report_studies(url: str, proxy_file: Path) -> None:
     """A proxy study of a real proxy file, a zero-cost one and a whole-dataset one, over four configurations."""
     ids = ["d1-w8-relu-none-avg", "d1-w8-relu-instancenorm-avg", "d1-w16-relu-none-avg", "d1-w16-relu-instancenorm-avg"]
-    for name, kind, accs in (("dm", "proxy", [0.4, 0.3, 0.2, 0.1]), ("zc", "zero-cost", [4.0, 1.0, 2.0, 3.0]),
-                             ("whole", "whole", [0.9, 0.7, 0.8, 0.6])):
+    for name, kind, accs in (
+        ("dm", "proxy", [0.4, 0.3, 0.2, 0.1]),
+        ("zc", "zero-cost", [4.0, 1.0, 2.0, 3.0]),
+        ("whole", "whole", [0.9, 0.7, 0.8, 0.6]),
+    ):
         study = optuna.create_study(storage=url, study_name=name, direction="maximize")
         for key, value in {"kind": kind, "method": name, "dataset": "digits", "proxy_path": str(proxy_file)}.items():
             study.set_user_attr(key, value)
@@ -172,13 +210,23 @@ def test_a_report_is_attached_to_each_proxy_study_as_artifacts_a_figure_and_a_no
         assert f.read() == b"changed\n"
 
     attrs = storage.get_study_system_attrs(dm._study_id)
-    figure = json.loads("".join(attrs[f"dashboard:plot_data:{dashboard.GRAPH_ID}:{i}"] for i in range(len(
-        [k for k in attrs if k.startswith(f"dashboard:plot_data:{dashboard.GRAPH_ID}:")]))))
+    figure = json.loads(
+        "".join(
+            attrs[f"dashboard:plot_data:{dashboard.GRAPH_ID}:{i}"]
+            for i in range(len([k for k in attrs if k.startswith(f"dashboard:plot_data:{dashboard.GRAPH_ID}:")]))
+        )
+    )
     points = {cid: (x, y) for trace in figure["data"][:2] for cid, x, y in zip(trace["text"], trace["x"], trace["y"])}
-    assert points == {"d1-w8-relu-none-avg": (0.4, 0.9), "d1-w8-relu-instancenorm-avg": (0.3, 0.7),
-                      "d1-w16-relu-none-avg": (0.2, 0.8), "d1-w16-relu-instancenorm-avg": (0.1, 0.6)}
+    assert points == {
+        "d1-w8-relu-none-avg": (0.4, 0.9),
+        "d1-w8-relu-instancenorm-avg": (0.3, 0.7),
+        "d1-w16-relu-none-avg": (0.2, 0.8),
+        "d1-w16-relu-instancenorm-avg": (0.1, 0.6),
+    }
     assert figure["data"][1]["name"] == "its top set" and sorted(figure["data"][1]["text"]) == [
-        "d1-w8-relu-instancenorm-avg", "d1-w8-relu-none-avg"]
+        "d1-w8-relu-instancenorm-avg",
+        "d1-w8-relu-none-avg",
+    ]
     assert figure["data"][2]["text"] == ["d1-w8-relu-none-avg"]  # the selected configuration, labelled
     # the top 2 by dm are (0.4, 0.9) and (0.3, 0.7): both orders agree, rho = 1
     note = od.get_note(dm)
@@ -192,8 +240,7 @@ def test_a_postgresql_storage_needs_an_artifact_folder(caplog):
     assert dashboard.artifact_dir("postgresql+psycopg://u@h/db", "/srv/art") == Path("/srv/art")
 
 
-def test_without_optuna_dashboard_notes_are_skipped_with_one_log_line(proxy, space_file, tmp_path, monkeypatch,
-                                                                       caplog):  # noqa: F811
+def test_without_optuna_dashboard_notes_are_skipped_with_one_log_line(proxy, space_file, tmp_path, monkeypatch, caplog):  # noqa: F811
     real_import = builtins.__import__
 
     def no_dashboard(name, *args, **kwargs):
@@ -204,16 +251,18 @@ def test_without_optuna_dashboard_notes_are_skipped_with_one_log_line(proxy, spa
     dashboard._optuna_dashboard.cache_clear()
     monkeypatch.setattr(builtins, "__import__", no_dashboard)
     try:
-        with caplog.at_level(logging.INFO, logger="proxynas.dashboard"):
+        with caplog.at_level(logging.INFO, logger="proxynas.analysis.dashboard"):
             url = sqlite(tmp_path)
             study = prepare(config(proxy, space_file, url)).study
             dashboard.save_study_note(study)
     finally:
         monkeypatch.undo()
         dashboard._optuna_dashboard.cache_clear()
-    skipped = [r.getMessage() for r in caplog.records if r.name == "proxynas.dashboard"]
-    assert skipped == ["optuna-dashboard notes and figures skipped (optuna_dashboard is not installed; "
-                       "pip install 'proxynas[dashboard]')"]
+    skipped = [r.getMessage() for r in caplog.records if r.name == "proxynas.analysis.dashboard"]
+    assert skipped == [
+        "optuna-dashboard notes and figures skipped (optuna_dashboard is not installed; "
+        "pip install 'proxynas[dashboard]')"
+    ]
     assert od.get_note(study) == "" and study.metric_names == ["val_acc"]  # metric names need only Optuna
 
 
@@ -252,8 +301,20 @@ def _free_port() -> int:
 
 
 def _chromium(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([shutil.which("chromium"), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                           "--virtual-time-budget=8000", *argv], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [
+            shutil.which("chromium"),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--virtual-time-budget=8000",
+            *argv,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _distinct_colours(path: Path) -> int:
@@ -266,15 +327,27 @@ def _distinct_colours(path: Path) -> int:
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs headless Chromium (apt-get install chromium)")
 def test_the_dashboard_in_a_browser_shows_the_note_figure_and_artifacts(tmp_path):
-    from proxynas.quickstart import QuickstartPlan, run_quickstart
+    from proxynas.cli.quickstart import QuickstartPlan, run_quickstart
 
-    plan = QuickstartPlan(out=tmp_path / "qs", ipc=2, dm_iterations=4, batch_real=8, proxy_epochs=2, whole_epochs=1,
-                          restrict="depth=1;width=32;act=relu,sigmoid;norm=none,instancenorm;pool=avg", device="cpu")
+    plan = QuickstartPlan(
+        out=tmp_path / "qs",
+        ipc=2,
+        dm_iterations=4,
+        batch_real=8,
+        proxy_epochs=2,
+        whole_epochs=1,
+        restrict="depth=1;width=32;act=relu,sigmoid;norm=none,instancenorm;pool=avg",
+        device="cpu",
+    )
     run_quickstart(plan)
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    server = subprocess.Popen([sys.executable, "-m", "proxynas.cli", "dashboard", "--storage", plan.storage,
-                               "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "proxynas", "dashboard", "--storage", plan.storage, "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 60
@@ -290,9 +363,12 @@ def test_the_dashboard_in_a_browser_shows_the_note_figure_and_artifacts(tmp_path
         grid = next(a for a in detail["artifacts"] if a["filename"] == "digits-dm-ipc2.png")
         shots = Path(os.environ.get("PROXYNAS_SCREENSHOTS", tmp_path / "shots"))
         shots.mkdir(parents=True, exist_ok=True)
-        pages = {"studies.png": ("/dashboard/", "1400,1000"), "study.png": (f"/dashboard/studies/{dm}", "1400,2900"),
-                 "note.png": (f"/dashboard/studies/{dm}/note", "1400,1400"),
-                 "artifact.png": (f"/artifacts/{dm}/{grid['artifact_id']}", "600,1000")}
+        pages = {
+            "studies.png": ("/dashboard/", "1400,1000"),
+            "study.png": (f"/dashboard/studies/{dm}", "1400,2900"),
+            "note.png": (f"/dashboard/studies/{dm}/note", "1400,1400"),
+            "artifact.png": (f"/artifacts/{dm}/{grid['artifact_id']}", "600,1000"),
+        }
         for name, (page, size) in pages.items():
             _chromium(f"--screenshot={shots / name}", f"--window-size={size}", base + page)
             assert (shots / name).stat().st_size > 5000 and _distinct_colours(shots / name) > 20, name

@@ -1,4 +1,4 @@
-"""Tests for proxynas.data: every registry entry on tiny files in its real on-disk format,
+"""Tests for proxynas.core.data: every registry entry on tiny files in its real on-disk format,
 the verified cache (hits, misses, corruption), the train/val split, and error messages."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import scipy.io
 import torch
 from PIL import Image
 
-from proxynas.data import (
+from proxynas.core.data import (
     CIFAR10_CLASSES,
     DATASETS,
     DSA_STRATEGY,
@@ -29,17 +29,23 @@ from proxynas.data import (
     DatasetInfo,
     Split,
     TrainValSplit,
+    _cache,
+    _images,
     load_dataset,
     train_val_split,
 )
-from proxynas.data import _cache, _images
 from proxynas.exceptions import ArtifactError, DatasetError, UnknownNameError, UsageError
 
 # the shared offline copy: beside the checkout (../shared), or where PROXYNAS_SHARED_DATASETS points
-_SHARED = [Path(os.environ.get("PROXYNAS_SHARED_DATASETS", "/nonexistent")),
-           Path(__file__).resolve().parents[2] / "shared" / "datasets", Path("/work/shared/datasets")]
-CIFAR10_TARBALL = next((d / "cifar10-jpeg.tar.gz" for d in _SHARED if (d / "cifar10-jpeg.tar.gz").is_file()),
-                       _SHARED[1] / "cifar10-jpeg.tar.gz")
+_SHARED = [
+    Path(os.environ.get("PROXYNAS_SHARED_DATASETS", "/nonexistent")),
+    Path(__file__).resolve().parents[2] / "shared" / "datasets",
+    Path("/work/shared/datasets"),
+]
+CIFAR10_TARBALL = next(
+    (d / "cifar10-jpeg.tar.gz" for d in _SHARED if (d / "cifar10-jpeg.tar.gz").is_file()),
+    _SHARED[1] / "cifar10-jpeg.tar.gz",
+)
 CIFAR10_FILES = {**{f"data_batch_{i}": "train" for i in range(1, 6)}, "test_batch": "test"}
 CIFAR100_NAMES = tuple(f"c{i}" for i in range(100))
 
@@ -372,7 +378,11 @@ def test_second_load_is_a_cache_hit_without_decoding(folder_tree, tmp_path: Path
     ds = load_dataset("folder", root, cache_dir=tmp_path / "cache")
     _assert_split(ds.train, *expected["train"])
     assert sorted(p.name for p in _only_cache_folder(tmp_path / "cache").iterdir()) == [
-        "meta.json", "test_images.npy", "test_labels.npy", "train_images.npy", "train_labels.npy",
+        "meta.json",
+        "test_images.npy",
+        "test_labels.npy",
+        "train_images.npy",
+        "train_labels.npy",
     ]
 
 

@@ -13,10 +13,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from proxynas import search
-from proxynas.devices import assign, default_devices, parse_devices
 from proxynas.exceptions import UsageError
-from proxynas.search import SearchConfig, launch, worker_configs
+from proxynas.nas import search
+from proxynas.nas.search import SearchConfig, launch, worker_configs
+from proxynas.runtime.devices import assign, default_devices, parse_devices
 
 CUDA = [torch.device("cuda", i) for i in range(4)]
 
@@ -40,17 +40,20 @@ def test_parse_devices_reads_names_and_indices(gpus):
     assert parse_devices("cpu") == [torch.device("cpu")]
 
 
-@pytest.mark.parametrize("spec,fragment", [
-    ("cuda:4", "cuda:4 is not visible; this machine has 4 CUDA GPUs (cuda:0..cuda:3)"),
-    ("0,0", "names cuda:0 twice"),
-    ("cuda:1,1", "names cuda:1 twice"),
-    ("0,,1", "has an empty entry"),
-    ("", "has an empty entry"),
-    ("gpu0", "'gpu0' is not a device"),
-    ("-1", "'-1' is not a device"),
-    ("meta", "'meta' is not a device"),
-    ("cuda", "give each GPU's index"),
-])
+@pytest.mark.parametrize(
+    "spec,fragment",
+    [
+        ("cuda:4", "cuda:4 is not visible; this machine has 4 CUDA GPUs (cuda:0..cuda:3)"),
+        ("0,0", "names cuda:0 twice"),
+        ("cuda:1,1", "names cuda:1 twice"),
+        ("0,,1", "has an empty entry"),
+        ("", "has an empty entry"),
+        ("gpu0", "'gpu0' is not a device"),
+        ("-1", "'-1' is not a device"),
+        ("meta", "'meta' is not a device"),
+        ("cuda", "give each GPU's index"),
+    ],
+)
 def test_bad_device_lists_are_one_line_errors(gpus, spec, fragment):
     gpus(4)
     with pytest.raises(UsageError, match="--devices") as e:
@@ -128,7 +131,10 @@ def test_launch_starts_each_worker_with_its_assigned_device(gpus, monkeypatch):
     monkeypatch.setattr(search.multiprocessing, "get_context", lambda method: FakeContext)
     assert launch(cfg(), 3) is prepared
     assert [(name, c.device) for name, c in started] == [
-        ("proxynas-worker-0", "cuda:0"), ("proxynas-worker-1", "cuda:1"), ("proxynas-worker-2", "cuda:0")]
+        ("proxynas-worker-0", "cuda:0"),
+        ("proxynas-worker-1", "cuda:1"),
+        ("proxynas-worker-2", "cuda:0"),
+    ]
     started.clear()
     launch(cfg(), 2, devices=[CUDA[1]])
     assert [c.device for _, c in started] == ["cuda:1", "cuda:1"]

@@ -8,16 +8,24 @@ import shutil
 
 import pytest
 import torch
-
-from proxynas import augment
-from proxynas.condense import CondenseConfig, condense, dm_loss_per_class
-from proxynas.condense._base import Problem, class_pools
-from proxynas.condense._dm import dm_step
-from proxynas.condense._plan import (Embedder, StepPlan, cache_key, cached, measure, real_sizes_to_try, remember, search,
-                                     sizes_to_try)
-from proxynas.networks import build
-
 from conftest import make_dataset
+
+from proxynas.core import augment
+from proxynas.core.condense import CondenseConfig, condense, dm_loss_per_class
+from proxynas.core.condense._base import Problem, class_pools
+from proxynas.core.condense._dm import dm_step
+from proxynas.core.condense._plan import (
+    Embedder,
+    StepPlan,
+    cache_key,
+    cached,
+    measure,
+    real_sizes_to_try,
+    remember,
+    search,
+    sizes_to_try,
+)
+from proxynas.core.networks import build
 
 K, B, IPC = 3, 6, 2
 
@@ -39,14 +47,27 @@ def _per_class_loss_and_grad(net, problem, syn, idx, params):
     return loss.detach(), syn.grad
 
 
-PLANS = [StepPlan(1), StepPlan(2), StepPlan(3), StepPlan(1, channels_last=True), StepPlan(3, inplace=True),
-         StepPlan(2, channels_last=True, inplace=True),
-         StepPlan(3, real_per_forward=4),  # pieces that cut across classes, and a short last one
-         StepPlan(2, real_per_forward=5, channels_last=True)]
+PLANS = [
+    StepPlan(1),
+    StepPlan(2),
+    StepPlan(3),
+    StepPlan(1, channels_last=True),
+    StepPlan(3, inplace=True),
+    StepPlan(2, channels_last=True, inplace=True),
+    StepPlan(3, real_per_forward=4),  # pieces that cut across classes, and a short last one
+    StepPlan(2, real_per_forward=5, channels_last=True),
+]
 
 
-@pytest.mark.parametrize("model", ["d2-w8-relu-instancenorm-avg", "d2-w8-leakyrelu-groupnorm-max",
-                                   "d1-w8-sigmoid-layernorm-none", "d2-w8-relu-none-avg"])
+@pytest.mark.parametrize(
+    "model",
+    [
+        "d2-w8-relu-instancenorm-avg",
+        "d2-w8-leakyrelu-groupnorm-max",
+        "d1-w8-sigmoid-layernorm-none",
+        "d2-w8-relu-none-avg",
+    ],
+)
 @pytest.mark.parametrize("plan", PLANS, ids=StepPlan.label)
 def test_every_plan_computes_the_per_class_loss_in_fp32(model, plan):
     problem = _problem()
@@ -65,7 +86,10 @@ def test_every_plan_computes_the_per_class_loss_in_fp32(model, plan):
 
 
 def test_embedder_copies_each_iterations_weights_into_one_network():
-    a, b = build("d1-w8-relu-instancenorm-avg", 3, K, 16, seed=1), build("d1-w8-relu-instancenorm-avg", 3, K, 16, seed=2)
+    a, b = (
+        build("d1-w8-relu-instancenorm-avg", 3, K, 16, seed=1),
+        build("d1-w8-relu-instancenorm-avg", 3, K, 16, seed=2),
+    )
     emb = Embedder(a, StepPlan(1, channels_last=True))
     x = torch.randn(4, 3, 16, 16)
     torch.testing.assert_close(emb.load(b).embed(x), b.embed(x))
@@ -94,20 +118,29 @@ def test_search_keeps_the_fastest_plan_one_knob_at_a_time():
     plan, record = search(lambda plans: {p: fake(p) for p in plans}, limit=3, fixed_size=False, batch_real=8)
     assert plan == StepPlan(2, real_per_forward=4, channels_last=True)
     times = record["seconds_per_step"]
-    assert set(times) == {"3 classes/forward, 2 real/forward", "3 classes/forward, 4 real/forward",
-                          "3 classes/forward, 8 real/forward", "3 classes/forward, 16 real/forward",
-                          "3 classes/forward",
-                          "2 classes/forward, 4 real/forward", "1 classes/forward, 4 real/forward",
-                          "2 classes/forward, 4 real/forward, channels_last",
-                          "2 classes/forward, 4 real/forward, channels_last, inplace",
-                          "2 classes/forward, 4 real/forward, channels_last, compiled"}
+    assert set(times) == {
+        "3 classes/forward, 2 real/forward",
+        "3 classes/forward, 4 real/forward",
+        "3 classes/forward, 8 real/forward",
+        "3 classes/forward, 16 real/forward",
+        "3 classes/forward",
+        "2 classes/forward, 4 real/forward",
+        "1 classes/forward, 4 real/forward",
+        "2 classes/forward, 4 real/forward, channels_last",
+        "2 classes/forward, 4 real/forward, channels_last, inplace",
+        "2 classes/forward, 4 real/forward, channels_last, compiled",
+    }
     assert times["2 classes/forward, 4 real/forward, channels_last, compiled"] == math.inf
 
 
 def test_search_with_batch_statistics_keeps_all_classes_in_one_forward():
     tried = []
-    plan, _ = search(lambda plans: {p: tried.append(p) or 1.0 / (1 + p.compiled) for p in plans}, limit=4,
-                     fixed_size=True, batch_real=8)
+    plan, _ = search(
+        lambda plans: {p: tried.append(p) or 1.0 / (1 + p.compiled) for p in plans},
+        limit=4,
+        fixed_size=True,
+        batch_real=8,
+    )
     assert {(p.classes_per_forward, p.real_per_forward) for p in tried} == {(4, None)}
     assert plan == StepPlan(4, compiled=True)
 
@@ -128,29 +161,36 @@ def test_condense_measures_once_then_reads_the_cache(tiny, tmp_path, monkeypatch
         raise RuntimeError("no C++ compiler found")
 
     monkeypatch.setattr(torch, "compile", no_compiler)  # the compiled plan must fail over to eager
-    cfg = CondenseConfig(dataset="tiny", ipc=2, iterations=2, batch_real=4, model="d1-w8-relu-instancenorm-avg",
-                         tune="yes")
+    cfg = CondenseConfig(
+        dataset="tiny", ipc=2, iterations=2, batch_real=4, model="d1-w8-relu-instancenorm-avg", tune="yes"
+    )
     first = condense(cfg, tmp_path / "a.safetensors", dataset=tiny).meta["step_plan"]
     assert first["source"] == "measured" and first["compiled"] is False
-    chosen = StepPlan(**{k: first[k] for k in ("classes_per_forward", "real_per_forward", "channels_last", "inplace", "compiled")})
+    chosen = StepPlan(
+        **{k: first[k] for k in ("classes_per_forward", "real_per_forward", "channels_last", "inplace", "compiled")}
+    )
     assert math.isinf(first["seconds_per_step"][dataclasses.replace(chosen, compiled=True).label()])
-    again = condense(CondenseConfig(**{**cfg.to_dict(), "tune": "auto"}), tmp_path / "b.safetensors",
-                     dataset=tiny).meta["step_plan"]
+    again = condense(
+        CondenseConfig(**{**cfg.to_dict(), "tune": "auto"}), tmp_path / "b.safetensors", dataset=tiny
+    ).meta["step_plan"]
     assert again["source"] == "cache"
-    assert {k: again[k] for k in ("classes_per_forward", "real_per_forward", "channels_last", "inplace", "compiled")} == \
-        {k: first[k] for k in ("classes_per_forward", "real_per_forward", "channels_last", "inplace", "compiled")}
+    assert {
+        k: again[k] for k in ("classes_per_forward", "real_per_forward", "channels_last", "inplace", "compiled")
+    } == {k: first[k] for k in ("classes_per_forward", "real_per_forward", "channels_last", "inplace", "compiled")}
 
 
 def test_short_runs_use_the_memory_rule_without_timing(tiny, tmp_path):
-    syn = condense(CondenseConfig(dataset="tiny", ipc=2, iterations=1, batch_real=4), tmp_path / "c.safetensors",
-                   dataset=tiny)
+    syn = condense(
+        CondenseConfig(dataset="tiny", ipc=2, iterations=1, batch_real=4), tmp_path / "c.safetensors", dataset=tiny
+    )
     plan = syn.meta["step_plan"]
     assert plan["source"].startswith("memory rule") and plan["classes_per_forward"] == 3
     assert syn.meta["amp"] is False  # fp32 by default off CUDA
 
 
-@pytest.mark.skipif(not any(shutil.which(c) for c in ("cc", "gcc", "clang")),
-                    reason="torch.compile's CPU backend needs a C++ compiler")
+@pytest.mark.skipif(
+    not any(shutil.which(c) for c in ("cc", "gcc", "clang")), reason="torch.compile's CPU backend needs a C++ compiler"
+)
 def test_compiled_plan_computes_the_per_class_loss_in_fp32():
     problem = _problem()
     g = torch.Generator().manual_seed(0)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from proxynas.condense import CONDENSERS, CondenseConfig, condense
-from proxynas.condense._kcenter import kcenter
+from proxynas.core.condense import CONDENSERS, CondenseConfig, condense
+from proxynas.core.condense._kcenter import kcenter
 from proxynas.exceptions import UsageError
 from tests.conftest import TINY_MODEL, make_dataset
 
@@ -30,8 +30,9 @@ def test_kcenter_selects_what_brute_force_greedy_selects():
     mean = [sum(col) / len(rows) for col in zip(*rows)]
     chosen = [min(range(12), key=lambda i: dist(rows[i], mean))]
     for _ in range(5):  # python loop: the point farthest from its nearest chosen centre
-        chosen.append(max((i for i in range(12) if i not in chosen),
-                          key=lambda i: min(dist(rows[i], rows[j]) for j in chosen)))
+        chosen.append(
+            max((i for i in range(12) if i not in chosen), key=lambda i: min(dist(rows[i], rows[j]) for j in chosen))
+        )
     assert kcenter(feats, 6).tolist() == chosen
 
 
@@ -47,8 +48,12 @@ def test_kcenter_rejects_k_larger_than_the_pool():
 def test_kcenter_condenses_real_images_of_each_class(tmp_path):
     tiny = make_dataset()
     assert "kcenter" in CONDENSERS.names()
-    syn = condense(CondenseConfig(method="kcenter", ipc=3, model=TINY_MODEL), tmp_path / "k.safetensors",
-                   dataset=tiny, device="cpu")
+    syn = condense(
+        CondenseConfig(method="kcenter", ipc=3, model=TINY_MODEL),
+        tmp_path / "k.safetensors",
+        dataset=tiny,
+        device="cpu",
+    )
     idx = torch.tensor(syn.meta["selected_indices"])  # (classes, ipc)
     assert idx.shape == (3, 3)
     assert all(len(set(row)) == 3 for row in idx.tolist())

@@ -1,4 +1,4 @@
-"""Tests for proxynas.networks: shapes, hand-computed sizes and FLOPs, ids, seeding."""
+"""Tests for proxynas.core.networks: shapes, hand-computed sizes and FLOPs, ids, seeding."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from proxynas.exceptions import UnknownNameError, UsageError
-from proxynas.networks import (
+from proxynas.core.networks import (
     NETWORKS,
     ConvNet,
     NetConfig,
@@ -20,6 +19,7 @@ from proxynas.networks import (
     describe,
     uses_batch_stats,
 )
+from proxynas.exceptions import UnknownNameError, UsageError
 
 SHAPES = [(1, 28), (3, 32), (3, 64)]  # (channels, image_size)
 

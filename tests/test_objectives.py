@@ -8,14 +8,14 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from proxynas._seeding import derive_seed
+from proxynas.core.networks import build
+from proxynas.core.train import TrainConfig, accuracy, train_network
 from proxynas.exceptions import StudyError, UsageError
-from proxynas.networks import build
-from proxynas.objectives import CandidateObjective, repeat_keys
-from proxynas.search import prepare, run_search
-from proxynas.search_space import load_space
-from proxynas.sources import proxy_source
-from proxynas.train import TrainConfig, accuracy, train_network
+from proxynas.nas.objectives import CandidateObjective, repeat_keys
+from proxynas.nas.search import prepare, run_search
+from proxynas.nas.search_space import load_space
+from proxynas.nas.sources import proxy_source
+from proxynas.runtime.seeding import derive_seed
 from tests.conftest import make_dataset
 from tests.test_search import TINY_SPACE, config, proxy, space_file  # noqa: F401  (fixtures)
 
@@ -32,8 +32,11 @@ def test_repeat_seeds_differ_and_repeat_0_keeps_the_single_run_seeds():
     assert len(seeds) == 5 and derive_seed(0, "candidate", cid) in seeds
 
 
-def test_a_trial_records_every_repeat_its_means_and_stds_and_repeat_0_is_the_single_run(proxy, space_file,  # noqa: F811
-                                                                                          tmp_path):
+def test_a_trial_records_every_repeat_its_means_and_stds_and_repeat_0_is_the_single_run(
+    proxy,
+    space_file,  # noqa: F811
+    tmp_path,
+):
     storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
     assert run_search(config(proxy, space_file, storage, study="one", epochs=3, repeats=1)) == 4
     assert run_search(config(proxy, space_file, storage, study="two", epochs=3, repeats=2)) == 4
@@ -75,15 +78,20 @@ def test_pruning_reports_the_first_repeats_validation_accuracy(proxy, space_file
     def run(repeats: int) -> optuna.trial.FrozenTrial:
         study = optuna.create_study(direction="maximize")  # in memory; the default pruner never prunes at step 1
         study.enqueue_trial(params)
-        study.optimize(CandidateObjective(source, space, TrainConfig(epochs=20, batch_size=250), repeats=repeats,
-                                          device="cpu", prune=True), n_trials=1)
+        study.optimize(
+            CandidateObjective(
+                source, space, TrainConfig(epochs=20, batch_size=250), repeats=repeats, device="cpu", prune=True
+            ),
+            n_trials=1,
+        )
         return study.trials[0]
 
     one, three = run(1), run(3)
     assert sorted(three.intermediate_values) == list(range(2, 20, 2))
     assert three.intermediate_values == one.intermediate_values  # the first repeat's, seeded as a single run
     assert three.user_attrs["val_accs"][0] == one.value and three.value == pytest.approx(
-        np.mean(three.user_attrs["val_accs"]))
+        np.mean(three.user_attrs["val_accs"])
+    )
 
 
 def test_a_validation_check_between_epochs_leaves_batchnorm_training_unchanged():

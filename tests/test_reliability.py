@@ -30,13 +30,13 @@ from optuna.trial import TrialState
 from PIL import Image
 from safetensors.torch import save_file
 
-from proxynas.condense import CondenseConfig, SyntheticSet, condense
-from proxynas.condense._base import FORMAT
-from proxynas.data import load_dataset
+from proxynas.core.condense import CondenseConfig, SyntheticSet, condense
+from proxynas.core.condense._base import FORMAT
+from proxynas.core.data import load_dataset
+from proxynas.core.train import TrainConfig
 from proxynas.exceptions import ArtifactError, DatasetError, StudyError, UsageError
-from proxynas.search import Prepared, SearchConfig, _check_outcome, run_search
-from proxynas.study import CONFIG_KEY, open_storage, open_study, run_worker
-from proxynas.train import TrainConfig
+from proxynas.nas.search import Prepared, SearchConfig, _check_outcome, run_search
+from proxynas.nas.study import CONFIG_KEY, open_storage, open_study, run_worker
 from tests.conftest import ctrl_c_default
 from tests.test_cli import assert_one_line_error, run_cli
 from tests.test_search import TINY_SPACE
@@ -49,13 +49,25 @@ def files(tmp_path_factory) -> SimpleNamespace:
     """A digits proxy set, a 4-configuration space, and a study that completed it once."""
     base = tmp_path_factory.mktemp("reliability")
     proxy = base / "digits-random.safetensors"
-    condense(CondenseConfig(dataset="digits", method="random", ipc=2, val_fraction=0.1), proxy,
-             dataset=load_dataset("digits"))
+    condense(
+        CondenseConfig(dataset="digits", method="random", ipc=2, val_fraction=0.1),
+        proxy,
+        dataset=load_dataset("digits"),
+    )
     space = base / "tiny.toml"
     space.write_text(TINY_SPACE)
     db = base / "study" / "db.sqlite"
-    run_search(SearchConfig(proxy=str(proxy), study="s", storage=f"sqlite:///{db}", space=str(space),
-                            train=TrainConfig(epochs=1, batch_size=250), repeats=1, device="cpu"))
+    run_search(
+        SearchConfig(
+            proxy=str(proxy),
+            study="s",
+            storage=f"sqlite:///{db}",
+            space=str(space),
+            train=TrainConfig(epochs=1, batch_size=250),
+            repeats=1,
+            device="cpu",
+        )
+    )
     return SimpleNamespace(proxy=proxy, space=space, db=db)
 
 
@@ -70,8 +82,11 @@ def study(files, tmp_path) -> Path:
 
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` with the sha256 of its bytes: a study 'byte-identical afterwards'."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _folder_data(root: Path, size: int, seed: int) -> Path:
@@ -81,8 +96,9 @@ def _folder_data(root: Path, size: int, seed: int) -> Path:
         for cls in ("a", "b", "c"):
             (root / split / cls).mkdir(parents=True)
             for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / split / cls /
-                                                                                              f"{i}.png")
+                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+                    root / split / cls / f"{i}.png"
+                )
     return root
 
 
@@ -93,8 +109,12 @@ def folder_data(tmp_path_factory) -> SimpleNamespace:
     own = _folder_data(base / "own", 16, seed=0)
     proxy = base / "own.safetensors"
     condense(CondenseConfig(dataset="folder", data_path=str(own), method="random", ipc=2, val_fraction=0.25), proxy)
-    return SimpleNamespace(proxy=proxy, own=own, smaller=_folder_data(base / "smaller", 8, seed=0),
-                           other=_folder_data(base / "other", 16, seed=1))
+    return SimpleNamespace(
+        proxy=proxy,
+        own=own,
+        smaller=_folder_data(base / "smaller", 8, seed=0),
+        other=_folder_data(base / "other", 16, seed=1),
+    )
 
 
 # (command, flags, exit code, fragments of the one line); every case runs against an existing study
@@ -119,26 +139,34 @@ BAD_STUDY_INPUT = [
 ]
 
 
-@pytest.mark.parametrize("command,flags,code,fragments", BAD_STUDY_INPUT,
-                         ids=[f"{c} {' '.join(f)}" for c, f, _, _ in BAD_STUDY_INPUT])
-def test_bad_options_are_refused_before_the_study_is_touched(capsys, monkeypatch, files, study, command, flags,
-                                                             code, fragments):
+@pytest.mark.parametrize(
+    "command,flags,code,fragments", BAD_STUDY_INPUT, ids=[f"{c} {' '.join(f)}" for c, f, _, _ in BAD_STUDY_INPUT]
+)
+def test_bad_options_are_refused_before_the_study_is_touched(
+    capsys, monkeypatch, files, study, command, flags, code, fragments
+):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU machine
-    source = {"search": ["--proxy", files.proxy, "--study", "s", "--repeats", "1", "--epochs", "1"],
-              "baseline": ["--dataset", "digits", "--study", "s", "--repeats", "1"],
-              "score": ["--dataset", "digits", "--metrics", "params"]}[command]
+    source = {
+        "search": ["--proxy", files.proxy, "--study", "s", "--repeats", "1", "--epochs", "1"],
+        "baseline": ["--dataset", "digits", "--study", "s", "--repeats", "1"],
+        "score": ["--dataset", "digits", "--metrics", "params"],
+    }[command]
     before = snapshot(study.parent)
-    got, _, err = run_cli(capsys, command, *source, "--storage", f"sqlite:///{study}", "--space", files.space,
-                          *flags, "--quiet")
+    got, _, err = run_cli(
+        capsys, command, *source, "--storage", f"sqlite:///{study}", "--space", files.space, *flags, "--quiet"
+    )
     assert got == code
     assert_one_line_error(err, *fragments)
     assert snapshot(study.parent) == before
 
 
-@pytest.mark.parametrize("data,fragments", [
-    ("smaller", ["was condensed from folder data of 3x16x16 images in 3 classes", "has 3x8x8 in 3", "--data-path"]),
-    ("other", ["was condensed from other images than those in", "data fingerprint", "--data-path"]),
-])
+@pytest.mark.parametrize(
+    "data,fragments",
+    [
+        ("smaller", ["was condensed from folder data of 3x16x16 images in 3 classes", "has 3x8x8 in 3", "--data-path"]),
+        ("other", ["was condensed from other images than those in", "data fingerprint", "--data-path"]),
+    ],
+)
 def test_data_other_than_the_proxy_sets_is_refused(capsys, files, folder_data, study, data, fragments):
     path = getattr(folder_data, data)
     code, _, err = run_cli(capsys, "evaluate", folder_data.proxy, "--data-path", path, "--epochs", "1", "--quiet")
@@ -146,8 +174,21 @@ def test_data_other_than_the_proxy_sets_is_refused(capsys, files, folder_data, s
     assert_one_line_error(err, *fragments)
     assert not list(folder_data.proxy.parent.glob("*.eval-*.json"))
     before = snapshot(study.parent)  # search checks before it opens the study, so no trial can fail on it
-    code, _, err = run_cli(capsys, "search", "--proxy", folder_data.proxy, "--data-path", path, "--study", "s",
-                           "--storage", f"sqlite:///{study}", "--space", files.space, "--quiet")
+    code, _, err = run_cli(
+        capsys,
+        "search",
+        "--proxy",
+        folder_data.proxy,
+        "--data-path",
+        path,
+        "--study",
+        "s",
+        "--storage",
+        f"sqlite:///{study}",
+        "--space",
+        files.space,
+        "--quiet",
+    )
     assert code == DatasetError.exit_code
     assert_one_line_error(err, *fragments)
     assert snapshot(study.parent) == before
@@ -161,19 +202,36 @@ def test_the_proxy_sets_own_data_under_another_path_is_accepted(folder_data, tmp
 
 
 def _proxy_with_meta(path: Path, meta: str) -> Path:
-    save_file({"images": torch.zeros(2, 1, 32, 32), "labels": torch.zeros(2, dtype=torch.long)}, str(path),
-              metadata={"format": FORMAT, "meta": meta})
+    save_file(
+        {"images": torch.zeros(2, 1, 32, 32), "labels": torch.zeros(2, dtype=torch.long)},
+        str(path),
+        metadata={"format": FORMAT, "meta": meta},
+    )
     return path
 
 
-@pytest.mark.parametrize("meta,fragment", [
-    ("", "no readable metadata"),
-    ("{broken", "no readable metadata"),
-    ("[]", "its metadata is not a record"),
-    ("{}", "its metadata lacks dataset"),
-    (json.dumps({"dataset": {"name": "digits"}, "method": "dm", "ipc": 1, "model": "ConvNet", "classes": [0],
-                 "config": {}}), "its metadata lacks dataset.channels"),
-])
+@pytest.mark.parametrize(
+    "meta,fragment",
+    [
+        ("", "no readable metadata"),
+        ("{broken", "no readable metadata"),
+        ("[]", "its metadata is not a record"),
+        ("{}", "its metadata lacks dataset"),
+        (
+            json.dumps(
+                {
+                    "dataset": {"name": "digits"},
+                    "method": "dm",
+                    "ipc": 1,
+                    "model": "ConvNet",
+                    "classes": [0],
+                    "config": {},
+                }
+            ),
+            "its metadata lacks dataset.channels",
+        ),
+    ],
+)
 def test_a_proxynas_header_with_broken_metadata_is_one_line(capsys, files, tmp_path, meta, fragment):
     broken = _proxy_with_meta(tmp_path / "broken.safetensors", meta)
     code, _, err = run_cli(capsys, "evaluate", broken, "--quiet")
@@ -201,16 +259,48 @@ def test_evaluate_refuses_zero_networks_and_an_unwritable_result_before_training
 UNWRITABLE = Path("/proc/proxynas-test")  # not writable even by root, unlike a chmod 555 folder
 
 
-@pytest.mark.parametrize("argv,fragments", [
-    (["condense", "--dataset", "digits", "--method", "random", "--ipc", "1", "--out", UNWRITABLE / "x.safetensors"],
-     ["--out /proc/proxynas-test/x.safetensors: /proc is not writable"]),
-    (["condense", "merge", "{proxy}", "--out", UNWRITABLE / "m.safetensors"], ["/proc is not writable"]),
-    (["report", "--storage", "sqlite:///{db}", "--proxy-studies", "s", "--whole", "s", "--out-dir", UNWRITABLE / "r"],
-     ["--out-dir /proc/proxynas-test/r: /proc is not writable"]),
-    (["report", "--storage", "sqlite:///{db}", "--proxy-studies", "s", "--whole", "s", "--out-dir", "{proxy}"],
-     ["is a file, and a folder is written there"]),
-    (["dashboard", "--storage", "sqlite:///{db}", "--port", "99999"], ["--port 99999 is not a TCP port", "1..65535"]),
-])
+@pytest.mark.parametrize(
+    "argv,fragments",
+    [
+        (
+            [
+                "condense",
+                "--dataset",
+                "digits",
+                "--method",
+                "random",
+                "--ipc",
+                "1",
+                "--out",
+                UNWRITABLE / "x.safetensors",
+            ],
+            ["--out /proc/proxynas-test/x.safetensors: /proc is not writable"],
+        ),
+        (["condense", "merge", "{proxy}", "--out", UNWRITABLE / "m.safetensors"], ["/proc is not writable"]),
+        (
+            [
+                "report",
+                "--storage",
+                "sqlite:///{db}",
+                "--proxy-studies",
+                "s",
+                "--whole",
+                "s",
+                "--out-dir",
+                UNWRITABLE / "r",
+            ],
+            ["--out-dir /proc/proxynas-test/r: /proc is not writable"],
+        ),
+        (
+            ["report", "--storage", "sqlite:///{db}", "--proxy-studies", "s", "--whole", "s", "--out-dir", "{proxy}"],
+            ["is a file, and a folder is written there"],
+        ),
+        (
+            ["dashboard", "--storage", "sqlite:///{db}", "--port", "99999"],
+            ["--port 99999 is not a TCP port", "1..65535"],
+        ),
+    ],
+)
 def test_outputs_are_checked_before_the_work(capsys, files, study, argv, fragments):
     argv = [str(a).format(proxy=files.proxy, db=study) for a in argv]
     before = snapshot(study.parent)
@@ -232,8 +322,20 @@ def test_a_port_in_use_is_refused(capsys, study):
 
 @pytest.mark.parametrize("resume", [[], ["--resume"]])
 def test_condense_into_a_folder_says_so_with_or_without_resume(capsys, tmp_path, resume):
-    code, _, err = run_cli(capsys, "condense", "--dataset", "digits", "--method", "random", "--ipc", "1",
-                           "--out", tmp_path, "--quiet", *resume)
+    code, _, err = run_cli(
+        capsys,
+        "condense",
+        "--dataset",
+        "digits",
+        "--method",
+        "random",
+        "--ipc",
+        "1",
+        "--out",
+        tmp_path,
+        "--quiet",
+        *resume,
+    )
     assert code == UsageError.exit_code
     assert_one_line_error(err, f"--out {tmp_path} is a folder; pass a file path")
     assert not list(tmp_path.iterdir())
@@ -241,22 +343,37 @@ def test_condense_into_a_folder_says_so_with_or_without_resume(capsys, tmp_path,
 
 def test_a_non_utf8_out_is_refused(capsys, tmp_path):
     out = os.fsdecode(bytes(tmp_path) + b"/\xff.safetensors")
-    code, _, err = run_cli(capsys, "condense", "--dataset", "digits", "--method", "random", "--ipc", "1",
-                           "--out", out, "--quiet")
+    code, _, err = run_cli(
+        capsys, "condense", "--dataset", "digits", "--method", "random", "--ipc", "1", "--out", out, "--quiet"
+    )
     assert code == UsageError.exit_code
     assert_one_line_error(err, "is not valid UTF-8")
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("where,fragments", [
-    ("file/db.sqlite", ["is a file, not a folder"]),
-    (str(UNWRITABLE / "db.sqlite"), ["cannot be written", "copy the database into a writable folder"]),
-])
+@pytest.mark.parametrize(
+    "where,fragments",
+    [
+        ("file/db.sqlite", ["is a file, not a folder"]),
+        (str(UNWRITABLE / "db.sqlite"), ["cannot be written", "copy the database into a writable folder"]),
+    ],
+)
 def test_an_sqlite_url_that_cannot_be_written_is_one_line(capsys, files, tmp_path, where, fragments):
     (tmp_path / "file").write_text("not a folder")
     before = snapshot(tmp_path)
-    code, _, err = run_cli(capsys, "search", "--proxy", files.proxy, "--study", "s", "--storage",
-                           f"sqlite:///{tmp_path / where}", "--space", files.space, "--quiet")
+    code, _, err = run_cli(
+        capsys,
+        "search",
+        "--proxy",
+        files.proxy,
+        "--study",
+        "s",
+        "--storage",
+        f"sqlite:///{tmp_path / where}",
+        "--space",
+        files.space,
+        "--quiet",
+    )
     assert code == StudyError.exit_code
     assert_one_line_error(err, *fragments)
     assert snapshot(tmp_path) == before
@@ -267,8 +384,19 @@ def test_an_existing_database_in_a_read_only_folder_is_one_line(capsys, files, s
     before = snapshot(study.parent)
     study.parent.chmod(0o555)
     try:
-        code, _, err = run_cli(capsys, "search", "--proxy", files.proxy, "--study", "s", "--storage",
-                               f"sqlite:///{study}", "--space", files.space, "--quiet")
+        code, _, err = run_cli(
+            capsys,
+            "search",
+            "--proxy",
+            files.proxy,
+            "--study",
+            "s",
+            "--storage",
+            f"sqlite:///{study}",
+            "--space",
+            files.space,
+            "--quiet",
+        )
     finally:
         study.parent.chmod(0o755)
     assert code == StudyError.exit_code
@@ -278,7 +406,7 @@ def test_an_existing_database_in_a_read_only_folder_is_one_line(capsys, files, s
 
 def test_a_worker_error_comes_back_as_one_line(capfd, monkeypatch, files, tmp_path):
     """The parent checked everything; the proxy set then vanishes before the worker reads it."""
-    import proxynas.search as search
+    import proxynas.nas.search as search
 
     proxy = Path(shutil.copy(files.proxy, tmp_path / "p.safetensors"))
     prepare = search.prepare
@@ -289,9 +417,25 @@ def test_a_worker_error_comes_back_as_one_line(capfd, monkeypatch, files, tmp_pa
         return prepared
 
     monkeypatch.setattr(search, "prepare", prepare_then_lose_the_proxy)
-    code, _, err = run_cli(capfd, "search", "--proxy", proxy, "--study", "s", "--storage",
-                           f"sqlite:///{tmp_path / 'db.sqlite'}", "--space", files.space, "--epochs", "1",
-                           "--repeats", "1", "--device", "cpu", "--quiet")
+    code, _, err = run_cli(
+        capfd,
+        "search",
+        "--proxy",
+        proxy,
+        "--study",
+        "s",
+        "--storage",
+        f"sqlite:///{tmp_path / 'db.sqlite'}",
+        "--space",
+        files.space,
+        "--epochs",
+        "1",
+        "--repeats",
+        "1",
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert code == StudyError.exit_code
     err = "\n".join(line for line in err.splitlines() if not line.startswith("20"))  # --quiet's progress lines
     assert_one_line_error(err, "worker 0 failed:", "p.safetensors does not exist", "0 of 4 configurations complete")
@@ -318,8 +462,11 @@ def _failing_study(folder: Path, fail: set[str]) -> Prepared:
 def test_a_run_in_which_no_trial_completed_fails_with_the_first_error(tmp_path):
     p = _failing_study(tmp_path / "all", fail=set("abc"))
     worker = SimpleNamespace(name="proxynas-worker-0", exitcode=0)
-    with pytest.raises(StudyError, match=r"^no trial completed: trial 0 \(a\) failed with ValueError: no good: a "
-                                         r"\(3 failed; study 'f' has 0 of 3 configurations complete, 3 left\)"):
+    with pytest.raises(
+        StudyError,
+        match=r"^no trial completed: trial 0 \(a\) failed with ValueError: no good: a "
+        r"\(3 failed; study 'f' has 0 of 3 configurations complete, 3 left\)",
+    ):
         _check_outcome(p, [worker], {}, before={})
     # a run that completed something is a success: the failures are retried by the next run
     _check_outcome(_failing_study(tmp_path / "some", fail={"a"}), [worker], {}, before={})
@@ -329,8 +476,11 @@ def test_a_killed_worker_is_reported_with_the_studys_true_state(tmp_path, caplog
     p = _failing_study(tmp_path / "some", fail={"c"})
     before = {t.number: t.state for t in p.study.get_trials()}  # nothing new in this "run"
     killed = SimpleNamespace(name="proxynas-worker-1", exitcode=-signal.SIGKILL)
-    with pytest.raises(StudyError, match=r"ended early \(proxynas-worker-1: killed by signal 9\); study 'f' has 2 "
-                                         r"of 3 configurations complete, 1 left: run the same command again"):
+    with pytest.raises(
+        StudyError,
+        match=r"ended early \(proxynas-worker-1: killed by signal 9\); study 'f' has 2 "
+        r"of 3 configurations complete, 1 left: run the same command again",
+    ):
         _check_outcome(p, [killed], {}, before)
     # complete after all: nothing to run again, so a warning only
     _check_outcome(_failing_study(tmp_path / "done", fail=set()), [killed], {}, before={})
@@ -341,7 +491,7 @@ def test_a_killed_worker_is_reported_with_the_studys_true_state(tmp_path, caplog
 
 _PARENT = textwrap.dedent("""
     import multiprocessing, os, sys, time
-    from proxynas import processes
+    from proxynas.runtime import processes
     from proxynas.exceptions import Terminated
 
     def worker(parent_pid, marker):
@@ -375,8 +525,12 @@ def test_a_worker_cleans_up_and_exits_when_its_parent_is_killed(tmp_path):
     script = tmp_path / "parent.py"
     script.write_text(_PARENT)
     marker = tmp_path / "worker"
-    parent = subprocess.Popen([sys.executable, str(script), str(marker)], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    parent = subprocess.Popen(
+        [sys.executable, str(script), str(marker)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     child = int(parent.stdout.readline())
     deadline = time.time() + 60
     while not Path(f"{marker}.ready").exists() and time.time() < deadline:
@@ -391,16 +545,47 @@ def test_a_worker_cleans_up_and_exits_when_its_parent_is_killed(tmp_path):
 
 
 def _search_argv(files, db: Path, workers: int = 2) -> list[str]:
-    return [sys.executable, "-m", "proxynas.cli", "search", "--proxy", str(files.proxy), "--study", "s",
-            "--storage", f"sqlite:///{db}", "--space", str(files.space), "--epochs", "400", "--repeats", "1",
-            "--device", "cpu", "--workers", str(workers), "--heartbeat", "1", "--grace", "30", "--quiet"]
+    return [
+        sys.executable,
+        "-m",
+        "proxynas",
+        "search",
+        "--proxy",
+        str(files.proxy),
+        "--study",
+        "s",
+        "--storage",
+        f"sqlite:///{db}",
+        "--space",
+        str(files.space),
+        "--epochs",
+        "400",
+        "--repeats",
+        "1",
+        "--device",
+        "cpu",
+        "--workers",
+        str(workers),
+        "--heartbeat",
+        "1",
+        "--grace",
+        "30",
+        "--quiet",
+    ]
 
 
 def _start_search(files, db: Path) -> tuple[subprocess.Popen, list[int]]:
     """A search in its own session, once both workers run a trial; with the workers' pids."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(_search_argv(files, db), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, preexec_fn=ctrl_c_default)
+    proc = subprocess.Popen(
+        _search_argv(files, db),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=ctrl_c_default,
+    )
     deadline, running = time.time() + 120, 0
     while time.time() < deadline and running < 2:
         time.sleep(0.2)
@@ -410,8 +595,12 @@ def _start_search(files, db: Path) -> tuple[subprocess.Popen, list[int]]:
         except sqlite3.OperationalError:
             pass
     assert running == 2, "the workers did not start trials in time"
-    children = [int(line.split()[0]) for line in subprocess.run(
-        ["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True).stdout.split()]
+    children = [
+        int(line.split()[0])
+        for line in subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True
+        ).stdout.split()
+    ]
     return proc, children
 
 
@@ -442,8 +631,9 @@ def test_sigterm_and_ctrl_c_requeue_running_trials_at_once(files, tmp_path, how,
     assert proc.returncode == code
     assert time.time() - started < 60  # not after the 30 s grace period of each trial
     assert "Traceback" not in err and "--resume" not in err
-    assert err.strip().splitlines()[-1] == ("interrupted; the running trials were re-queued: run the same command "
-                                            "again to continue the study")
+    assert err.strip().splitlines()[-1] == (
+        "interrupted; the running trials were re-queued: run the same command again to continue the study"
+    )
     assert not any(_alive(pid) for pid in workers)
     states = _states(db)
     assert states[TrialState.RUNNING] == 0 and states[TrialState.FAIL] == 2 and states[TrialState.WAITING] == 4

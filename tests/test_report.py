@@ -1,4 +1,4 @@
-"""proxynas.report: Table 5 statistics against hand-computed values, on studies built here."""
+"""proxynas.analysis.report: Table 5 statistics against hand-computed values, on studies built here."""
 
 from __future__ import annotations
 
@@ -12,14 +12,26 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState, create_trial
 
+from proxynas.analysis.report import (
+    FRAME_COLUMNS,
+    SUMMARY_COLUMNS,
+    _plot_correlations,
+    _plot_top,
+    build_report,
+    parse_top,
+    study_frame,
+    top_configs,
+    top_count,
+    write_report,
+)
 from proxynas.exceptions import StudyError, UsageError
-from proxynas.report import (FRAME_COLUMNS, SUMMARY_COLUMNS, _plot_correlations, _plot_top, build_report, parse_top,
-                             study_frame, top_configs, top_count, write_report)
-from proxynas.study import open_storage
+from proxynas.nas.study import open_storage
 
 # 40 configuration ids of the real form, in a fixed order
-IDS = [f"d{d}-w{w}-relu-{n}-{p}" for d, w, n, p in itertools.product(
-    (1, 2), (32, 64, 128, 256, 512), ("none", "instancenorm"), ("avg", "max"))]
+IDS = [
+    f"d{d}-w{w}-relu-{n}-{p}"
+    for d, w, n, p in itertools.product((1, 2), (32, 64, 128, 256, 512), ("none", "instancenorm"), ("avg", "max"))
+]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -30,13 +42,26 @@ def storage(tmp_path):
 
 def trial_attrs(cid: str, val: float, test: float) -> dict:
     depth, width, act, norm, pool = cid.split("-")
-    return {"config_id": cid, "depth": int(depth[1:]), "width": int(width[1:]), "act": act, "norm": norm,
-            "pool": pool, "params": 1000 * int(width[1:]), "flops": 7, "val_acc": val, "test_acc": test,
-            "train_seconds": 60.0, "device": "cpu", "seed": 0}
+    return {
+        "config_id": cid,
+        "depth": int(depth[1:]),
+        "width": int(width[1:]),
+        "act": act,
+        "norm": norm,
+        "pool": pool,
+        "params": 1000 * int(width[1:]),
+        "flops": 7,
+        "val_acc": val,
+        "test_acc": test,
+        "train_seconds": 60.0,
+        "device": "cpu",
+        "seed": 0,
+    }
 
 
-def add_study(storage, name: str, accs: dict[str, float], tests: dict[str, float] | None = None,
-              **attrs) -> optuna.Study:
+def add_study(
+    storage, name: str, accs: dict[str, float], tests: dict[str, float] | None = None, **attrs
+) -> optuna.Study:
     """A study with one COMPLETE trial per config (test accuracy val - 0.01 unless given)."""
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
     for key, value in {"kind": "proxy", "method": name, "dataset": "cifar10", **attrs}.items():
@@ -94,13 +119,19 @@ def test_study_frame_keeps_complete_trials_once(storage, caplog):
     for state in (TrialState.FAIL, TrialState.PRUNED):
         study.add_trial(create_trial(state=state, user_attrs={"config_id": IDS[2]}))
     study.enqueue_trial({}, user_attrs={"config_id": IDS[3]})  # WAITING
-    with caplog.at_level(logging.WARNING, logger="proxynas.report"):
+    with caplog.at_level(logging.WARNING, logger="proxynas.analysis.report"):
         frame = study_frame(storage, "dm")
     assert list(frame.columns) == list(FRAME_COLUMNS)
     assert frame.config_id.tolist() == [IDS[0], IDS[1]]
     assert frame.val_acc.tolist() == [0.6, 0.7]  # the first COMPLETE trial of IDS[0], not the later 0.99
     assert frame.loc[0, ["depth", "width", "act", "norm", "pool", "params"]].tolist() == [
-        1, 32, "relu", "none", "avg", 32000]
+        1,
+        32,
+        "relu",
+        "none",
+        "avg",
+        32000,
+    ]
     assert f"2 complete trials of {IDS[0]}" in caplog.text
 
 
@@ -126,16 +157,27 @@ def test_correlations_with_ties_match_hand_computation(storage):
     assert rnd.spearman_top == pytest.approx(-1) and rnd.kendall_all == pytest.approx(-1)
     assert rnd.selected == ids[0] and rnd.selected_whole_test_acc == pytest.approx(0.09)
     assert report.top["whole"] == [ids[3], ids[1], ids[2], ids[0]]  # its own top set, by validation accuracy
-    assert report.missing == {} and report.fill_commands == [] and report.notes == [
-        "dm: top-10 overlap over only 4 shared configs, so divided by 4",
-        "random: top-10 overlap over only 4 shared configs, so divided by 4"]
+    assert (
+        report.missing == {}
+        and report.fill_commands == []
+        and report.notes
+        == [
+            "dm: top-10 overlap over only 4 shared configs, so divided by 4",
+            "random: top-10 overlap over only 4 shared configs, so divided by 4",
+        ]
+    )
 
 
 def test_top_set_is_the_methods_own_top_fraction(storage):
     add_study(storage, "dm", descending(IDS))  # IDS[0] best
     # whole agrees on IDS[0] > IDS[1] but reverses everything else
-    add_study(storage, "w", {IDS[0]: 0.95, IDS[1]: 0.94, **descending(IDS[2:], start=0.1, step=-0.001)},
-              kind="whole", method="whole")
+    add_study(
+        storage,
+        "w",
+        {IDS[0]: 0.95, IDS[1]: 0.94, **descending(IDS[2:], start=0.1, step=-0.001)},
+        kind="whole",
+        method="whole",
+    )
     dm = row(build_report(storage, ["dm"], "w"), "dm")
     assert (dm.n_top, dm.spearman_top) == (2, pytest.approx(1.0))  # 5% of 40 = 2: the agreeing pair
     assert dm.spearman_all < 0
@@ -156,14 +198,21 @@ def test_missing_whole_results_are_listed_with_a_fill_command(storage):
     add_study(storage, "herding", descending(IDS[::-1]))  # top 10% = IDS[39..36]
     whole_ids = [c for c in IDS if c not in (IDS[0], IDS[38])]
     whole_accs = {c: 0.5 for c in whole_ids} | {IDS[1]: 0.7, IDS[2]: 0.9, IDS[3]: 0.8}
-    whole = add_study(storage, "w", whole_accs, kind="whole", method="whole",
-                      command="proxynas baseline --kind whole --dataset cifar10 --study w")
+    whole = add_study(
+        storage,
+        "w",
+        whole_accs,
+        kind="whole",
+        method="whole",
+        command="proxynas baseline --kind whole --dataset cifar10 --study w",
+    )
     whole.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"config_id": IDS[0]}))  # failed: still missing
     report = build_report(storage, ["dm", "herding"], "w", top=0.1)
     assert report.missing == {"dm": [IDS[0]], "herding": [IDS[38]]}
     assert report.top["dm"] == IDS[:4]
     assert report.fill_commands == [
-        f"proxynas baseline --kind whole --dataset cifar10 --study w --configs {','.join(sorted([IDS[0], IDS[38]]))}"]
+        f"proxynas baseline --kind whole --dataset cifar10 --study w --configs {','.join(sorted([IDS[0], IDS[38]]))}"
+    ]
     dm = row(report, "dm")
     # over IDS[1..3] only: dm ranks (1, 2, 3), whole ranks (3, 1, 2): rho = 1 - 6 * (4 + 1 + 1) / (3 * 8)
     assert dm.spearman_top == pytest.approx(-0.5)
@@ -178,7 +227,8 @@ def test_fill_command_without_a_recorded_command(storage):
     add_study(storage, "w", {IDS[1]: 0.5}, kind="whole")
     report = build_report(storage, ["dm"], "w", top=1)
     assert report.fill_commands == [  # with --dataset, which 'baseline' requires
-        f"proxynas baseline --kind whole --dataset cifar10 --study w --storage {storage.url} --configs {IDS[0]}"]
+        f"proxynas baseline --kind whole --dataset cifar10 --study w --storage {storage.url} --configs {IDS[0]}"
+    ]
 
 
 def test_undefined_correlations_are_nan_with_a_note(storage):
@@ -190,15 +240,19 @@ def test_undefined_correlations_are_nan_with_a_note(storage):
     assert math.isnan(dm.spearman_top) and math.isnan(dm.spearman_all) and math.isnan(dm.kendall_all)
     assert (dm.n_top, dm.n_top_missing, dm.n_shared) == (1, 2, 1)
     assert "dm: Spearman over the top 3 undefined (1 config with whole-dataset results)" in report.notes
-    assert "dm: Kendall's tau over all shared configs undefined (1 config shared with the whole-dataset study)" \
+    assert (
+        "dm: Kendall's tau over all shared configs undefined (1 config shared with the whole-dataset study)"
         in report.notes
+    )
 
     add_study(storage, "w2", {c: 0.1 * i for i, c in enumerate(IDS[:5])}, kind="whole")
     report = build_report(storage, ["flat"], "w2", top=3)
     flat = row(report, "flat")
     assert math.isnan(flat.spearman_top) and math.isnan(flat.kendall_all) and flat.n_shared == 5
-    assert "flat: Spearman over all shared configs undefined (constant flat accuracies over the 5 configs shared " \
-           "with the whole-dataset study)" in report.notes
+    assert (
+        "flat: Spearman over all shared configs undefined (constant flat accuracies over the 5 configs shared "
+        "with the whole-dataset study)" in report.notes
+    )
 
 
 def test_method_names_come_from_the_study_and_stay_unique(storage):
@@ -210,16 +264,31 @@ def test_method_names_come_from_the_study_and_stay_unique(storage):
     add_study(storage, "w", descending(IDS[:3]), kind="whole", method="whole")
     report = build_report(storage, ["s1", "s2"], "w", early_stop="es", extra=["zc", "plain"])
     assert report.summary.method.tolist() == ["dm (s1)", "dm (s2)", "early-stop", "whole (zc)", "plain"]
-    assert report.studies == {"dm (s1)": "s1", "dm (s2)": "s2", "early-stop": "es", "whole (zc)": "zc",
-                              "plain": "plain", "whole": "w"}
+    assert report.studies == {
+        "dm (s1)": "s1",
+        "dm (s2)": "s2",
+        "early-stop": "es",
+        "whole (zc)": "zc",
+        "plain": "plain",
+        "whole": "w",
+    }
 
 
 def test_ranking_frame(storage):
     add_study(storage, "dm", {IDS[0]: 0.5, IDS[1]: 0.7, IDS[2]: 0.7})
     add_study(storage, "w", {IDS[1]: 0.6, IDS[3]: 0.8}, tests={IDS[3]: 0.75}, kind="whole")
     ranking = build_report(storage, ["dm"], "w").ranking
-    assert list(ranking.columns) == [*FRAME_COLUMNS[:8], "dm_val_acc", "dm_test_acc", "dm_val_std", "dm_rank",
-                                     "whole_val_acc", "whole_test_acc", "whole_val_std", "whole_rank"]
+    assert list(ranking.columns) == [
+        *FRAME_COLUMNS[:8],
+        "dm_val_acc",
+        "dm_test_acc",
+        "dm_val_std",
+        "dm_rank",
+        "whole_val_acc",
+        "whole_test_acc",
+        "whole_val_std",
+        "whole_rank",
+    ]
     # whole rank first, then the rest by id (IDS[2] is d1-w32-relu-instancenorm-avg < IDS[0], ...-none-avg)
     assert ranking.config_id.tolist() == [IDS[3], IDS[1], IDS[2], IDS[0]]
     assert str(ranking.dm_rank.dtype) == "Int64" and str(ranking.whole_rank.dtype) == "Int64"  # ranks are integers
@@ -237,8 +306,12 @@ def test_spread_over_repeats_is_shown_per_configuration_and_per_method(storage, 
         for cid, val in accs.items():
             mean = sum(val) / len(val)
             std = math.sqrt(sum((v - mean) ** 2 for v in val) / len(val))
-            study.add_trial(create_trial(value=mean, user_attrs={**trial_attrs(cid, mean, mean), "val_std": std,
-                                                                 "val_accs": val, "repeats": len(val)}))
+            study.add_trial(
+                create_trial(
+                    value=mean,
+                    user_attrs={**trial_attrs(cid, mean, mean), "val_std": std, "val_accs": val, "repeats": len(val)},
+                )
+            )
 
     dm = optuna.create_study(storage=storage, study_name="dm", direction="maximize")
     dm.set_user_attr("kind", "proxy")
@@ -263,8 +336,11 @@ def test_zero_cost_values_are_scores_in_the_ranking(storage):
     add_study(storage, "syn", {IDS[0]: 3e9, IDS[1]: 2e9}, kind="zero-cost", method="synflow")
     add_study(storage, "w", {IDS[0]: 0.6, IDS[1]: 0.8}, kind="whole")
     report = build_report(storage, ["dm"], "w", extra=["syn"])
-    assert report.measures == {"dm": ("val_acc", "validation accuracy"),
-                               "synflow": ("score", "score at initialisation"), "whole": ("val_acc", "validation accuracy")}
+    assert report.measures == {
+        "dm": ("val_acc", "validation accuracy"),
+        "synflow": ("score", "score at initialisation"),
+        "whole": ("val_acc", "validation accuracy"),
+    }
     assert report.ranking.synflow_score.tolist() == [2e9, 3e9] and "synflow_val_acc" not in report.ranking
     assert report.ranking.synflow_rank.tolist() == [2, 1]
     labels = [ax.get_xlabel() for ax in _plot_top(report).axes if ax.get_visible()]
@@ -311,8 +387,9 @@ def test_test_accuracies_are_correlated_beside_validation_ones(storage):
     # dm: validation agrees with whole exactly; test accuracies rank (1, 3, 2, 4) against whole's (4, 3, 2, 1)
     add_study(storage, "dm", dict(zip(ids, (0.1, 0.2, 0.3, 0.4))), tests=dict(zip(ids, (0.1, 0.3, 0.2, 0.4))))
     add_study(storage, "syn", dict(zip(ids, (4.0, 3.0, 2.0, 1.0))), kind="zero-cost", method="synflow")
-    add_study(storage, "w", dict(zip(ids, (0.1, 0.2, 0.3, 0.4))), tests=dict(zip(ids, (0.4, 0.3, 0.2, 0.1))),
-              kind="whole")
+    add_study(
+        storage, "w", dict(zip(ids, (0.1, 0.2, 0.3, 0.4))), tests=dict(zip(ids, (0.4, 0.3, 0.2, 0.1))), kind="whole"
+    )
     report = build_report(storage, ["dm"], "w", extra=["syn"], top=4)
     dm, syn = row(report, "dm"), row(report, "synflow")
     assert dm.spearman_top == pytest.approx(1) and dm.spearman_all == pytest.approx(1)
@@ -335,12 +412,16 @@ def test_studies_on_different_validation_splits_are_refused_naming_both_and_the_
     assert build_report(storage, ["dm"], "w").summary.method.tolist() == ["dm"]  # same split: fine
     with pytest.raises(StudyError) as err:
         build_report(storage, ["dm"], "w", early_stop="es")
-    assert str(err.value) == ("studies 'es' and 'w' rank on different validation splits (fingerprints bbbbbbbbbbbb "
-                              "and aaaaaaaaaaaa); to compare them, run its command again into a new --study with "
-                              "--exclude-split 0.1 --split-seed 0")
+    assert str(err.value) == (
+        "studies 'es' and 'w' rank on different validation splits (fingerprints bbbbbbbbbbbb "
+        "and aaaaaaaaaaaa); to compare them, run its command again into a new --study with "
+        "--exclude-split 0.1 --split-seed 0"
+    )
     add_study(storage, "dm2", descending(IDS[:3]), split=split("c" * 64))
-    with pytest.raises(StudyError, match="condense its proxy set again, then search it into a new study, with "
-                                         "--exclude-split 0.1 --split-seed 0"):
+    with pytest.raises(
+        StudyError,
+        match="condense its proxy set again, then search it into a new study, with --exclude-split 0.1 --split-seed 0",
+    ):
         build_report(storage, ["dm", "dm2"], "w")
 
 
@@ -355,8 +436,10 @@ def test_an_unfinished_study_gets_the_top_set_of_its_space_and_the_command_that_
     assert report.top["dm"] == IDS[:4] and dm.n_top == 4  # 10% of 40, not 10% of the 20 that finished
     assert dm.n_unfinished == 20 and row(report, "done").n_unfinished == 0
     assert report.finish_commands == {"dm": command}
-    assert ("dm: 20 of the 40 configurations of its space have no complete trial; its top 10% is counted against "
-            "all of them, from what finished; complete it with the command below") in report.notes
+    assert (
+        "dm: 20 of the 40 configurations of its space have no complete trial; its top 10% is counted against "
+        "all of them, from what finished; complete it with the command below"
+    ) in report.notes
     summary = pd.read_csv(write_report(report, storage.url.removeprefix("sqlite:///") + "-out")["summary"])
     assert summary.set_index("method").loc["dm", "n_unfinished"] == 20
 
@@ -376,19 +459,28 @@ def test_training_steps_are_shown_and_early_stopping_on_another_budget_is_refuse
     assert (whole["train_steps"], whole["repeats"], whole["selected"]) == (18000, 1, IDS[0])
     assert whole["train_hours"] == pytest.approx(3 * 60 / 3600)
 
-    add_study(storage, "es100", descending(IDS[:3]), kind="early-stop", protocol=protocol(100),
-              command="proxynas baseline --kind early-stop --dataset cifar10 --steps 100 --study es100")
+    add_study(
+        storage,
+        "es100",
+        descending(IDS[:3]),
+        kind="early-stop",
+        protocol=protocol(100),
+        command="proxynas baseline --kind early-stop --dataset cifar10 --steps 100 --study es100",
+    )
     with pytest.raises(StudyError) as err:
         build_report(storage, ["dm", "random"], "w", early_stop="es100")
     assert str(err.value) == (
         "early stopping ('es100') trains 100 steps per run but proxy study 'dm' trains 400, so they do not cost "
         "the same; train early stopping on the proxies' budget: proxynas baseline --kind early-stop --dataset "
-        "cifar10 --steps 400 --study es100-400steps")
+        "cifar10 --steps 400 --study es100-400steps"
+    )
 
     add_study(storage, "dm10", descending(IDS[:3]), protocol=protocol(100))  # another ipc: another budget
     report = build_report(storage, ["dm", "dm10"], "w", early_stop="es100")
-    assert "the proxy studies train different numbers of steps per run (dm 400, dm10 100); early stopping " \
-           "('es100') costs the same as those with 100" in report.notes
+    assert (
+        "the proxy studies train different numbers of steps per run (dm 400, dm10 100); early stopping "
+        "('es100') costs the same as those with 100" in report.notes
+    )
 
 
 def test_the_cli_tables_show_every_summary_column():
@@ -447,6 +539,9 @@ def test_plots_have_titles_shared_axes_identity_and_labelled_bars(storage):
     assert [t.get_text() for t in dm_ax.texts] == [row(report, "dm").selected] == [IDS[0]]
     bars = _plot_correlations(report.summary).axes[0]
     assert bars.get_title() and [t.get_text() for t in bars.get_legend().get_texts()] == [
-        "Spearman, its top set", "Spearman, all shared", "Kendall's tau, all shared"]
+        "Spearman, its top set",
+        "Spearman, all shared",
+        "Kendall's tau, all shared",
+    ]
     shown = {t.get_text() for t in bars.texts}
     assert f"{row(report, 'dm').spearman_all:.2f}" in shown and f"{row(report, 'random').kendall_all:.2f}" in shown

@@ -16,12 +16,12 @@ import psycopg
 import pytest
 from optuna.trial import TrialState
 
-from proxynas.condense import CondenseConfig, condense
-from proxynas.data import load_dataset
+from proxynas.core.condense import CondenseConfig, condense
+from proxynas.core.data import load_dataset
+from proxynas.core.train import TrainConfig
 from proxynas.exceptions import StudyError
-from proxynas.search import SearchConfig, launch, prepare, run_search
-from proxynas.study import CONFIG_KEY, enqueue_configs, open_storage, open_study, run_worker
-from proxynas.train import TrainConfig
+from proxynas.nas.search import SearchConfig, launch, prepare, run_search
+from proxynas.nas.study import CONFIG_KEY, enqueue_configs, open_storage, open_study, run_worker
 
 TINY_SPACE = """
 name = "tiny"
@@ -38,8 +38,9 @@ PG = "postgresql+psycopg://postgres@127.0.0.1:5432/"
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory):
     out = tmp_path_factory.mktemp("proxy") / "digits-random.safetensors"
-    condense(CondenseConfig(dataset="digits", method="random", ipc=2, val_fraction=0.1), out,
-             dataset=load_dataset("digits"))
+    condense(
+        CondenseConfig(dataset="digits", method="random", ipc=2, val_fraction=0.1), out, dataset=load_dataset("digits")
+    )
     return out
 
 
@@ -51,9 +52,16 @@ def space_file(tmp_path):
 
 
 def config(proxy, space_file, storage, **kw) -> SearchConfig:
-    return SearchConfig(proxy=str(proxy), study=kw.pop("study", "s"), storage=storage, space=str(space_file),
-                        train=TrainConfig(epochs=kw.pop("epochs", 1), batch_size=250), device="cpu",
-                        repeats=kw.pop("repeats", 1), **kw)
+    return SearchConfig(
+        proxy=str(proxy),
+        study=kw.pop("study", "s"),
+        storage=storage,
+        space=str(space_file),
+        train=TrainConfig(epochs=kw.pop("epochs", 1), batch_size=250),
+        device="cpu",
+        repeats=kw.pop("repeats", 1),
+        **kw,
+    )
 
 
 def completed_once(storage: str, study: str = "s", total: int = 4) -> list[optuna.trial.FrozenTrial]:
@@ -137,12 +145,33 @@ def test_four_workers_on_postgresql_never_train_twice(proxy, space_file, pg_url)
 def test_sigkilled_worker_is_requeued_and_the_study_still_completes_once(proxy, space_file, tmp_path):
     db = tmp_path / "db.sqlite"
     storage = f"sqlite:///{db}"
-    argv = [sys.executable, "-m", "proxynas.cli", "search", "--proxy", str(proxy), "--study", "s", "--storage",
-            storage, "--space", str(space_file), "--epochs", "150", "--repeats", "1", "--device", "cpu",
-            "--heartbeat", "1", "--grace", "10", "--quiet"]
+    argv = [
+        sys.executable,
+        "-m",
+        "proxynas",
+        "search",
+        "--proxy",
+        str(proxy),
+        "--study",
+        "s",
+        "--storage",
+        storage,
+        "--space",
+        str(space_file),
+        "--epochs",
+        "150",
+        "--repeats",
+        "1",
+        "--device",
+        "cpu",
+        "--heartbeat",
+        "1",
+        "--grace",
+        "10",
+        "--quiet",
+    ]
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     running = 0
     while time.time() < deadline and not running:
@@ -188,8 +217,7 @@ def test_pruning_reports_validation_accuracy_during_training(proxy, space_file, 
     assert run_search(cfg) == 4
     trials = optuna.load_study(study_name="s", storage=storage).trials
     # 10 validation checks during 20 epochs (every 2nd), the last one left to the final accuracy
-    assert all(sorted(t.intermediate_values) == list(range(2, 20, 2)) for t in trials
-               if t.state == TrialState.COMPLETE)
+    assert all(sorted(t.intermediate_values) == list(range(2, 20, 2)) for t in trials if t.state == TrialState.COMPLETE)
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
 
 
@@ -211,7 +239,7 @@ def test_several_processes_creating_one_fresh_database_all_succeed(tmp_path):
 
 
 def test_a_trial_declared_stale_while_running_is_completed_once_by_its_requeued_copy(tmp_path):
-    from proxynas.study import HeartbeatSettings
+    from proxynas.nas.study import HeartbeatSettings
 
     storage = open_storage(f"sqlite:///{tmp_path / 'db.sqlite'}", HeartbeatSettings(interval=100, grace_period=1))
     study = open_study(storage, "stale")
@@ -232,7 +260,7 @@ def test_a_trial_declared_stale_while_running_is_completed_once_by_its_requeued_
 
 
 def test_a_worker_killed_between_claim_and_first_heartbeat_still_gets_its_trial_requeued(tmp_path):
-    from proxynas.study import HeartbeatSettings, claim_waiting
+    from proxynas.nas.study import HeartbeatSettings, claim_waiting
 
     storage = open_storage(f"sqlite:///{tmp_path / 'db.sqlite'}", HeartbeatSettings(interval=1, grace_period=1))
     study = open_study(storage, "orphan")
@@ -247,7 +275,17 @@ def test_a_worker_killed_between_claim_and_first_heartbeat_still_gets_its_trial_
 
 def test_modules_below_the_search_never_import_it():
     """Imports flow one way (cli -> search -> objectives -> sources, zero_cost, ...): no cycle to untangle."""
-    below = ("sources", "objectives", "zero_cost", "baselines", "report", "study", "devices", "train", "dashboard")
-    code = (f"import sys; import {', '.join('proxynas.' + m for m in below)}; "
-            "assert 'proxynas.search' not in sys.modules, 'a module below the search imported it'")
+    below = (
+        "nas.sources",
+        "nas.objectives",
+        "core.zero_cost",
+        "nas.baselines",
+        "nas.study",
+        "runtime.devices",
+        "core.train",
+    )
+    code = (
+        f"import sys; import {', '.join('proxynas.' + m for m in below)}; "
+        "assert 'proxynas.nas.search' not in sys.modules, 'a module below the search imported it'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})

@@ -1,4 +1,4 @@
-"""Tests for proxynas.search_space: the bundled 720-ConvNet space, user files, errors, Optuna."""
+"""Tests for proxynas.nas.search_space: the bundled 720-ConvNet space, user files, errors, Optuna."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import optuna
 import pytest
 import torch
 
+from proxynas.core.networks import NetConfig, build, count_params, describe
 from proxynas.exceptions import SearchSpaceError
-from proxynas.networks import NetConfig, build, count_params, describe
-from proxynas.search_space import SearchSpace, bundled_spaces, describe_space, load_space
+from proxynas.nas.search_space import SearchSpace, bundled_spaces, describe_space, load_space
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -140,7 +140,9 @@ def test_invalid_file_is_refused_in_one_line_naming_file_and_key(tmp_path, text,
 
 
 def test_missing_unreadable_or_binary_file(tmp_path):
-    with pytest.raises(SearchSpaceError, match=r"^search space 'nope.toml' not found: .* bundled spaces are convnet720$"):
+    with pytest.raises(
+        SearchSpaceError, match=r"^search space 'nope.toml' not found: .* bundled spaces are convnet720$"
+    ):
         load_space("nope.toml")
     with pytest.raises(SearchSpaceError, match="cannot read the search space file"):
         load_space(tmp_path)
@@ -168,7 +170,9 @@ def test_restrict(space):
     assert len(sub) == len(sub.ids()) == 2 * 4 * 3 * 2 * 3
     full, kept = space.ids(), set(sub.ids())
     assert sub.ids() == [i for i in full if i in kept]  # a subsequence of the full order
-    assert space.restrict("width=64").restrict("pool=max").ids() == [i for i in full if "-w64-" in i and i.endswith("-max")]
+    assert space.restrict("width=64").restrict("pool=max").ids() == [
+        i for i in full if "-w64-" in i and i.endswith("-max")
+    ]
 
 
 @pytest.mark.parametrize(
@@ -229,9 +233,7 @@ def test_pyproject_ships_the_bundled_spaces_and_every_subpackage():
     # The package list is written out (a find cannot see search_spaces/): it must name
     # every subpackage of proxynas/, or a plain `pip install .` would leave one out.
     setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-    subpackages = {
-        ".".join(init.parent.relative_to(REPO).parts) for init in (REPO / "proxynas").rglob("__init__.py")
-    }
+    subpackages = {".".join(init.parent.relative_to(REPO).parts) for init in (REPO / "proxynas").rglob("__init__.py")}
     assert set(setuptools["packages"]) == subpackages | {"proxynas.search_spaces"}
     assert setuptools["package-dir"] == {"proxynas.search_spaces": "search_spaces"}
     assert setuptools["package-data"]["proxynas.search_spaces"] == ["*.toml"]

@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 import torch
 
-from proxynas import stacked
-from proxynas.networks import build
-from proxynas.train import TrainConfig, accuracy, train_network, train_repeats
+from proxynas.core import stacked
+from proxynas.core.networks import build
+from proxynas.core.train import TrainConfig, accuracy, train_network, train_repeats
 
 R, N, SIZE = 2, 12, 8
 # Every norm with each activation and each pooling once (a Latin square over act x pool).
@@ -63,7 +63,8 @@ def test_stacked_training_gives_the_weights_and_accuracies_of_sequential(norm, a
     images, labels = data(1)
     for a, b in zip(seq, stk):
         assert accuracy(a, raw(images), labels, lambda t: t.float() / 40) == accuracy(
-            b, raw(images), labels, lambda t: t.float() / 40)
+            b, raw(images), labels, lambda t: t.float() / 40
+        )
 
 
 def test_sequential_repeats_are_the_single_trainings():
@@ -85,9 +86,11 @@ def test_probe_switches_layouts_exactly_and_records_its_verdict(monkeypatch, sta
     now = [0.0]  # a fake clock that each step advances by its layout's cost
     monkeypatch.setattr(stacked, "_clock", lambda device: now[0])
     for layout, cost in ((stacked.Sequential, 1.0), (stacked.Stacked, 0.5 if stacked_faster else 2.0)):
+
         def step(self, xs, ys, lr, real=layout.step, cost=cost):
             real(self, xs, ys, lr)
             now[0] += cost
+
         monkeypatch.setattr(layout, "step", step)
     auto = trained("d2-w4-relu-batchnorm-max", "auto", PROBED)
     seq = trained("d2-w4-relu-batchnorm-max", "sequential", PROBED)
@@ -118,8 +121,13 @@ def test_on_epoch_sees_the_current_weights_in_every_mode():
             seen[mode].append(nets[0].classifier.weight.detach().clone())
             nets[0].eval()  # as a pruning hook's accuracy() does; training must go on in train mode
 
-        train_repeats(nets, *data(), dataclasses.replace(CFG, repeat_mode=mode),
-                      [torch.Generator().manual_seed(100 + r) for r in range(R)], hook)
+        train_repeats(
+            nets,
+            *data(),
+            dataclasses.replace(CFG, repeat_mode=mode),
+            [torch.Generator().manual_seed(100 + r) for r in range(R)],
+            hook,
+        )
         assert nets[0].features[1].num_batches_tracked.item() == CFG.total_steps(N)
     assert len(seen["sequential"]) == CFG.epochs
     for a, b in zip(seen["sequential"], seen["stacked"]):

@@ -14,8 +14,16 @@ from optuna.trial import Trial, TrialState
 
 from bench.storage_load import run_load, storage_server
 from proxynas.exceptions import StudyError
-from proxynas.study import (CONFIG_KEY, claim_waiting, enqueue_configs, is_duplicate, open_grpc_storage, open_storage,
-                            open_study, run_worker)
+from proxynas.nas.study import (
+    CONFIG_KEY,
+    claim_waiting,
+    enqueue_configs,
+    is_duplicate,
+    open_grpc_storage,
+    open_storage,
+    open_study,
+    run_worker,
+)
 from tests.test_cli import assert_one_line_error, run_cli
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -94,12 +102,15 @@ def test_a_grpc_study_is_read_like_any_other(server):
     assert open_study(open_storage(address), "r", create=False).best_value == 0.0
 
 
-@pytest.mark.parametrize("argv,code,fragments", [
-    (["--storage", "grpc://127.0.0.1:13000"], 2, ["is a storage server itself", "database URL"]),
-    (["--storage", "sqlite:///x.db", "--port", "0"], 2, ["--port must be 1-65535, not 0"]),
-    (["--storage", "sqlite:///x.db", "--threads", "0"], 2, ["--threads must be at least 1"]),
-    (["--storage", "nosuchdb://x"], 7, ["is not a usable SQLAlchemy URL"]),
-])
+@pytest.mark.parametrize(
+    "argv,code,fragments",
+    [
+        (["--storage", "grpc://127.0.0.1:13000"], 2, ["is a storage server itself", "database URL"]),
+        (["--storage", "sqlite:///x.db", "--port", "0"], 2, ["--port must be 1-65535, not 0"]),
+        (["--storage", "sqlite:///x.db", "--threads", "0"], 2, ["--threads must be at least 1"]),
+        (["--storage", "nosuchdb://x"], 7, ["is not a usable SQLAlchemy URL"]),
+    ],
+)
 def test_storage_server_bad_input(capsys, tmp_path, monkeypatch, argv, code, fragments):
     monkeypatch.chdir(tmp_path)
     got, _, err = run_cli(capsys, "storage-server", *argv)
@@ -116,11 +127,14 @@ def test_storage_server_on_a_taken_port(capsys, tmp_path):
     assert not (tmp_path / "x.db").exists()  # refused before the database was touched
 
 
-@pytest.mark.parametrize("url,fragment", [
-    ("grpc://127.0.0.1", "is not a storage-server address; give grpc://host:port"),
-    ("grpc://127.0.0.1:99999", "is not a storage-server address"),
-    ("grpc://127.0.0.1:13000/db", "is not a storage-server address"),
-])
+@pytest.mark.parametrize(
+    "url,fragment",
+    [
+        ("grpc://127.0.0.1", "is not a storage-server address; give grpc://host:port"),
+        ("grpc://127.0.0.1:99999", "is not a storage-server address"),
+        ("grpc://127.0.0.1:13000/db", "is not a storage-server address"),
+    ],
+)
 def test_bad_grpc_addresses(url, fragment):
     with pytest.raises(StudyError, match=fragment):
         open_storage(url)
@@ -132,19 +146,29 @@ def test_no_server_at_the_address_names_the_command_that_starts_one():
         port = s.getsockname()[1]
         with pytest.raises(StudyError) as e:
             open_grpc_storage(f"grpc://127.0.0.1:{port}", wait=0.5)
-    assert str(e.value) == (f"no storage server answers at grpc://127.0.0.1:{port}; start one with: proxynas "
-                            f"storage-server --storage <database URL> --port {port}")
+    assert str(e.value) == (
+        f"no storage server answers at grpc://127.0.0.1:{port}; start one with: proxynas "
+        f"storage-server --storage <database URL> --port {port}"
+    )
 
 
-@pytest.mark.parametrize("argv", [
-    ["report", "--proxy-studies", "p", "--whole", "w", "--storage", "grpc://127.0.0.1:13000", "--out-dir", "rep"],
-    ["storage-server", "--storage", "sqlite:///x.db"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["report", "--proxy-studies", "p", "--whole", "w", "--storage", "grpc://127.0.0.1:13000", "--out-dir", "rep"],
+        ["storage-server", "--storage", "sqlite:///x.db"],
+    ],
+)
 def test_without_grpcio_a_grpc_storage_names_the_install(tmp_path, argv):
-    code = ("import sys; sys.modules['grpc'] = None; from proxynas.cli import main; "
-            f"sys.exit(main({argv!r}))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": os.getcwd()})
+    code = f"import sys; sys.modules['grpc'] = None; from proxynas.cli import main; sys.exit(main({argv!r}))"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
     assert done.returncode == 7, done.stderr
     assert_one_line_error(done.stderr, "needs grpcio and protobuf (grpc is missing); pip install 'proxynas[grpc]'")
     assert not (tmp_path / "x.db").exists()

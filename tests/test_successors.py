@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from proxynas.cli import default_name, main
-from proxynas.condense import CondenseConfig, SyntheticSet, condense, dm_loss, merge, mmd_loss, parse_classes
-from proxynas.condense._factor import decode, encode
-from proxynas.condense._m3d import gaussian_kernel, linear_kernel, mmd2
+from proxynas.core.condense import CondenseConfig, SyntheticSet, condense, dm_loss, merge, mmd_loss, parse_classes
+from proxynas.core.condense._factor import decode, encode
+from proxynas.core.condense._m3d import gaussian_kernel, linear_kernel, mmd2
+from proxynas.core.networks import build
 from proxynas.exceptions import UsageError
-from proxynas.networks import build
 from tests.conftest import TINY_MODEL, make_dataset
 from tests.test_condense import interrupt_at
 
@@ -101,8 +101,9 @@ def unbiased_mmd2(real: torch.Tensor, syn: torch.Tensor) -> torch.Tensor:
     return off(k_rr) + off(k_ss) - 2 * k_rs.mean((1, 2))
 
 
-@pytest.mark.parametrize("kw", [{"method": "m3d"}, {"factor": 2}, {"method": "m3d", "factor": 2}],
-                         ids=["m3d", "dm-factor2", "m3d-factor2"])
+@pytest.mark.parametrize(
+    "kw", [{"method": "m3d"}, {"factor": 2}, {"method": "m3d", "factor": 2}], ids=["m3d", "dm-factor2", "m3d-factor2"]
+)
 def test_the_loss_decreases_on_a_small_problem(tiny, tmp_path, kw):
     # measured on networks the run never saw, every real image, no augmentation: from noise to below half
     base = dict(ipc=2, model=TINY_MODEL, batch_real=16, init="noise", seed=0, **kw)
@@ -119,8 +120,9 @@ def test_the_loss_decreases_on_a_small_problem(tiny, tmp_path, kw):
                     f_real, f_syn = net.embed(real).unflatten(0, (3, -1)), net.embed(images).unflatten(0, (3, -1))
                     total += float(unbiased_mmd2(f_real, f_syn).sum())
                 else:
-                    total += float(dm_loss(net.embed(real).unflatten(0, (3, -1)),
-                                           net.embed(images).unflatten(0, (3, -1))))
+                    total += float(
+                        dm_loss(net.embed(real).unflatten(0, (3, -1)), net.embed(images).unflatten(0, (3, -1)))
+                    )
         return total
 
     assert held_out(end) < 0.5 * held_out(start)
@@ -153,8 +155,11 @@ def test_class_chunks_and_shards_give_the_whole_run(tmp_path, kw):
 
 def test_an_m3d_shard_with_a_batchnorm_embedding_is_refused(tmp_path):
     with pytest.raises(UsageError, match="batch statistics over all classes"):
-        condense(_base(method="m3d", model="d1-w8-relu-batchnorm-avg", classes=(0, 1)), tmp_path / "p.safetensors",
-                 dataset=make_dataset(num_classes=4))
+        condense(
+            _base(method="m3d", model="d1-w8-relu-batchnorm-avg", classes=(0, 1)),
+            tmp_path / "p.safetensors",
+            dataset=make_dataset(num_classes=4),
+        )
 
 
 def test_decode_upsamples_a_hand_made_image_bilinearly():
@@ -174,25 +179,43 @@ def test_a_factorised_set_holds_decoded_images_of_the_learned_ones(tiny, tmp_pat
     torch.testing.assert_close(start.images, decode(encode(rnd.images, 2), 16))
     syn = condense(_base(ipc=4, factor=2), tmp_path / "f.safetensors", dataset=tiny)
     assert syn.images.shape == (12, 3, 16, 16) and syn.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
-    assert (syn.meta["factor"], syn.meta["decoded_images_per_class"], syn.meta["learned_images_per_class"]) == \
-        (2, 4, 1.0)
+    assert (syn.meta["factor"], syn.meta["decoded_images_per_class"], syn.meta["learned_images_per_class"]) == (
+        2,
+        4,
+        1.0,
+    )
     back = SyntheticSet.load(tmp_path / "f.safetensors")
     assert torch.equal(back.images, syn.images) and back.meta["config"]["factor"] == 2
 
 
-@pytest.mark.parametrize("kw, message", [
-    ({"method": "dsa", "factor": 2}, "--factor applies to --method dm or m3d only"),
-    ({"factor": 0}, "--factor must be at least 1"),
-    ({"mmd_kernel": "linear"}, "--mmd-kernel applies to --method m3d only"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"method": "dsa", "factor": 2}, "--factor applies to --method dm or m3d only"),
+        ({"factor": 0}, "--factor must be at least 1"),
+        ({"mmd_kernel": "linear"}, "--mmd-kernel applies to --method m3d only"),
+    ],
+)
 def test_settings_a_method_cannot_use_are_refused(kw, message):
     with pytest.raises(UsageError, match=message):
         CondenseConfig(**kw)
 
 
 def test_cli_condenses_with_m3d_and_a_factor_and_refuses_one_that_does_not_divide(capsys, tmp_path):
-    common = ["condense", "--dataset", "digits", "--ipc", "1", "--model", TINY_MODEL, "--iterations", "2",
-              "--real-batch-size", "4", "--quiet"]
+    common = [
+        "condense",
+        "--dataset",
+        "digits",
+        "--ipc",
+        "1",
+        "--model",
+        TINY_MODEL,
+        "--iterations",
+        "2",
+        "--real-batch-size",
+        "4",
+        "--quiet",
+    ]
     assert main([*common, "--method", "m3d", "--factor", "2", "--out", str(tmp_path / "m.safetensors")]) == 0
     meta = SyntheticSet.load(tmp_path / "m.safetensors").meta
     assert (meta["method"], meta["config"]["factor"], meta["config"]["mmd_kernel"]) == ("m3d", 2, "gaussian")
@@ -204,7 +227,13 @@ def test_cli_condenses_with_m3d_and_a_factor_and_refuses_one_that_does_not_divid
 
 
 def test_default_output_names_tell_the_variants_apart():
-    names = {default_name(CondenseConfig(dataset="digits", **kw)) for kw in
-             ({}, {"factor": 2}, {"method": "m3d"}, {"method": "m3d", "mmd_kernel": "linear", "factor": 2})}
-    assert names == {"digits-dm-ipc10-ConvNet-s0.safetensors", "digits-dm-f2-ipc10-ConvNet-s0.safetensors",
-                     "digits-m3d-ipc10-ConvNet-s0.safetensors", "digits-m3d-linear-f2-ipc10-ConvNet-s0.safetensors"}
+    names = {
+        default_name(CondenseConfig(dataset="digits", **kw))
+        for kw in ({}, {"factor": 2}, {"method": "m3d"}, {"method": "m3d", "mmd_kernel": "linear", "factor": 2})
+    }
+    assert names == {
+        "digits-dm-ipc10-ConvNet-s0.safetensors",
+        "digits-dm-f2-ipc10-ConvNet-s0.safetensors",
+        "digits-m3d-ipc10-ConvNet-s0.safetensors",
+        "digits-m3d-linear-f2-ipc10-ConvNet-s0.safetensors",
+    }

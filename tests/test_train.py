@@ -7,12 +7,12 @@ import dataclasses
 import pytest
 import torch
 
-from proxynas import _allocator as A
-from proxynas import augment
-from proxynas import train as T
+from proxynas.core import augment
+from proxynas.core import train as T
+from proxynas.core.networks import build
+from proxynas.core.train import TrainConfig, train_network, train_repeats
 from proxynas.exceptions import UnknownNameError, UsageError
-from proxynas.networks import build
-from proxynas.train import TrainConfig, train_network, train_repeats
+from proxynas.runtime import allocator as A
 
 SIZE = 8
 CFG = TrainConfig(epochs=2, batch_size=4, dsa_strategy=augment.DEFAULT_STRATEGY)
@@ -140,7 +140,7 @@ def test_every_heap_setting_fits_mallopts_c_int(monkeypatch):
     with A.hot_loop_memory(torch.device("cpu")):
         pass
     # ctypes passes a Python int as a C int, cut to its low 32 bits: 2**62 became 0 ("trim always")
-    assert calls and all(-2**31 <= v < 2**31 for _, v in calls), calls
+    assert calls and all(-(2**31) <= v < 2**31 for _, v in calls), calls
     assert dict(calls[:2]) == {A._M_MMAP_MAX: 0, A._M_TRIM_THRESHOLD: 2**31 - 1}
 
 
@@ -166,9 +166,10 @@ def test_the_heap_keeps_freed_activations_so_a_step_does_not_fault_its_pages_in_
     # at every free, as under glibc's own setting, every step faults all 65,536 again.
     assert sum(counts[-3:]) < 0.01 * 3 * 65_536, counts
 
+
 def test_amp_on_a_cpu_without_fast_bf16_warns_once_and_names_the_fix(monkeypatch, caplog):
-    from proxynas import devices
-    from proxynas import train as train_module
+    from proxynas.core import train as train_module
+    from proxynas.runtime import devices
 
     class Checked(Exception):
         pass
@@ -185,18 +186,21 @@ def test_amp_on_a_cpu_without_fast_bf16_warns_once_and_names_the_fix(monkeypatch
         devices.warn_if_slow_bf16(torch.device("cpu"))
     warnings = [r.getMessage() for r in caplog.records if "--amp" in r.getMessage()]
     devices.warn_if_slow_bf16.cache_clear()
-    assert warnings == ["warning: --amp (bf16 autocast) slows this run down: bf16 matmuls run at 1.0 GFLOP/s "
-                        "(no bf16 units); run without --amp"]
+    assert warnings == [
+        "warning: --amp (bf16 autocast) slows this run down: bf16 matmuls run at 1.0 GFLOP/s "
+        "(no bf16 units); run without --amp"
+    ]
 
 
 def test_slow_bf16_compares_measured_matmul_rates(monkeypatch):
-    from proxynas import devices
+    from proxynas.runtime import devices
 
     rates = {torch.float32: 80.0, torch.bfloat16: 1.1}
     monkeypatch.setattr(devices, "matmul_gflops", lambda device, dtype, n, reps: rates[dtype])
     devices.slow_bf16.cache_clear()
-    assert devices.slow_bf16(torch.device("cpu")) == ("bf16 matmuls run at 1.1 GFLOP/s on this CPU against fp32's "
-                                                      "80.0 (no bf16 units)")
+    assert devices.slow_bf16(torch.device("cpu")) == (
+        "bf16 matmuls run at 1.1 GFLOP/s on this CPU against fp32's 80.0 (no bf16 units)"
+    )
     rates[torch.bfloat16] = 400.0  # AMX
     devices.slow_bf16.cache_clear()
     assert devices.slow_bf16(torch.device("cpu")) is None

@@ -20,9 +20,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from proxynas.dashboard import study_note
-from proxynas.report import study_frame
-from proxynas.study import CONFIG_KEY
+from proxynas.analysis.dashboard import study_note
+from proxynas.analysis.report import study_frame
+from proxynas.nas.study import CONFIG_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = sorted((ROOT / "tests" / "fixtures").glob("study-*"))
@@ -54,8 +54,9 @@ def _run_recorded(folder: Path, name: str) -> subprocess.CompletedProcess:
     argv = shlex.split(_study(folder, name).user_attrs["command"])
     assert argv[0] == "proxynas"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "proxynas", *argv[1:]], cwd=folder, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "proxynas", *argv[1:]], cwd=folder, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_the_fixtures_are_what_their_readme_says(old):
@@ -74,8 +75,14 @@ def test_a_partial_study_resumes_with_its_recorded_command(old):
     after = _complete(study)
     assert len(after) == 8 and all(len(ts) == 1 for ts in after.values()), {c: len(t) for c, t in after.items()}
     axes = study.user_attrs["space"]["axes"]
-    assert set(after) == {f"d{d}-w{w}-{a}-{n}-{p}" for d in axes["depth"] for w in axes["width"]
-                          for a in axes["act"] for n in axes["norm"] for p in axes["pool"]}
+    assert set(after) == {
+        f"d{d}-w{w}-{a}-{n}-{p}"
+        for d in axes["depth"]
+        for w in axes["width"]
+        for a in axes["act"]
+        for n in axes["norm"]
+        for p in axes["pool"]
+    }
     for config, values in before.items():  # what the old version completed stays as it recorded it
         assert [t.values for t in after[config]] == values
     left = [t.state for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]

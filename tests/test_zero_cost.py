@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from proxynas._seeding import derive_seed, generator
+from proxynas.core.networks import build
+from proxynas.core.train import TrainConfig
+from proxynas.core.zero_cost import ZERO_COST, grad_norm, naswot, synflow, zico
 from proxynas.exceptions import UnknownNameError, UsageError
-from proxynas.networks import build
-from proxynas.train import TrainConfig
-from proxynas.zero_cost import ZERO_COST, grad_norm, naswot, synflow, zico
+from proxynas.runtime.seeding import derive_seed, generator
 from tests.conftest import TINY_MODEL, make_dataset
 
 
@@ -173,17 +173,25 @@ def test_scores_are_deterministic_for_a_seeded_build():
 def test_zero_cost_study_scores_each_configuration_as_built_for_the_search(tmp_path):
     import optuna
 
-    from proxynas.data import load_dataset, train_val_split
-    from proxynas.report import build_report
-    from proxynas.search import SearchConfig, run_search
+    from proxynas.analysis.report import build_report
+    from proxynas.core.data import load_dataset, train_val_split
+    from proxynas.nas.search import SearchConfig, run_search
     from tests.test_search import TINY_SPACE
 
     space_file = tmp_path / "tiny.toml"
     space_file.write_text(TINY_SPACE)
     storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
     for metric in ("naswot", "synflow"):
-        cfg = SearchConfig(study=metric, zero_cost=metric, zero_cost_batch=10, dataset="digits", seed=3,
-                           storage=storage, space=str(space_file), device="cpu")
+        cfg = SearchConfig(
+            study=metric,
+            zero_cost=metric,
+            zero_cost_batch=10,
+            dataset="digits",
+            seed=3,
+            storage=storage,
+            space=str(space_file),
+            device="cpu",
+        )
         assert run_search(cfg) == 4
     study = optuna.load_study(study_name="synflow", storage=storage)
     assert study.user_attrs["kind"] == "zero-cost" and study.user_attrs["minibatch"] == 10
@@ -197,21 +205,44 @@ def test_zero_cost_study_scores_each_configuration_as_built_for_the_search(tmp_p
     pick = torch.randperm(len(split.train_idx), generator=generator(3, "zero-cost-batch"))[:10]
     x = data.normalise(data.train.images[split.train_idx][pick])
     naswot_trial = optuna.load_study(study_name="naswot", storage=storage).trials[0]
-    net = build(naswot_trial.user_attrs["config_id"], 1, 10, 32,
-                seed=derive_seed(3, "candidate", naswot_trial.user_attrs["config_id"]))
+    net = build(
+        naswot_trial.user_attrs["config_id"],
+        1,
+        10,
+        32,
+        seed=derive_seed(3, "candidate", naswot_trial.user_attrs["config_id"]),
+    )
     assert naswot_trial.value == pytest.approx(naswot(net, x))
     # a zero-cost study is a report row like any other method
-    run_search(SearchConfig(study="whole", baseline="whole", dataset="digits", storage=storage,
-                            space=str(space_file), device="cpu", train=TrainConfig(epochs=1, batch_size=250),
-                            repeats=1))
+    run_search(
+        SearchConfig(
+            study="whole",
+            baseline="whole",
+            dataset="digits",
+            storage=storage,
+            space=str(space_file),
+            device="cpu",
+            train=TrainConfig(epochs=1, batch_size=250),
+            repeats=1,
+        )
+    )
     report = build_report(storage, [], "whole", extra=["naswot", "synflow"], top=2, k=2)
     rows = report.summary.set_index("method")
     assert set(rows.index) == {"naswot", "synflow"}  # compared with whole; no whole-against-whole row
     assert rows.loc["naswot", "n_shared"] == 4 and rows.loc["synflow", "n_top"] == 2
 
     with pytest.raises(UsageError, match=r"--batch-size 100000 must be in 1\.\.\d+ \(the training split's size\)"):
-        run_search(SearchConfig(study="big", zero_cost="naswot", zero_cost_batch=100_000, dataset="digits",
-                                storage=storage, space=str(space_file), device="cpu"))
+        run_search(
+            SearchConfig(
+                study="big",
+                zero_cost="naswot",
+                zero_cost_batch=100_000,
+                dataset="digits",
+                storage=storage,
+                space=str(space_file),
+                device="cpu",
+            )
+        )
 
 
 def test_score_params_and_flops_studies_rank_by_the_recorded_size_and_cost(tmp_path, capsys):
@@ -223,8 +254,20 @@ def test_score_params_and_flops_studies_rank_by_the_recorded_size_and_cost(tmp_p
     space_file = tmp_path / "tiny.toml"
     space_file.write_text(TINY_SPACE)
     storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    argv = ["score", "--metrics", "params,flops", "--dataset", "digits", "--storage", storage, "--space",
-            str(space_file), "--device", "cpu", "--quiet"]
+    argv = [
+        "score",
+        "--metrics",
+        "params,flops",
+        "--dataset",
+        "digits",
+        "--storage",
+        storage,
+        "--space",
+        str(space_file),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     assert main(argv) == 0
     for metric in ("params", "flops"):
         study = optuna.load_study(study_name=metric, storage=storage)

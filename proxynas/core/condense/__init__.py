@@ -1,0 +1,35 @@
+"""Condensing a dataset into a proxy set: ``condense(cfg, out)`` runs any registered method.
+
+Methods (one module each, registered in ``CONDENSERS``): ``dm`` (Distribution
+Matching, the default), ``m3d`` (DM's loop matching a kernel MMD), ``dsa`` (gradient
+matching with Siamese augmentation), and the ``random``, ``herding`` and ``kcenter``
+coresets; ``factor`` learns dm or m3d images at a lower resolution, decoded by
+upsampling (``_factor.py``). ``condense_sharded`` runs one
+condensation as class shards on several processes or GPUs and merges them.
+"""
+
+from proxynas.core.condense import _coreset, _dm, _dsa, _kcenter, _m3d  # noqa: F401  (importing a method's module registers it)
+from proxynas.core.condense._base import CONDENSERS, TUNE_CHOICES, CondenseConfig, SyntheticSet, config_path
+from proxynas.core.condense._dm import dm_loss, dm_loss_per_class
+from proxynas.core.condense._m3d import KERNELS as MMD_KERNELS
+from proxynas.core.condense._m3d import mmd_loss
+from proxynas.core.condense._shards import condense_sharded
+from proxynas.core.condense.run import checkpoint_path, condense, merge, parse_classes, save_grid
+
+__all__ = [
+    "CONDENSERS",
+    "MMD_KERNELS",
+    "TUNE_CHOICES",
+    "CondenseConfig",
+    "SyntheticSet",
+    "condense",
+    "condense_sharded",
+    "config_path",
+    "merge",
+    "save_grid",
+    "checkpoint_path",
+    "dm_loss",
+    "dm_loss_per_class",
+    "mmd_loss",
+    "parse_classes",
+]

@@ -1,0 +1,398 @@
+"""Proxy-set NAS (docs/protocol.md §5): train every candidate on a proxy set, rank by validation accuracy.
+
+Each trial builds one configuration of the search space, trains it from scratch on
+the proxy set (200 epochs, batch 250, DSA, SGD as §4) ``repeats`` times, and returns
+its mean accuracy on the validation split the proxy set excluded (10% of the training
+set); the test accuracies are recorded as user attributes. The same machinery runs
+the baselines (candidates trained on the real split) and the zero-cost proxies
+(candidates scored at initialisation), so every study looks alike: ``KINDS`` says
+where each kind of study gets its source (``sources.py``) and its objective
+(``objectives.py``). ``run_search`` is one worker in this process; ``launch`` starts
+several worker processes on one study, spread over the devices, and waits for them.
+
+Imports flow one way: cli -> search -> objectives -> sources, zero_cost, study, train, and
+search -> dashboard (metric names and notes for optuna-dashboard); nothing below this
+module imports it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from proxynas.analysis.dashboard import ACCURACY_METRIC, save_study_note, set_metric_name
+from proxynas.core.train import TrainConfig
+from proxynas.exceptions import ProxyNASError, StudyError, Terminated, UsageError
+from proxynas.nas.objectives import CandidateObjective, Objective, ZeroCostObjective, check_minibatch, resolved_training
+from proxynas.nas.search_space import SearchSpace, load_space
+from proxynas.nas.sources import BASELINES, Source, proxy_source, real_split_source
+from proxynas.nas.study import (
+    CONFIG_KEY,
+    DEFAULT_STORAGE,
+    HeartbeatSettings,
+    check_study_attrs,
+    enqueue_configs,
+    open_storage,
+    open_study,
+    run_worker,
+    summary,
+)
+from proxynas.runtime import processes
+from proxynas.runtime.devices import assign, default_devices
+from proxynas.runtime.provenance import versions
+from proxynas.runtime.registry import Registry
+from proxynas.runtime.seeding import derive_seed
+
+log = logging.getLogger(__name__)
+
+SAMPLERS: Registry[Callable[[int], optuna.samplers.BaseSampler | None]] = Registry("sampler")
+SAMPLERS.add("exhaustive", lambda seed: None)  # every configuration once, through the trial queue
+SAMPLERS.add("tpe", lambda seed: optuna.samplers.TPESampler(seed=seed))
+SAMPLERS.add("random", lambda seed: optuna.samplers.RandomSampler(seed=seed))
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    study: str
+    proxy: str | None = None  # proxy-set file (condensed with --exclude-split) ...
+    baseline: str | None = None  # ... or a baseline kind ("whole", "early-stop") trained on real data ...
+    zero_cost: str | None = None  # ... or a zero-cost proxy ("naswot", ...) scored at initialisation
+    zero_cost_batch: int = 64  # minibatch size the zero-cost proxy sees
+    dataset: str | None = None  # baselines, zero-cost: the dataset and the validation split held out
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    configs: tuple[str, ...] | None = None  # only these configuration ids (None: the whole space)
+    storage: str = DEFAULT_STORAGE
+    space: str | None = None  # bundled space name or a TOML file; None: convnet720
+    restrict: str | None = None  # a slice of the space, e.g. "depth=1,2;width=32"
+    sampler: str = "exhaustive"
+    n_trials: int | None = None  # per worker; None: until the queue is done (exhaustive) or forever
+    timeout: float | None = None  # seconds per worker
+    prune: bool = False  # median pruning on the first repeat's validation accuracy (tpe/random only)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=200, batch_size=250))
+    repeats: int = 5  # trainings per candidate, each with its own seeds; the trial's value is their mean (A.3)
+    seed: int = 0
+    device: str = "auto"  # this worker's device (launch gives each worker its own)
+    data_path: str | None = None  # overrides the data location recorded in the proxy set
+    heartbeat: HeartbeatSettings = HeartbeatSettings()
+    command: str | None = None  # the CLI command that fills the study (recorded, never compared)
+
+    def __post_init__(self) -> None:
+        SAMPLERS.get(self.sampler)
+        if len(self._kinds()) != 1:
+            raise StudyError("give exactly one of a proxy set, a baseline kind or a zero-cost proxy")
+        if self.baseline is not None:
+            BASELINES.get(self.baseline)
+        if self.repeats < 1:
+            raise UsageError(f"--repeats must be at least 1 (trainings per candidate); not {self.repeats}")
+        if self.prune and self.sampler == "exhaustive":
+            raise StudyError("--prune needs --sampler tpe or random: an exhaustive search trains every candidate")
+        if self.n_trials is not None and self.n_trials < 1:
+            raise UsageError(f"--n-trials must be at least 1 (got {self.n_trials})")
+        if self.timeout is not None and not self.timeout > 0:
+            raise UsageError(f"--timeout must be a positive number of seconds (got {self.timeout})")
+        if KINDS.get(self.kind).trains:
+            self.train.require_training()
+        if self.kind != "proxy" and not 0 < self.val_fraction < 1:  # a proxy set records its own split
+            raise UsageError(
+                f"--exclude-split must be in (0, 1): candidates are ranked on the validation split "
+                f"it holds out (got {self.val_fraction}; the protocol's is 0.1)"
+            )
+        if self.zero_cost is not None and self.zero_cost_batch < 1:
+            raise UsageError(f"--batch-size must be at least 1 (got {self.zero_cost_batch})")
+        if self.restrict is not None and not self.restrict.strip():
+            raise UsageError("--restrict '' selects nothing; give a slice such as 'depth=1,2;width=32', or drop it")
+        hb = self.heartbeat
+        if hb.grace_period < 2 * hb.interval:  # a beat that is one interval late must not make a trial stale
+            raise UsageError(
+                f"--grace {hb.grace_period} must be at least twice --heartbeat {hb.interval}, or "
+                f"running trials are re-queued while alive; e.g. --grace {max(60, 6 * hb.interval)}"
+            )
+
+    def _kinds(self) -> list[str]:
+        return [
+            k
+            for k, v in (("proxy", self.proxy), ("baseline", self.baseline), ("zero-cost", self.zero_cost))
+            if v is not None
+        ]
+
+    @property
+    def kind(self) -> str:
+        """The ``KINDS`` entry that fills this study: "proxy", "baseline" or "zero-cost"."""
+        return self._kinds()[0]
+
+
+@dataclass(frozen=True)
+class StudyKind:
+    """Where a kind of study gets its source and its objective, read off its SearchConfig."""
+
+    source: Callable[[SearchConfig], Source]
+    objective: Callable[[SearchConfig, Source, SearchSpace], Objective]
+    trains: bool = True  # False: nothing is trained, so the protocol records no repeats
+    check: Callable[[SearchConfig, Source], None] = lambda cfg, source: None  # in the parent, before any worker
+    metric: Callable[[SearchConfig], str] = lambda cfg: ACCURACY_METRIC  # the trial value's name in the dashboard
+
+
+def _real_split(cfg: SearchConfig, attrs: dict[str, Any]) -> Source:
+    return real_split_source(cfg.dataset, cfg.data_path, cfg.val_fraction, cfg.split_seed, attrs)
+
+
+def _training(cfg: SearchConfig, source: Source, space: SearchSpace) -> Objective:
+    return CandidateObjective(
+        source, space, cfg.train, repeats=cfg.repeats, seed=cfg.seed, device=cfg.device, prune=cfg.prune
+    )
+
+
+KINDS: Registry[StudyKind] = Registry("study kind")
+KINDS.add("proxy", StudyKind(lambda cfg: proxy_source(cfg.proxy, cfg.data_path), _training))
+KINDS.add(
+    "baseline", StudyKind(lambda cfg: _real_split(cfg, {"kind": cfg.baseline, "method": cfg.baseline}), _training)
+)
+KINDS.add(
+    "zero-cost",
+    StudyKind(
+        lambda cfg: _real_split(cfg, {"kind": "zero-cost", "method": cfg.zero_cost, "minibatch": cfg.zero_cost_batch}),
+        lambda cfg, source, space: ZeroCostObjective(
+            source, space, cfg.zero_cost, batch=cfg.zero_cost_batch, seed=cfg.seed, device=cfg.device
+        ),
+        trains=False,
+        check=lambda cfg, source: check_minibatch(cfg.zero_cost_batch, source),
+        metric=lambda cfg: cfg.zero_cost,
+    ),
+)
+
+
+def make_source(cfg: SearchConfig) -> Source:
+    return KINDS.get(cfg.kind).source(cfg)
+
+
+def make_objective(cfg: SearchConfig, source: Source, space: SearchSpace) -> Objective:
+    return KINDS.get(cfg.kind).objective(cfg, source, space)
+
+
+def study_attrs(cfg: SearchConfig, source: Source, space: SearchSpace) -> dict[str, Any]:
+    """What a study records about itself: enough for the dashboard to interpret it."""
+    split = source.split
+    trains = KINDS.get(cfg.kind).trains
+    train = resolved_training(cfg.train, source.dataset.info) if trains else cfg.train
+    protocol = {
+        **dataclasses.asdict(train),
+        "objective": "validation accuracy",
+        "steps": train.total_steps(len(source.labels)),
+    }  # what one training runs: the report compares costs
+    if train.steps is not None:
+        protocol["epochs"] = None  # a step budget (early stopping) has no epochs, whatever TrainConfig's default says
+    if trains:
+        protocol["repeats"] = cfg.repeats
+    return {
+        **source.attrs,
+        "dataset": source.dataset.info.name,
+        "split": {"val_fraction": split.val_fraction, "seed": split.seed, "fingerprint": split.fingerprint},
+        "protocol": protocol,
+        "space": space.to_dict(),
+        "sampler": cfg.sampler,
+        "seed": cfg.seed,
+    }
+
+
+@dataclass
+class Prepared:
+    storage: Any
+    study: optuna.Study
+    space: SearchSpace
+    source: Source
+    total: int | None  # configurations the study will complete (exhaustive), else None
+
+
+def _space(cfg: SearchConfig) -> SearchSpace:
+    space = load_space(cfg.space)
+    return space.restrict(cfg.restrict) if cfg.restrict else space
+
+
+def _open_study(cfg: SearchConfig, storage: Any) -> optuna.Study:
+    sampler = SAMPLERS.get(cfg.sampler)(derive_seed(cfg.seed, "sampler", os.getpid()) % 2**32)  # numpy seeds are 32-bit
+    pruner = optuna.pruners.MedianPruner(n_warmup_steps=1) if cfg.prune else optuna.pruners.NopPruner()
+    return open_study(storage, cfg.study, sampler=sampler, pruner=pruner)
+
+
+def prepare(cfg: SearchConfig) -> Prepared:
+    """Open the storage and study, record its attributes, enqueue the configurations (idempotent)."""
+    source, space = make_source(cfg), _space(cfg)
+    KINDS.get(cfg.kind).check(cfg, source)
+    info = source.dataset.info
+    space.check_buildable(info.channels, info.image_size)
+    configs = space.configs()
+    if cfg.configs is not None:
+        known = {c.id for c in configs}
+        unknown = [cid for cid in cfg.configs if cid not in known]
+        if unknown:
+            raise StudyError(
+                f"configuration {unknown[0]!r} is not in the space {space.name} ({len(unknown)} "
+                "unknown); check --configs against 'proxynas space show'"
+            )
+        configs = [c for c in configs if c.id in set(cfg.configs)]
+    storage = open_storage(cfg.storage, cfg.heartbeat)
+    study = _open_study(cfg, storage)
+    check_study_attrs(study, study_attrs(cfg, source, space))
+    if cfg.proxy is not None:
+        study.set_user_attr("proxy_path", str(Path(cfg.proxy).resolve()))
+    study.set_user_attr("versions", versions())
+    if cfg.command is not None:
+        study.set_user_attr("command", cfg.command)
+    set_metric_name(study, KINDS.get(cfg.kind).metric(cfg))
+    total = None
+    if cfg.sampler == "exhaustive":
+        enqueue_configs(storage, study, {c.id: {a: getattr(c, a) for a in space.varying()} for c in configs})
+        done = {t.user_attrs.get(CONFIG_KEY) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+        total = len(done | {c.id for c in configs})  # a baseline study grows as --configs adds to it
+    save_study_note(study)  # what the study is, for the dashboard while it runs; launch adds the results
+    return Prepared(storage, study, space, source, total)
+
+
+def attach(cfg: SearchConfig) -> Prepared:
+    """What a launched worker needs of a study its parent prepared: no checks repeated, nothing written."""
+    storage = open_storage(cfg.storage, cfg.heartbeat)
+    return Prepared(storage, _open_study(cfg, storage), _space(cfg), make_source(cfg), None)
+
+
+def run_search(cfg: SearchConfig, prepared: Prepared | None = None) -> int:
+    """Run one worker in this process; returns the number of trials it finished."""
+    p = prepared or prepare(cfg)
+    objective = make_objective(cfg, p.source, p.space)
+    return run_worker(
+        p.study,
+        objective,
+        queue_only=cfg.sampler == "exhaustive",
+        n_trials=cfg.n_trials,
+        timeout=cfg.timeout,
+        heartbeat_interval=cfg.heartbeat.interval,
+    )
+
+
+def _worker_main(
+    cfg: SearchConfig, threads: int, verbosity: int, parent_pid: int, index: int, errors: multiprocessing.SimpleQueue
+) -> None:
+    try:
+        processes.worker_init(parent_pid)
+        torch.set_num_threads(threads)  # CPU workers share the cores instead of oversubscribing them
+        optuna.logging.set_verbosity(verbosity)  # a spawned process starts with Optuna's defaults
+        run_search(cfg, attach(cfg))
+    except Terminated:  # its running trial is re-queued (study._run_trial); the parent says what to do
+        raise SystemExit(Terminated.exit_code) from None
+    except ProxyNASError as e:
+        errors.put((index, str(e)))
+        raise SystemExit(e.exit_code) from None
+    except Exception as e:  # the parent prints it as one line; the traceback goes to the debug log
+        log.debug("worker %d failed", index, exc_info=True)
+        errors.put((index, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+        raise SystemExit(1) from None
+
+
+def worker_configs(
+    cfg: SearchConfig, workers: int, devices: Sequence[torch.device] | None = None
+) -> list[SearchConfig]:
+    """Each worker's configuration: ``cfg`` on its own device, dealt round-robin (``devices.assign``).
+
+    ``devices`` None: ``devices.default_devices(cfg.device)``, every visible CUDA GPU for ``auto``.
+    """
+    return [
+        dataclasses.replace(cfg, device=str(d))
+        for d in assign(default_devices(cfg.device) if devices is None else devices, workers)
+    ]
+
+
+def launch(
+    cfg: SearchConfig,
+    workers: int,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+    poll: float = 1.0,
+    devices: Sequence[torch.device] | None = None,
+) -> Prepared:
+    """Start ``workers`` processes on one study, spread over ``devices`` (see worker_configs), and wait for them."""
+    configs = worker_configs(cfg, workers, devices)  # a bad device or worker count fails before the study exists
+    p = prepare(cfg)
+    ctx = multiprocessing.get_context("spawn")
+    threads = max(1, torch.get_num_threads() // workers)
+    verbosity = optuna.logging.get_verbosity()
+    errors = ctx.SimpleQueue()
+    procs = [
+        ctx.Process(
+            target=_worker_main, args=(c, threads, verbosity, os.getpid(), i, errors), name=f"proxynas-worker-{i}"
+        )
+        for i, c in enumerate(configs)
+    ]
+    before = {t.number: t.state for t in p.study.get_trials(deepcopy=False)}
+    started = time.time()
+    processes.start(procs)
+    try:
+        while any(proc.is_alive() for proc in procs):
+            if on_progress is not None:
+                on_progress({**summary(p.study), "total": p.total, "started": started})
+            time.sleep(poll)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (Terminated): the workers re-queue their trials now
+        processes.stop(procs)
+        raise
+    for proc in procs:
+        proc.join()
+    if on_progress is not None:
+        on_progress({**summary(p.study), "total": p.total, "started": started})
+    reported = {}
+    while not errors.empty():
+        index, message = errors.get()
+        reported.setdefault(index, message)
+    _check_outcome(p, procs, reported, before)
+    return p
+
+
+def _check_outcome(
+    p: Prepared,
+    procs: Sequence[multiprocessing.process.BaseProcess],
+    reported: dict[int, str],
+    before: dict[int, TrialState],
+) -> None:
+    """Raise, in one line, what is true when a worker failed or no trial of this run completed."""
+    trials = p.study.get_trials(deepcopy=False)
+    complete = {t.user_attrs.get(CONFIG_KEY) for t in trials if t.state == TrialState.COMPLETE}
+    if p.total is None:
+        state = f"study {p.study.study_name!r} has {len(complete)} complete trials"
+    elif len(complete) >= p.total:
+        state = f"study {p.study.study_name!r} is complete ({p.total} of {p.total} configurations)"
+    else:
+        state = (
+            f"study {p.study.study_name!r} has {len(complete)} of {p.total} configurations complete, "
+            f"{p.total - len(complete)} left"
+        )
+    if reported:
+        index = min(reported)
+        raise StudyError(f"worker {index} failed: {reported[index]} ({state}); fix that and run the same command again")
+    dead = [proc for proc in procs if proc.exitcode != 0]
+    if dead:
+        how = f"killed by signal {-dead[0].exitcode}" if dead[0].exitcode < 0 else f"exit code {dead[0].exitcode}"
+        if p.total is not None and len(complete) >= p.total:
+            log.warning("worker %s ended with %s, but %s; nothing is left to run", dead[0].name, how, state)
+            return
+        raise StudyError(
+            f"{len(dead)} worker(s) ended early ({dead[0].name}: {how}); {state}: run the same command "
+            "again to finish (a killed worker's trial is re-queued once its heartbeat is --grace "
+            "seconds old)"
+        )
+    fresh = [t for t in trials if before.get(t.number) != t.state]
+    failed = [t for t in fresh if t.state == TrialState.FAIL and "error" in t.user_attrs]
+    if failed and not any(t.state == TrialState.COMPLETE for t in fresh):
+        first = min(failed, key=lambda t: t.number)
+        raise StudyError(
+            f"no trial completed: trial {first.number} ({first.user_attrs.get(CONFIG_KEY)}) failed with "
+            f"{first.user_attrs['error']} ({len(failed)} failed; {state}); fix that and run again, "
+            "the failed configurations are retried"
+        )

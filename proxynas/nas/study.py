@@ -1,0 +1,492 @@
+"""Optuna studies on an SQL database, shared safely by many workers.
+
+Every candidate of a search is one Optuna trial in an RDB storage (SQLite by default,
+PostgreSQL to scale out), so optuna-dashboard shows a running search and a crashed or
+interrupted one loses nothing. Three mechanisms make "each configuration completed
+exactly once" hold with any number of workers on any number of machines:
+
+- The queue. Every configuration is enqueued once as a WAITING trial with fixed
+  params (idempotently: a configuration that already has a WAITING, RUNNING or
+  COMPLETE trial is not enqueued again), under a lock where the database has one.
+- The claim. A worker takes a WAITING trial by switching it to RUNNING inside a
+  write transaction (Optuna's own claim: ``set_trial_state_values`` returns False
+  when another worker won). PostgreSQL row-locks it; SQLite has no row locks, so its
+  connections begin every transaction with ``BEGIN IMMEDIATE``, which serialises
+  writers and makes the check-and-set atomic there too.
+- The heartbeat. A running trial records a heartbeat; one whose worker died (kill -9,
+  power loss) goes stale after the grace period, is failed, and is re-enqueued by
+  Optuna's ``RetryHeartbeatStaleTrialCallback``. Workers wait for the stragglers of
+  other workers, so the study ends only when every configuration is complete.
+
+Through a ``proxynas storage-server`` (``grpc://host:port``, storage_server.py) the claim
+is the server database's own, heartbeats travel as a trial attribute, and the server
+fails stale trials; queue building has no lock there, so ``is_duplicate`` decides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import threading
+import time
+import urllib.parse
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import optuna
+import sqlalchemy
+from optuna.storages import GrpcStorageProxy, RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from proxynas.exceptions import StudyError, UsageError
+from proxynas.runtime.outputs import can_write_in, nearest_existing
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STORAGE = "sqlite:///results/proxynas.db"
+CONFIG_KEY = "config_id"  # user attribute holding a trial's configuration id
+GRPC_SCHEME = "grpc://"  # a `proxynas storage-server` address, grpc://host:port
+HEARTBEAT_ATTR = "proxynas:heartbeat"  # the trial system attribute a heartbeat travels as to a storage server
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class HeartbeatSettings:
+    interval: int = 10  # seconds between heartbeats of a running trial
+    grace_period: int = 60  # a trial silent this long is stale: failed and re-enqueued
+
+    def __post_init__(self) -> None:
+        if self.interval < 1 or self.grace_period < 1:
+            raise UsageError(
+                f"--heartbeat and --grace must be at least 1 second (got {self.interval} and {self.grace_period})"
+            )
+
+
+def check_storage_url(url: str) -> None:
+    """Refuse, in one line, a storage URL that cannot work, before anything opens it.
+
+    SQLite: the database's folder must be a folder (or creatable) and writable, since
+    SQLite writes its journal and proxynas its queue lock file beside the database.
+    """
+    if not url.startswith("sqlite") or (path := _sqlite_path(url)) is None:
+        return
+    above = nearest_existing(path.parent)
+    if not above.is_dir():
+        raise StudyError(
+            f"the storage {url!r} cannot be created: {above} is a file, not a folder; choose "
+            "another path for the database"
+        )
+    if not can_write_in(above) or (path.exists() and not os.access(path, os.W_OK)):
+        raise StudyError(
+            f"the storage {url!r} cannot be written ({above}: SQLite writes its journal and proxynas "
+            "a lock file beside the database); copy the database into a writable folder"
+        )
+
+
+def open_storage(
+    url: str = DEFAULT_STORAGE, heartbeat: HeartbeatSettings = HeartbeatSettings(), connections: int = 2
+) -> RDBStorage | WorkerGrpcStorage:
+    """An RDB storage with heartbeats and stale-trial retry; SQLite made safe for several writers.
+
+    A ``grpc://host:port`` URL opens a ``proxynas storage-server`` instead, which holds the
+    database and its heartbeat settings itself. A client-server database (PostgreSQL) keeps at most
+    ``connections`` connections per process (optuna #1347, "too many clients"): one for the
+    trial and one for its heartbeat thread, the most any proxynas process uses at once.
+    """
+    if url.startswith(GRPC_SCHEME):
+        return open_grpc_storage(url)
+    check_storage_url(url)
+    is_sqlite = url.startswith("sqlite")
+    if is_sqlite and (path := _sqlite_path(url)) is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # /proc and the like: os.access may call a folder writable that is not
+            raise StudyError(
+                f"the storage {url!r} cannot be created ({e.strerror}: {path.parent}); choose "
+                "another path for the database"
+            ) from None
+    # SQLAlchemy's default pool (5 + 10 overflow) lets one process open 15; max_overflow=0 makes
+    # a busy pool wait instead of connecting again.
+    kwargs = (
+        {"connect_args": {"timeout": 120}}
+        if is_sqlite
+        else {"pool_pre_ping": True, "pool_size": connections, "max_overflow": 0}
+    )
+    try:
+        with _stable_api():
+            storage = _retry(
+                lambda: RDBStorage(
+                    url,
+                    engine_kwargs=kwargs,
+                    heartbeat_interval=heartbeat.interval,
+                    grace_period=heartbeat.grace_period,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(),
+                )
+            )
+    except (ImportError, ModuleNotFoundError) as e:
+        raise StudyError(
+            f"the storage {url!r} needs a database driver ({e.name or e}); for PostgreSQL install proxynas[postgres]"
+        ) from None
+    except (sqlalchemy.exc.ArgumentError, ValueError) as e:
+        raise StudyError(
+            f"{url!r} is not a usable SQLAlchemy URL ({e}); e.g. sqlite:///results/proxynas.db "
+            "or postgresql+psycopg://user@host/db"
+        ) from None
+    except (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError) as e:
+        raise StudyError(
+            f"cannot open the storage {url!r} ({str(e.__cause__ or e).splitlines()[0]}); "
+            "check that the database exists and is reachable"
+        ) from None
+    if is_sqlite:
+        _begin_immediate(storage.engine)
+    return storage
+
+
+class WorkerGrpcStorage(GrpcStorageProxy):
+    """Optuna's gRPC storage client, plus the heartbeat its API lacks.
+
+    The gRPC API has no heartbeat call and GrpcStorageProxy is no ``BaseHeartbeat`` (so
+    ``fail_stale_trials`` does nothing on it): a beat travels as a trial system attribute
+    that ``proxynas storage-server`` records as a real heartbeat, and that server fails
+    stale trials itself (storage_server.py).
+    """
+
+    def __init__(self, url: str, host: str, port: int) -> None:
+        super().__init__(host=host, port=port)
+        self.url = url  # as an RDBStorage has: messages and reports name the storage by it
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, True)
+
+
+def open_grpc_storage(url: str, wait: float = 5.0) -> WorkerGrpcStorage:
+    """A client of the ``proxynas storage-server`` at ``grpc://host:port``, once it answers (within ``wait`` s)."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        port = None
+    if not parts.hostname or port is None or parts.path not in ("", "/") or parts.query:
+        raise StudyError(f"{url!r} is not a storage-server address; give grpc://host:port, e.g. grpc://127.0.0.1:13000")
+    try:
+        with _stable_api():
+            storage = WorkerGrpcStorage(url, parts.hostname, port)
+        storage.wait_server_ready(timeout=wait)
+    except ImportError as e:
+        raise StudyError(
+            f"the storage {url!r} needs grpcio and protobuf ({e.name or e} is missing); pip install 'proxynas[grpc]'"
+        ) from None
+    except ConnectionError:
+        raise StudyError(
+            f"no storage server answers at {url}; start one with: proxynas storage-server "
+            f"--storage <database URL> --port {port}"
+        ) from None
+    return storage
+
+
+@contextlib.contextmanager
+def _stable_api() -> Iterator[None]:
+    """Heartbeats have been 'experimental' in Optuna since v2.8; we rely on them on purpose."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+def _sqlite_path(url: str) -> Path | None:
+    database = sqlalchemy.engine.make_url(url).database
+    return Path(database) if database and database != ":memory:" else None
+
+
+def _begin_immediate(engine: sqlalchemy.engine.Engine) -> None:
+    """SQLAlchemy's recipe for serialisable pysqlite transactions: BEGIN IMMEDIATE each time."""
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # let the "begin" hook below issue BEGIN itself
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def _begin(conn) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections made before the hooks are dropped, so every one has them
+
+
+def _retry(fn: Callable[[], T], attempts: int = 5) -> T:
+    """Run a storage call, retrying transient lock or connection errors with backoff."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except (
+            optuna.exceptions.StorageInternalError,
+            sqlalchemy.exc.OperationalError,
+            sqlalchemy.exc.IntegrityError,
+        ) as e:
+            if attempt == attempts - 1 or not _transient(e):
+                raise
+            log.warning("storage busy (%s); retrying", str(e).splitlines()[0])
+            time.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _transient(e: Exception) -> bool:
+    text = f"{e} {e.__cause__}".lower()
+    return any(
+        s in text
+        for s in (
+            "database is locked",
+            "deadlock",
+            "could not serialize",
+            "connection",
+            "alembic_version",
+            "already exists",
+        )
+    )  # two processes creating one schema
+
+
+@contextlib.contextmanager
+def _exclusive(storage: RDBStorage, name: str) -> Iterator[None]:
+    """Serialise queue building: a file lock beside an SQLite file, an advisory lock on PostgreSQL."""
+    url = storage.url
+    if url.startswith("sqlite") and (path := _sqlite_path(url)) is not None:
+        with open(path.with_name(path.name + ".lock"), "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+        return
+    if isinstance(storage, RDBStorage) and storage.engine.dialect.name == "postgresql":
+        with storage.engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(hashtext(:n))"), {"n": name})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(hashtext(:n))"), {"n": name})
+                conn.commit()
+        return
+    yield  # other databases and storage servers: claim-time de-duplication (is_duplicate) prevents double work
+
+
+def open_study(
+    storage: RDBStorage,
+    name: str,
+    *,
+    create: bool = True,
+    sampler: optuna.samplers.BaseSampler | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
+) -> optuna.Study:
+    """Create (or load) a maximising study by name."""
+    try:
+        if create:
+            return _retry(
+                lambda: optuna.create_study(
+                    storage=storage,
+                    study_name=name,
+                    direction="maximize",
+                    sampler=sampler,
+                    pruner=pruner,
+                    load_if_exists=True,
+                )
+            )
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    except KeyError:
+        names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
+        raise StudyError(f"no study named {name!r} in {storage.url} (studies there: {names})") from None
+
+
+def check_study_attrs(study: optuna.Study, attrs: dict[str, Any]) -> None:
+    """Record ``attrs`` on a new study; refuse to mix a study with different settings."""
+    existing = study.user_attrs
+    clashes = [_clash(k, existing[k], v) for k, v in sorted(attrs.items()) if k in existing and existing[k] != v]
+    if clashes:
+        raise StudyError(
+            f"study {study.study_name!r} was run with other settings ({'; '.join(clashes)}); "
+            "use the same flags to resume it, or a new --study name"
+        )
+    for k, v in attrs.items():
+        if k not in existing:
+            _retry(lambda: study.set_user_attr(k, v))
+
+
+def _clash(key: str, recorded: Any, asked: Any) -> str:
+    """What differs: the key, and for a dict of settings each differing scalar ("protocol.repeats was 1, now 5")."""
+    if not (isinstance(recorded, dict) and isinstance(asked, dict)):
+        return key
+    scalar = (str, int, float, bool, type(None))
+    parts = [
+        f"{key}.{k} was {recorded.get(k, 'unset')}, now {asked.get(k, 'unset')}"
+        for k in sorted(recorded.keys() | asked.keys())
+        if recorded.get(k) != asked.get(k) and isinstance(recorded.get(k), scalar) and isinstance(asked.get(k), scalar)
+    ]
+    return "; ".join(parts) or key
+
+
+def enqueue_configs(storage: RDBStorage, study: optuna.Study, params: dict[str, dict[str, Any]]) -> int:
+    """Enqueue each configuration (id -> trial params) unless it already has a live or complete trial.
+
+    Failed trials do not count, so re-running a search retries the configurations that failed.
+    """
+    with _exclusive(storage, study.study_name):
+        taken = {
+            t.user_attrs.get(CONFIG_KEY)
+            for t in study.get_trials(
+                deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)
+            )
+        }
+        missing = [cid for cid in params if cid not in taken]
+        for cid in missing:
+            _retry(lambda: study.enqueue_trial(params[cid], user_attrs={CONFIG_KEY: cid}))
+    return len(missing)
+
+
+def claim_waiting(study: optuna.Study) -> Trial | None:
+    """Take one WAITING trial for this worker (atomic; see the module docstring), or None."""
+    storage = study._storage
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            # The heartbeat goes first: a worker killed right after its claim (before its
+            # heartbeat thread ran) must still leave a heartbeat that goes stale, or its
+            # trial would stay RUNNING forever. FrozenTrial._trial_id is the storage key
+            # Optuna's own queue pop uses.
+            _retry(lambda: storage.record_heartbeat(frozen._trial_id))
+            if _retry(lambda: storage.set_trial_state_values(frozen._trial_id, TrialState.RUNNING)):
+                return Trial(study, frozen._trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return None
+
+
+def is_duplicate(study: optuna.Study, trial: Trial) -> bool:
+    """True if this trial's configuration is complete, or has an earlier trial that has not failed.
+
+    Only reachable where queue building has no lock (a storage server, databases other
+    than SQLite and PostgreSQL) and two commands enqueued at once. The earliest trial
+    not failed wins, whoever claimed first: numbers only grow and a failed trial never
+    runs again, so of two trials of one configuration at most one passes this check
+    while the other can still complete; if the winner then fails, its re-queued copy
+    (stale) or the next run (error) takes the configuration up.
+    """
+    cid = trial.user_attrs.get(CONFIG_KEY)
+    if cid is None:  # asked of a sampler, not taken from the queue
+        return False
+    return any(
+        t.user_attrs.get(CONFIG_KEY) == cid
+        and t.number != trial.number
+        and (t.state == TrialState.COMPLETE or (t.number < trial.number and t.state != TrialState.FAIL))
+        for t in study.get_trials(deepcopy=False)
+    )
+
+
+@contextlib.contextmanager
+def heartbeat(storage: Any, trial: Trial, interval: int) -> Iterator[None]:
+    """Record the trial's heartbeat every ``interval`` seconds while the body runs."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.is_set():
+            try:
+                storage.record_heartbeat(trial._trial_id)
+            except Exception as e:  # a missed beat is retried next interval; the grace period covers it
+                log.warning("heartbeat failed: %s", str(e).splitlines()[0])
+            stop.wait(interval)
+
+    thread = threading.Thread(target=beat, daemon=True, name=f"heartbeat-{trial.number}")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def run_worker(
+    study: optuna.Study,
+    objective: Callable[[Trial], float],
+    *,
+    queue_only: bool,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    poll: float = 2.0,
+    heartbeat_interval: int = 10,
+) -> int:
+    """Run trials until the queue is done (``queue_only``) or ``n_trials``/``timeout`` is reached.
+
+    Queue-only workers wait while other workers' trials are still running, so a trial
+    orphaned by a dead worker (re-enqueued once its heartbeat is stale) is picked up.
+    Returns the number of trials this worker finished.
+    """
+    start, done = time.monotonic(), 0
+    while (n_trials is None or done < n_trials) and (timeout is None or time.monotonic() - start < timeout):
+        with _stable_api():
+            _retry(lambda: fail_stale_trials(study))
+        trial = claim_waiting(study)
+        if trial is None and not queue_only:
+            with warnings.catch_warnings():  # "heartbeat is meant for optimize()": run_trial beats itself
+                warnings.simplefilter("ignore", UserWarning)
+                trial = _retry(study.ask)
+        if trial is None:
+            if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                break
+            time.sleep(poll)
+            continue
+        if is_duplicate(study, trial):
+            _retry(lambda: study.tell(trial, state=TrialState.FAIL))
+            continue
+        _run_trial(study, trial, objective, heartbeat_interval)
+        done += 1
+    return done
+
+
+# A trial declared stale while it ran (heartbeats starved for longer than the grace period)
+# has a re-queued copy that will run; its own result is dropped rather than recorded twice.
+_STALE = "trial %d was declared stale while it ran; its re-queued copy will be run instead"
+
+
+def _run_trial(study: optuna.Study, trial: Trial, objective: Callable[[Trial], float], interval: int) -> None:
+    with heartbeat(study._storage, trial, interval):
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            _retry(lambda: study.tell(trial, state=TrialState.PRUNED))
+            return
+        except optuna.exceptions.UpdateFinishedTrialError:
+            log.warning(_STALE, trial.number)
+            return
+        except Exception as e:
+            # Recorded and skipped; re-running the search retries failed configurations.
+            error = f"{type(e).__name__}: {e}"
+            log.warning("trial %d (%s) failed: %s", trial.number, trial.user_attrs.get(CONFIG_KEY), error)
+            _retry(lambda: trial.set_user_attr("error", error))
+            _retry(lambda: study.tell(trial, state=TrialState.FAIL))
+            return
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM): back to the queue at once, not after the grace period.
+            _retry(lambda: study.tell(trial, state=TrialState.FAIL))
+            with _stable_api():
+                retry = RetryHeartbeatStaleTrialCallback()
+            _retry(lambda: retry(study, study._storage.get_trial(trial._trial_id)))
+            raise
+    try:
+        _retry(lambda: study.tell(trial, value))
+    except ValueError:  # "Cannot tell a FAIL trial": failed as stale by another worker meanwhile
+        if not study._storage.get_trial(trial._trial_id).state.is_finished():
+            raise
+        log.warning(_STALE, trial.number)
+
+
+def summary(study: optuna.Study) -> dict[str, Any]:
+    """Counts by state and the best trial so far (for progress displays)."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name.lower(): 0 for s in TrialState}
+    for t in trials:
+        counts[t.state.name.lower()] += 1
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best: FrozenTrial | None = max(complete, key=lambda t: t.value, default=None)
+    return {
+        "counts": counts,
+        "best_value": best.value if best else None,
+        "best_config": best.user_attrs.get(CONFIG_KEY) if best else None,
+        "completed": [t.datetime_complete for t in complete if t.datetime_complete],
+    }
