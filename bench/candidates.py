@@ -157,7 +157,11 @@ def load_problem(args: argparse.Namespace, with_reference: bool) -> Problem:
     val_idx = sample_per_class(pools(data, split.val_idx), VAL_PER_CLASS, generator(SEED, "val")).flatten()
     proxy = data.normalise(data.train.images[proxy_idx]).to(device), data.train.labels[proxy_idx].to(device)
     cfg = TrainConfig(
-        epochs=args.epochs, batch_size=BATCH, dsa_strategy=data.info.dsa_strategy, amp=args.amp, compile=args.compile
+        epochs=args.epochs,
+        batch_size=BATCH,
+        dsa_strategy=data.info.dsa_strategy,
+        precision="bf16" if args.amp else "fp32",
+        compile=args.compile,
     )
     utils = _common.reference(quiet=True) if with_reference else None  # the main process says where it is
     return Problem(
@@ -279,7 +283,7 @@ def measure(args: argparse.Namespace, sample: list[str], workers: dict[str, Proc
     )
     if "reference" in totals:
         ref = statistics.fmean(totals["reference"])
-        per_rep = [round(r / p, 2) for r, p in zip(totals["reference"], totals["proxynas"])]
+        per_rep = [round(r / p, 2) for r, p in zip(totals["reference"], totals["proxynas"], strict=True)]
         print(f"reference total {ref:7.1f} s; proxynas is {ref / single:.2f}x faster (per rep {per_rep})")
     for name in ("sequential", "stacked", "auto"):
         if name in totals:

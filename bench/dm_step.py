@@ -207,15 +207,16 @@ def main() -> None:
     base = statistics.fmean(times["reference fp32"]) if "reference fp32" in times else None
     for name in rows:
         mean = statistics.fmean(times[name])
-        peak = peaks["bf16" if "bf16" in name else "fp32"]
+        precision = "bf16" if "bf16" in name else "fp32"
+        peak = peaks[precision]
         speed = f"{base / mean:5.2f}x the reference" if base else "reference skipped"
         print(
             f"{name:<15} {mean:7.3f} ± {statistics.pstdev(times[name]):.3f} s/iter  {speed}  "
-            f"{step_gflop / mean:7.1f} GFLOP/s ({100 * step_gflop / mean / peak:4.1f}% of {'bf16' if 'bf16' in name else 'fp32'} "
+            f"{step_gflop / mean:7.1f} GFLOP/s ({100 * step_gflop / mean / peak:4.1f}% of {precision} "
             f"matmul peak)  losses {' '.join(f'{x:.4f}' for x in losses[name])}"
         )
     want, got = losses["per-class fp32"], losses["proxynas fp32"]
-    worst = max(abs(a - b) / abs(b) for a, b in zip(got, want))
+    worst = max(abs(a - b) / abs(b) for a, b in zip(got, want, strict=True))
     print(f"proxynas fp32 against its per-class formulation: largest relative loss difference {worst:.2e}")
     for name, usage in run.usage.items():
         print(f"{name:<15} per iteration: {usage}")

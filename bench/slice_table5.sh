@@ -7,7 +7,7 @@
 #
 #   DATA_PATH=../shared/datasets/cifar10-jpeg.tar.gz bash bench/slice_table5.sh
 #
-# Settings come from the environment; the defaults are the CPU run in BENCHMARKS.md:
+# Settings come from the environment; the defaults are BENCHMARKS.md's CPU run ('Proxies on the slice'):
 # DATASET (cifar10), DATA_PATH (none: the dataset's default location), OUT
 # (results/slice-table5), DEVICE (auto), SLICE, IPC, DM_ITERS, DSA_ITERS, BATCH_REAL,
 # EPOCHS (candidates on a proxy), ES_STEPS, WHOLE_EPOCHS, REPEATS (trainings per candidate, 1; the

@@ -22,16 +22,26 @@ from typing import TYPE_CHECKING, Any
 
 from proxynas.version import __version__
 
-if TYPE_CHECKING:
-    from proxynas.analysis.report import Report, build_report, write_report
-    from proxynas.core.condense import CondenseConfig, SyntheticSet, condense, merge
-    from proxynas.core.data import Dataset, load_dataset
-    from proxynas.core.evaluate import evaluate
-    from proxynas.core.networks import NetConfig, build
-    from proxynas.core.train import TrainConfig, train_network
-    from proxynas.exceptions import ProxyNASError
-    from proxynas.nas.search import SearchConfig, run_search
-    from proxynas.nas.search_space import SearchSpace, load_space
+if TYPE_CHECKING:  # "X as X": the names are re-exported (__all__), for type checkers and IDEs
+    from proxynas.analysis.report import Report as Report
+    from proxynas.analysis.report import build_report as build_report
+    from proxynas.analysis.report import write_report as write_report
+    from proxynas.core.condense import CondenseConfig as CondenseConfig
+    from proxynas.core.condense import SyntheticSet as SyntheticSet
+    from proxynas.core.condense import condense as condense
+    from proxynas.core.condense import merge as merge
+    from proxynas.core.data import Dataset as Dataset
+    from proxynas.core.data import load_dataset as load_dataset
+    from proxynas.core.evaluate import evaluate as evaluate
+    from proxynas.core.networks import NetConfig as NetConfig
+    from proxynas.core.networks import build as build
+    from proxynas.core.train import TrainConfig as TrainConfig
+    from proxynas.core.train import train_network as train_network
+    from proxynas.exceptions import ProxyNASError as ProxyNASError
+    from proxynas.nas.search import SearchConfig as SearchConfig
+    from proxynas.nas.search import run_search as run_search
+    from proxynas.nas.search_space import SearchSpace as SearchSpace
+    from proxynas.nas.search_space import load_space as load_space
 
 _HOME = {  # public name -> the module that defines it
     "Report": "proxynas.analysis.report",

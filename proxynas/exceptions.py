@@ -52,6 +52,44 @@ class StudyError(ProxyNASError):
     exit_code = 7
 
 
+class StorageUnavailable(StudyError):
+    """A storage (database or storage server) that did not answer for the whole ``--grace`` period.
+
+    Its own exit code: the command was right and may simply be run again once the storage is back.
+    """
+
+    exit_code = 8
+
+
+class StorageDamaged(StudyError):
+    """A study database that is not one: a truncated or corrupted SQLite file, or another kind of file.
+
+    Left untouched; the fix is a backup or another ``--storage``, never a re-run.
+    """
+
+    exit_code = 9
+
+
+class StorageReadOnly(StudyError):
+    """A study database (or an output's file system) that refuses writes: permissions, a read-only mount."""
+
+    exit_code = 10
+
+
+class DiskFull(ProxyNASError):
+    """No space left (or a quota reached) where a database or an output is written.
+
+    What was finished is kept (trials, the condense checkpoint, the previous report); the same
+    command, run again once there is room, continues.
+    """
+
+    exit_code = 11
+
+
+# the failures of the storage or the disk beneath a command, each with its own exit code (runtime/failures.py)
+STORAGE_FAILURES: tuple[type[ProxyNASError], ...] = (StorageUnavailable, StorageDamaged, StorageReadOnly, DiskFull)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (what SLURM and Kubernetes send first), raised where Ctrl-C raises KeyboardInterrupt.
 

@@ -16,7 +16,7 @@ from proxynas.exceptions import StudyError, UsageError
 from proxynas.nas.baselines import select_configs
 from proxynas.nas.search import SearchConfig, run_search
 from proxynas.nas.study import CONFIG_KEY
-from tests.test_search import TINY_SPACE, completed_once, proxy  # noqa: F401  (fixture)
+from tests.conftest import TINY_SPACE, completed_once
 
 
 def count_steps(cfg: TrainConfig, n: int) -> int:
@@ -114,7 +114,7 @@ def test_whole_and_early_stop_baselines_fill_chosen_configs(tmp_path):
         )
 
 
-def test_baseline_command_top_of_a_proxy_study(capsys, tmp_path, proxy):  # noqa: F811
+def test_baseline_command_top_of_a_proxy_study(capsys, tmp_path, proxy):
     space = tmp_path / "tiny.toml"
     space.write_text(TINY_SPACE)
     storage = f"sqlite:///{tmp_path / 'db.sqlite'}"

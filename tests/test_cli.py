@@ -22,21 +22,7 @@ from proxynas.cli import COMMANDS, build_parser, main
 from proxynas.core.condense import SyntheticSet, checkpoint_path
 from proxynas.exceptions import UsageError
 from proxynas.version import __version__
-from tests.conftest import TINY_MODEL, ctrl_c_default
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_one_line_error(err: str, *fragments: str) -> None:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error:") and "Traceback" not in err
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
+from tests.conftest import TINY_MODEL, assert_one_line_error, ctrl_c_default, run_cli
 
 
 def test_version_and_help(capsys):

@@ -24,7 +24,7 @@ from proxynas.core.condense._coreset import herd
 from proxynas.core.networks import build
 from proxynas.exceptions import ArtifactError, OutputExistsError, UsageError
 from proxynas.runtime import allocator
-from tests.conftest import TINY_MODEL, make_dataset
+from tests.conftest import TINY_MODEL, interrupt_at, make_dataset
 
 
 class Linear(nn.Module):
@@ -173,18 +173,6 @@ def test_excluded_validation_split_is_never_used(tiny, tmp_path):
         condense(CondenseConfig(method="random", ipc=16, val_fraction=0.25), tmp_path / "q.safetensors", dataset=tiny)
 
 
-def interrupt_at(iteration: int, cfg: CondenseConfig, out, data) -> None:
-    """Run ``cfg`` into ``out`` and Ctrl-C it when ``iteration`` is reported; leaves the checkpoint."""
-
-    def interrupt(done, total, loss):
-        if done == iteration:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        condense(cfg, out, dataset=data, report=interrupt)
-    assert checkpoint_path(out).exists() and not out.exists()
-
-
 def test_interrupted_run_resumes_to_the_uninterrupted_result(tiny, tmp_path):
     cfg = CondenseConfig(ipc=2, model=TINY_MODEL, iterations=12, batch_real=6, checkpoint_every=4)
     straight = condense(cfg, tmp_path / "a.safetensors", dataset=tiny, device="cpu")
@@ -223,9 +211,10 @@ def test_resume_may_change_the_iteration_count(tiny, tmp_path):
 
 def test_checkpoints_are_due_by_iteration_count_or_by_the_clock(tmp_path):
     every5 = Checkpoint(tmp_path / "c", CondenseConfig(checkpoint_every=5, checkpoint_minutes=10))
-    assert [d for d in range(1, 13) if every5.due(d, 12)] == [5, 10]  # a fresh checkpoint: minutes not yet up
+    # a fresh checkpoint: minutes not yet up; and after the last iteration, before the final save
+    assert [d for d in range(1, 13) if every5.due(d, 12)] == [5, 10, 12]
     always = Checkpoint(tmp_path / "c", CondenseConfig(checkpoint_every=1000, checkpoint_minutes=0))
-    assert [d for d in range(1, 13) if always.due(d, 12)] == list(range(1, 12))  # never after the last
+    assert [d for d in range(1, 13) if always.due(d, 12)] == list(range(1, 13))
     with pytest.raises(UsageError, match="--checkpoint-minutes >= 0"):
         CondenseConfig(checkpoint_minutes=-1)
 
@@ -324,10 +313,14 @@ def test_a_shard_of_an_imbalanced_dataset_draws_within_the_smallest_class(tmp_pa
     keep = (data.train.labels != 0) | (torch.arange(len(data.train.labels)) % 20 < 6)  # class 0: 6 images
     train = Split(data.train.images[keep], data.train.labels[keep], 3)
     lopsided = Dataset(data.info, train, data.test, data.source)
-    base = dict(ipc=2, model=TINY_MODEL, iterations=3, batch_real=10)
+    base = dict(ipc=2, model=TINY_MODEL, iterations=3, batch_real=10, val_fraction=0.0)  # class 0 keeps its 6
     whole = condense(CondenseConfig(**base), tmp_path / "whole.safetensors", dataset=lopsided)
     shard = condense(CondenseConfig(**base, classes=(1, 2)), tmp_path / "shard.safetensors", dataset=lopsided)
     assert whole.meta["batch_real"] == shard.meta["batch_real"] == 6
     assert torch.allclose(shard.images, whole.images[whole.labels != 0], atol=1e-5)
     with pytest.raises(UsageError, match="smallest class \\(6 images\\)"):
-        condense(CondenseConfig(method="random", ipc=7, classes=(1, 2)), tmp_path / "r.safetensors", dataset=lopsided)
+        condense(
+            CondenseConfig(**{**base, "method": "random", "ipc": 7}, classes=(1, 2)),
+            tmp_path / "r.safetensors",
+            dataset=lopsided,
+        )

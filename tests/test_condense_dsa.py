@@ -154,9 +154,9 @@ def test_batchnorm_net_runs(tmp_path):
     assert all(math.isfinite(v) for v in syn.meta["loss_curve"])
 
 
-def test_amp_is_refused(tmp_path):
-    with pytest.raises(UsageError, match="--amp"):
-        condense(_cfg(amp=True), tmp_path / "p.safetensors", dataset=make_dataset(), device="cpu")
+def test_bf16_is_refused(tmp_path):
+    with pytest.raises(UsageError, match="--precision bf16 is not supported by --method dsa"):
+        condense(_cfg(precision="bf16"), tmp_path / "p.safetensors", dataset=make_dataset(), device="cpu")
 
 
 def test_shard_matches_whole_run_when_one_outer_step(tmp_path):

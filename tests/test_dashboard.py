@@ -29,11 +29,11 @@ from proxynas.analysis.report import build_report, study_frame, write_report
 from proxynas.core.condense import SyntheticSet, save_grid
 from proxynas.core.train import TrainConfig
 from proxynas.exceptions import StudyError
+from proxynas.nas import notes
 from proxynas.nas.search import SearchConfig, prepare, run_search
 from proxynas.nas.search_space import load_space
 from proxynas.nas.study import enqueue_configs, open_storage
-from tests.test_cli import assert_one_line_error, run_cli
-from tests.test_search import TINY_SPACE, config, proxy, space_file  # noqa: F401  (fixtures)
+from tests.conftest import TINY_SPACE, assert_one_line_error, config, run_cli
 
 od = pytest.importorskip("optuna_dashboard", reason="the dashboard extra: pip install -e '.[dashboard]'")
 pytest.importorskip("plotly", reason="the dashboard extra: pip install -e '.[dashboard]'")
@@ -43,7 +43,7 @@ def sqlite(tmp_path: Path, name: str = "db.sqlite") -> str:
     return f"sqlite:///{tmp_path / name}"
 
 
-def test_every_kind_of_study_names_its_metric(proxy, space_file, tmp_path):  # noqa: F811
+def test_every_kind_of_study_names_its_metric(proxy, space_file, tmp_path):
     url = sqlite(tmp_path)
     common = {"storage": url, "space": str(space_file), "device": "cpu", "repeats": 1}
     prepare(config(proxy, space_file, url, study="p"))
@@ -60,7 +60,7 @@ def test_a_slice_asks_a_trial_only_for_its_varying_axes():
     assert space.suggest(asked).id == "d2-w32-relu-batchnorm-avg"
 
 
-def test_params_are_the_axes_that_vary_and_the_id_holds_the_rest(proxy, tmp_path):  # noqa: F811
+def test_params_are_the_axes_that_vary_and_the_id_holds_the_rest(proxy, tmp_path):
     url = sqlite(tmp_path)
     one_width = tmp_path / "one_width.toml"
     one_width.write_text(TINY_SPACE.replace("width = [8, 16]", "width = [8]"))
@@ -76,7 +76,7 @@ def test_params_are_the_axes_that_vary_and_the_id_holds_the_rest(proxy, tmp_path
     assert sorted(frame.norm) == ["instancenorm", "none"]
 
 
-def test_an_older_study_with_every_axis_as_params_resumes(proxy, space_file, tmp_path):  # noqa: F811
+def test_an_older_study_with_every_axis_as_params_resumes(proxy, space_file, tmp_path):
     """Older trials hold all five axes as params (and as user attrs); a search continues them, the report reads both."""
     url = sqlite(tmp_path)
     storage = open_storage(url)
@@ -108,7 +108,7 @@ def test_an_older_study_with_every_axis_as_params_resumes(proxy, space_file, tmp
     assert list(frame.norm.sort_index()) == ["instancenorm", "none", "instancenorm", "none"]
 
 
-def test_the_note_says_what_the_study_is_and_its_best_configurations_with_their_spread(proxy, space_file, tmp_path):  # noqa: F811
+def test_the_note_says_what_the_study_is_and_its_best_configurations_with_their_spread(proxy, space_file, tmp_path):
     url = sqlite(tmp_path)
     study = prepare(config(proxy, space_file, url, epochs=3, repeats=2)).study
     written = od.get_note(study)  # prepare writes the note before anything runs
@@ -127,9 +127,9 @@ def test_the_note_says_what_the_study_is_and_its_best_configurations_with_their_
                 },
             )
         )
-    dashboard.save_study_note(study)
+    notes.save_study_note(study)
     note = od.get_note(study)
-    assert note == dashboard.study_note(study)
+    assert note == notes.study_note(study)
     for fragment in (
         f"`{proxy.resolve()}` (random, 2 images per class",
         "digits; ranked on a 10% validation split",
@@ -147,7 +147,7 @@ def test_the_note_says_what_the_study_is_and_its_best_configurations_with_their_
     ]
 
 
-def test_a_zero_cost_note_lists_scores_without_a_spread(tmp_path, space_file):  # noqa: F811
+def test_a_zero_cost_note_lists_scores_without_a_spread(tmp_path, space_file):
     url = sqlite(tmp_path)
     cfg = SearchConfig(
         study="z",
@@ -161,7 +161,7 @@ def test_a_zero_cost_note_lists_scores_without_a_spread(tmp_path, space_file):  
     )
     study = prepare(cfg).study
     study.add_trial(create_trial(value=1234.5, user_attrs={"config_id": "d1-w8-relu-none-avg", "score": 1234.5}))
-    note = dashboard.study_note(study)
+    note = notes.study_note(study)
     assert "zero-cost proxy naswot on 64 training images" in note and "no training" in note
     assert "| rank | configuration | trial | naswot |" in note and "| 1 | `d1-w8-relu-none-avg` | 4 | 1234.5 |" in note
 
@@ -177,11 +177,11 @@ def report_studies(url: str, proxy_file: Path) -> None:
         study = optuna.create_study(storage=url, study_name=name, direction="maximize")
         for key, value in {"kind": kind, "method": name, "dataset": "digits", "proxy_path": str(proxy_file)}.items():
             study.set_user_attr(key, value)
-        for cid, acc in zip(ids, accs):
+        for cid, acc in zip(ids, accs, strict=True):
             study.add_trial(create_trial(value=acc, user_attrs={"config_id": cid, "val_acc": acc, "test_acc": acc}))
 
 
-def test_a_report_is_attached_to_each_proxy_study_as_artifacts_a_figure_and_a_note(proxy, tmp_path):  # noqa: F811
+def test_a_report_is_attached_to_each_proxy_study_as_artifacts_a_figure_and_a_note(proxy, tmp_path):
     url = sqlite(tmp_path, "studies.db")
     copy = tmp_path / "copy.safetensors"  # a proxy set whose image grid is gone: drawn again
     shutil.copy(proxy, copy)
@@ -216,7 +216,11 @@ def test_a_report_is_attached_to_each_proxy_study_as_artifacts_a_figure_and_a_no
             for i in range(len([k for k in attrs if k.startswith(f"dashboard:plot_data:{dashboard.GRAPH_ID}:")]))
         )
     )
-    points = {cid: (x, y) for trace in figure["data"][:2] for cid, x, y in zip(trace["text"], trace["x"], trace["y"])}
+    points = {
+        cid: (x, y)
+        for trace in figure["data"][:2]
+        for cid, x, y in zip(trace["text"], trace["x"], trace["y"], strict=True)
+    }
     assert points == {
         "d1-w8-relu-none-avg": (0.4, 0.9),
         "d1-w8-relu-instancenorm-avg": (0.3, 0.7),
@@ -240,7 +244,7 @@ def test_a_postgresql_storage_needs_an_artifact_folder(caplog):
     assert dashboard.artifact_dir("postgresql+psycopg://u@h/db", "/srv/art") == Path("/srv/art")
 
 
-def test_without_optuna_dashboard_notes_are_skipped_with_one_log_line(proxy, space_file, tmp_path, monkeypatch, caplog):  # noqa: F811
+def test_without_optuna_dashboard_notes_are_skipped_with_one_log_line(proxy, space_file, tmp_path, monkeypatch, caplog):
     real_import = builtins.__import__
 
     def no_dashboard(name, *args, **kwargs):
@@ -248,17 +252,17 @@ def test_without_optuna_dashboard_notes_are_skipped_with_one_log_line(proxy, spa
             raise ImportError(name, name=name)
         return real_import(name, *args, **kwargs)
 
-    dashboard._optuna_dashboard.cache_clear()
+    notes.dashboard_module.cache_clear()
     monkeypatch.setattr(builtins, "__import__", no_dashboard)
     try:
-        with caplog.at_level(logging.INFO, logger="proxynas.analysis.dashboard"):
+        with caplog.at_level(logging.INFO, logger="proxynas.nas.notes"):
             url = sqlite(tmp_path)
             study = prepare(config(proxy, space_file, url)).study
-            dashboard.save_study_note(study)
+            notes.save_study_note(study)
     finally:
         monkeypatch.undo()
-        dashboard._optuna_dashboard.cache_clear()
-    skipped = [r.getMessage() for r in caplog.records if r.name == "proxynas.analysis.dashboard"]
+        notes.dashboard_module.cache_clear()
+    skipped = [r.getMessage() for r in caplog.records if r.name == "proxynas.nas.notes"]
     assert skipped == [
         "optuna-dashboard notes and figures skipped (optuna_dashboard is not installed; "
         "pip install 'proxynas[dashboard]')"

@@ -108,6 +108,7 @@ def test_launch_starts_each_worker_with_its_assigned_device(gpus, monkeypatch):
 
     class FakeProcess:  # records what launch hands each worker instead of spawning it
         exitcode = 0
+        pid = None
 
         def __init__(self, target, args, name):
             started.append((name, args[0]))
@@ -126,8 +127,10 @@ def test_launch_starts_each_worker_with_its_assigned_device(gpus, monkeypatch):
         SimpleQueue = queue.SimpleQueue  # the workers' error channel: nothing is put on it here
 
     no_trials = SimpleNamespace(study_name="s", get_trials=lambda deepcopy: [])
-    prepared = SimpleNamespace(study=no_trials, total=None)
+    prepared = SimpleNamespace(study=no_trials, total=None, run=None)
     monkeypatch.setattr(search, "prepare", lambda c: prepared)
+    # the memory check has its own tests (test_resources.py); here every asked worker starts
+    monkeypatch.setattr(search, "plan_search", lambda cfg, p, devices, trains: len(devices))
     monkeypatch.setattr(search.multiprocessing, "get_context", lambda method: FakeContext)
     assert launch(cfg(), 3) is prepared
     assert [(name, c.device) for name, c in started] == [

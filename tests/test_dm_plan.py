@@ -185,7 +185,7 @@ def test_short_runs_use_the_memory_rule_without_timing(tiny, tmp_path):
     )
     plan = syn.meta["step_plan"]
     assert plan["source"].startswith("memory rule") and plan["classes_per_forward"] == 3
-    assert syn.meta["amp"] is False  # fp32 by default off CUDA
+    assert syn.meta["precision"] == "fp32"  # the default, whatever auto would measure here
 
 
 @pytest.mark.skipif(

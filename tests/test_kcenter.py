@@ -25,9 +25,9 @@ def test_kcenter_selects_what_brute_force_greedy_selects():
     rows = feats.tolist()
 
     def dist(a: list[float], b: list[float]) -> float:
-        return sum((x - y) ** 2 for x, y in zip(a, b)) ** 0.5
+        return sum((x - y) ** 2 for x, y in zip(a, b, strict=True)) ** 0.5
 
-    mean = [sum(col) / len(rows) for col in zip(*rows)]
+    mean = [sum(col) / len(rows) for col in zip(*rows, strict=True)]
     chosen = [min(range(12), key=lambda i: dist(rows[i], mean))]
     for _ in range(5):  # python loop: the point farthest from its nearest chosen centre
         chosen.append(

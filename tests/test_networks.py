@@ -30,17 +30,62 @@ POOLS = ("none", "max", "avg")
 SPACE = [NetConfig(*c) for c in itertools.product(DEPTHS, WIDTHS, ACTS, NORMS, POOLS)]
 
 
-def test_registered_names():
-    assert NETWORKS.names() == [
-        "ConvNet",
-        "ConvNetD1", "ConvNetD2", "ConvNetD3", "ConvNetD4",
-        "ConvNetW32", "ConvNetW64", "ConvNetW128", "ConvNetW256",
-        "ConvNetAS", "ConvNetAR", "ConvNetAL",
-        "ConvNetNN", "ConvNetBN", "ConvNetLN", "ConvNetIN", "ConvNetGN",
-        "ConvNetNP", "ConvNetMP", "ConvNetAP",
-        "MLP", "LeNet", "AlexNet", "AlexNetBN", "VGG11", "VGG11BN",
-        "ResNet18", "ResNet18BN", "ResNet18_AP", "ResNet18BN_AP",
-    ]  # fmt: skip
+# The paper's named ConvNet variants: each is the default ConvNet (depth 3 below 64x64, 4 from
+# 64x64 up) with the one change its name spells
+CONVNET_VARIANTS = {
+    "ConvNet": {},
+    **{f"ConvNetD{d}": {"depth": d} for d in (1, 2, 3, 4)},
+    **{f"ConvNetW{w}": {"width": w} for w in (32, 64, 128, 256)},
+    "ConvNetAS": {"act": "sigmoid"},
+    "ConvNetAR": {"act": "relu"},
+    "ConvNetAL": {"act": "leakyrelu"},
+    "ConvNetNN": {"norm": "none"},
+    "ConvNetBN": {"norm": "batchnorm"},
+    "ConvNetLN": {"norm": "layernorm"},
+    "ConvNetIN": {"norm": "instancenorm"},
+    "ConvNetGN": {"norm": "groupnorm"},
+    "ConvNetNP": {"pool": "none"},
+    "ConvNetMP": {"pool": "max"},
+    "ConvNetAP": {"pool": "avg"},
+}
+# The cross-architecture models: name -> (convolutions, BatchNorm layers). ResNet-18: a stem, 8
+# blocks of 2 and 3 projection shortcuts; "BN" names a BatchNorm after every convolution
+FIXED = {
+    "MLP": (0, 0),
+    "LeNet": (2, 0),
+    "AlexNet": (5, 0),
+    "AlexNetBN": (5, 5),
+    "VGG11": (8, 0),
+    "VGG11BN": (8, 8),
+    "ResNet18": (20, 0),
+    "ResNet18BN": (20, 20),
+    "ResNet18_AP": (20, 0),
+    "ResNet18BN_AP": (20, 20),
+}
+
+
+def test_every_registered_name_has_an_expected_architecture():
+    assert sorted(NETWORKS.names()) == sorted([*CONVNET_VARIANTS, *FIXED])
+
+
+@pytest.mark.parametrize("name", CONVNET_VARIANTS)
+@pytest.mark.parametrize("size,depth", [(32, 3), (64, 4)])
+def test_each_convnet_variant_builds_the_default_convnet_with_its_one_change(name, size, depth):
+    model = build(name, 3, 10, size)
+    assert type(model) is ConvNet
+    assert model.cfg == NetConfig(**{"depth": depth, **CONVNET_VARIANTS[name]})
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == model.cfg.depth and {c.out_channels for c in convs} == {model.cfg.width}
+
+
+@pytest.mark.parametrize("name", FIXED)
+def test_each_fixed_architecture_builds_its_layers(name):
+    model = build(name, 3, 10, 32)
+    assert type(model) is not ConvNet and model.name == name
+    convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    batch_norms = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert (convs, batch_norms) == FIXED[name]
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
 # VGG-11 and ResNet-18 forward+backward at 64x64 take seconds on a CPU: slow-marked,
@@ -197,7 +242,7 @@ def test_id_round_trip_and_build_by_id():
     by_cfg = build(NetConfig(2, 64, "relu", "batchnorm", "max"), 3, 10, 32, seed=1)
     assert isinstance(by_id, ConvNet)
     assert by_id.cfg == by_cfg.cfg
-    for (k, a), (_, b) in zip(by_id.state_dict().items(), by_cfg.state_dict().items()):
+    for (k, a), (_, b) in zip(by_id.state_dict().items(), by_cfg.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, msg=k)
 
 
@@ -248,7 +293,7 @@ def test_seed_gives_identical_weights_and_leaves_global_rng_alone():
     b = build("ConvNet", 3, 10, 32, seed=7)
     c = build("ConvNet", 3, 10, 32, seed=8)
     assert torch.equal(torch.get_rng_state(), state)
-    for (k, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+    for (k, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(pa, pb), k
     assert not torch.equal(a.classifier.weight, c.classifier.weight)
     build("ConvNet", 3, 10, 32)  # seed=None draws from the global generator

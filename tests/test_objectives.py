@@ -16,8 +16,7 @@ from proxynas.nas.search import prepare, run_search
 from proxynas.nas.search_space import load_space
 from proxynas.nas.sources import proxy_source
 from proxynas.runtime.seeding import derive_seed
-from tests.conftest import make_dataset
-from tests.test_search import TINY_SPACE, config, proxy, space_file  # noqa: F401  (fixtures)
+from tests.conftest import TINY_SPACE, config, make_dataset
 
 
 def trials_by_config(storage: str, study: str) -> dict[str, optuna.trial.FrozenTrial]:
@@ -34,7 +33,7 @@ def test_repeat_seeds_differ_and_repeat_0_keeps_the_single_run_seeds():
 
 def test_a_trial_records_every_repeat_its_means_and_stds_and_repeat_0_is_the_single_run(
     proxy,
-    space_file,  # noqa: F811
+    space_file,
     tmp_path,
 ):
     storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
@@ -58,20 +57,20 @@ def test_a_trial_records_every_repeat_its_means_and_stds_and_repeat_0_is_the_sin
     assert any(t.user_attrs["val_accs"][0] != t.user_attrs["val_accs"][1] for t in two.values())
 
 
-def test_resuming_with_another_repeat_count_is_refused_naming_it(proxy, space_file, tmp_path):  # noqa: F811
+def test_resuming_with_another_repeat_count_is_refused_naming_it(proxy, space_file, tmp_path):
     storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
     prepare(config(proxy, space_file, storage, repeats=1))
-    with pytest.raises(StudyError, match=r"other settings \(protocol\.repeats was 1, now 3\)"):
+    with pytest.raises(StudyError, match=r"trained with --repeats 1, not 3: resume it with --repeats 1, or use a new"):
         prepare(config(proxy, space_file, storage, repeats=3))
 
 
-def test_repeats_below_one_are_refused(proxy, space_file, tmp_path):  # noqa: F811
+def test_repeats_below_one_are_refused(proxy, space_file, tmp_path):
     with pytest.raises(UsageError, match="--repeats must be at least 1"):
         config(proxy, space_file, f"sqlite:///{tmp_path / 'db.sqlite'}", repeats=0)
     assert not (tmp_path / "db.sqlite").exists()
 
 
-def test_pruning_reports_the_first_repeats_validation_accuracy(proxy, space_file):  # noqa: F811
+def test_pruning_reports_the_first_repeats_validation_accuracy(proxy, space_file):
     source, space = proxy_source(proxy), load_space(str(space_file))
     params = {"depth": 1, "width": 8, "act": "relu", "norm": "instancenorm", "pool": "avg"}
 
@@ -112,7 +111,7 @@ def test_a_validation_check_between_epochs_leaves_batchnorm_training_unchanged()
 
 
 @pytest.mark.parametrize("mode", ["sequential", "stacked"])
-def test_pruned_search_trains_batchnorm_candidates_as_an_unpruned_one(proxy, tmp_path, mode):  # noqa: F811
+def test_pruned_search_trains_batchnorm_candidates_as_an_unpruned_one(proxy, tmp_path, mode):
     space_file = tmp_path / "bn.toml"
     space_file.write_text(TINY_SPACE.replace('"none", "instancenorm"', '"batchnorm"'))
     source, space = proxy_source(proxy), load_space(str(space_file))

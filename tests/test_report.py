@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -12,19 +13,24 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from proxynas.analysis.report import (
+from proxynas.analysis import rankings
+from proxynas.analysis.plots import plot_correlations, plot_top
+from proxynas.analysis.report import Report, build_report, write_report
+from proxynas.analysis.statistics import SUMMARY_COLUMNS
+from proxynas.core.networks import NetConfig
+from proxynas.exceptions import StudyError, UsageError
+from proxynas.nas import results
+from proxynas.nas.kinds import Measure
+from proxynas.nas.results import (
+    CONFIG_COLUMNS,
     FRAME_COLUMNS,
-    SUMMARY_COLUMNS,
-    _plot_correlations,
-    _plot_top,
-    build_report,
+    MEASURED_COLUMNS,
+    config_columns,
     parse_top,
     study_frame,
     top_configs,
     top_count,
-    write_report,
 )
-from proxynas.exceptions import StudyError, UsageError
 from proxynas.nas.study import open_storage
 
 # 40 configuration ids of the real form, in a fixed order
@@ -38,6 +44,12 @@ PNG = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture
 def storage(tmp_path):
     return open_storage(f"sqlite:///{tmp_path / 'report.db'}")
+
+
+def top_plot(report: Report):
+    """plots.plot_top of a report, as write_report draws it."""
+    settings = report.settings
+    return plot_top(report.ranking, report.summary, report.top, report.measures, settings["top"], settings["dataset"])
 
 
 def trial_attrs(cid: str, val: float, test: float) -> dict:
@@ -119,7 +131,7 @@ def test_study_frame_keeps_complete_trials_once(storage, caplog):
     for state in (TrialState.FAIL, TrialState.PRUNED):
         study.add_trial(create_trial(state=state, user_attrs={"config_id": IDS[2]}))
     study.enqueue_trial({}, user_attrs={"config_id": IDS[3]})  # WAITING
-    with caplog.at_level(logging.WARNING, logger="proxynas.analysis.report"):
+    with caplog.at_level(logging.WARNING, logger="proxynas.nas.results"):
         frame = study_frame(storage, "dm")
     assert list(frame.columns) == list(FRAME_COLUMNS)
     assert frame.config_id.tolist() == [IDS[0], IDS[1]]
@@ -137,9 +149,9 @@ def test_study_frame_keeps_complete_trials_once(storage, caplog):
 
 def test_correlations_with_ties_match_hand_computation(storage):
     ids = IDS[:4]
-    add_study(storage, "dm", dict(zip(ids, (0.1, 0.2, 0.2, 0.3))))
-    add_study(storage, "random", dict(zip(ids, (0.4, 0.2, 0.3, 0.1))))  # the exact reverse of whole
-    add_study(storage, "w", dict(zip(ids, (0.1, 0.3, 0.2, 0.4))), kind="whole", method="whole")
+    add_study(storage, "dm", dict(zip(ids, (0.1, 0.2, 0.2, 0.3), strict=True)))
+    add_study(storage, "random", dict(zip(ids, (0.4, 0.2, 0.3, 0.1), strict=True)))  # the exact reverse of whole
+    add_study(storage, "w", dict(zip(ids, (0.1, 0.3, 0.2, 0.4), strict=True)), kind="whole", method="whole")
     report = build_report(storage, ["dm", "random"], "w", top=4)
     assert list(report.summary.columns) == list(SUMMARY_COLUMNS)
     assert report.summary.method.tolist() == ["dm", "random"]  # no trivial whole-against-whole row
@@ -279,7 +291,7 @@ def test_ranking_frame(storage):
     add_study(storage, "w", {IDS[1]: 0.6, IDS[3]: 0.8}, tests={IDS[3]: 0.75}, kind="whole")
     ranking = build_report(storage, ["dm"], "w").ranking
     assert list(ranking.columns) == [
-        *FRAME_COLUMNS[:8],
+        *CONFIG_COLUMNS,
         "dm_val_acc",
         "dm_test_acc",
         "dm_val_std",
@@ -297,6 +309,37 @@ def test_ranking_frame(storage):
     assert ranking.whole_test_acc[0] == 0.75 and ranking.width.tolist() == [32, 32, 32, 32]
     # the test accuracy of the network trained on the proxy (trial_attrs: validation - 0.01)
     assert ranking.dm_test_acc[1:].tolist() == pytest.approx([0.69, 0.69, 0.49])
+
+
+def test_frame_columns_are_the_fields_of_netconfig():
+    axes = tuple(f.name for f in dataclasses.fields(NetConfig))
+    assert CONFIG_COLUMNS == ("config_id", *axes, "params", "flops")
+    assert FRAME_COLUMNS == (*CONFIG_COLUMNS, *MEASURED_COLUMNS)
+
+
+def test_a_new_axis_files_as_a_configuration_column(storage, monkeypatch):
+    """As if NetConfig gained an axis: read off the id, kept as it is, never taken for a measurement."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Dilated(NetConfig):
+        dilation: int = 2
+
+    config = config_columns(Dilated)
+    assert config == ("config_id", "depth", "width", "act", "norm", "pool", "dilation", "params", "flops")
+    monkeypatch.setattr(results, "NetConfig", Dilated)
+    monkeypatch.setattr(results, "CONFIG_COLUMNS", config)
+    monkeypatch.setattr(results, "FRAME_COLUMNS", (*config, *MEASURED_COLUMNS))
+    monkeypatch.setattr(rankings, "CONFIG_COLUMNS", config)
+    add_study(storage, "dm", {IDS[0]: 0.5, IDS[1]: 0.7})
+    add_study(storage, "w", {IDS[0]: 0.6, IDS[1]: 0.8}, kind="whole")
+    frame = study_frame(storage, "dm")
+    assert list(frame.columns) == [*config, *MEASURED_COLUMNS]
+    assert frame.dilation.tolist() == [2, 2] and frame.val_acc.tolist() == [0.5, 0.7]
+    assert (frame.dtypes[list(MEASURED_COLUMNS)] == "float64").all() and frame.dtypes.dilation == "int64"
+    ranking = build_report(storage, ["dm"], "w").ranking
+    assert list(ranking.columns[: len(config)]) == list(config)
+    shown = ranking.set_index("config_id").loc[IDS[1], ["dilation", "params", "dm_val_acc", "whole_val_acc"]]
+    assert shown.tolist() == [2, 32000, 0.7, 0.8]
 
 
 def test_spread_over_repeats_is_shown_per_configuration_and_per_method(storage, capsys):
@@ -337,13 +380,13 @@ def test_zero_cost_values_are_scores_in_the_ranking(storage):
     add_study(storage, "w", {IDS[0]: 0.6, IDS[1]: 0.8}, kind="whole")
     report = build_report(storage, ["dm"], "w", extra=["syn"])
     assert report.measures == {
-        "dm": ("val_acc", "validation accuracy"),
-        "synflow": ("score", "score at initialisation"),
-        "whole": ("val_acc", "validation accuracy"),
+        "dm": Measure("val_acc", "validation accuracy"),
+        "synflow": Measure("score", "score at initialisation"),
+        "whole": Measure("val_acc", "validation accuracy"),
     }
     assert report.ranking.synflow_score.tolist() == [2e9, 3e9] and "synflow_val_acc" not in report.ranking
     assert report.ranking.synflow_rank.tolist() == [2, 1]
-    labels = [ax.get_xlabel() for ax in _plot_top(report).axes if ax.get_visible()]
+    labels = [ax.get_xlabel() for ax in top_plot(report).axes if ax.get_visible()]
     assert labels == ["dm validation accuracy", "synflow score at initialisation"]
 
 
@@ -385,10 +428,19 @@ def test_errors_name_the_problem(storage, tmp_path):
 def test_test_accuracies_are_correlated_beside_validation_ones(storage):
     ids = IDS[:4]
     # dm: validation agrees with whole exactly; test accuracies rank (1, 3, 2, 4) against whole's (4, 3, 2, 1)
-    add_study(storage, "dm", dict(zip(ids, (0.1, 0.2, 0.3, 0.4))), tests=dict(zip(ids, (0.1, 0.3, 0.2, 0.4))))
-    add_study(storage, "syn", dict(zip(ids, (4.0, 3.0, 2.0, 1.0))), kind="zero-cost", method="synflow")
     add_study(
-        storage, "w", dict(zip(ids, (0.1, 0.2, 0.3, 0.4))), tests=dict(zip(ids, (0.4, 0.3, 0.2, 0.1))), kind="whole"
+        storage,
+        "dm",
+        dict(zip(ids, (0.1, 0.2, 0.3, 0.4), strict=True)),
+        tests=dict(zip(ids, (0.1, 0.3, 0.2, 0.4), strict=True)),
+    )
+    add_study(storage, "syn", dict(zip(ids, (4.0, 3.0, 2.0, 1.0), strict=True)), kind="zero-cost", method="synflow")
+    add_study(
+        storage,
+        "w",
+        dict(zip(ids, (0.1, 0.2, 0.3, 0.4), strict=True)),
+        tests=dict(zip(ids, (0.4, 0.3, 0.2, 0.1), strict=True)),
+        kind="whole",
     )
     report = build_report(storage, ["dm"], "w", extra=["syn"], top=4)
     dm, syn = row(report, "dm"), row(report, "synflow")
@@ -526,7 +578,7 @@ def test_plots_have_titles_shared_axes_identity_and_labelled_bars(storage):
     add_study(storage, "syn", descending(IDS[:6], start=3e9, step=1e8), kind="zero-cost", method="synflow")
     add_study(storage, "w", descending(IDS[:6], start=0.8), kind="whole")
     report = build_report(storage, ["dm", "random"], "w", extra=["syn"], top=4)
-    fig = _plot_top(report)
+    fig = top_plot(report)
     assert "whole-dataset training" in fig.get_suptitle() and "cifar10" in fig.get_suptitle()
     dm_ax, random_ax, syn_ax = [ax for ax in fig.axes if ax.get_visible()]
     assert dm_ax.get_shared_y_axes().joined(dm_ax, syn_ax)  # every panel: whole-dataset validation accuracy
@@ -537,7 +589,7 @@ def test_plots_have_titles_shared_axes_identity_and_labelled_bars(storage):
     assert not [line for line in syn_ax.get_lines() if line.get_label() == "y = x"]  # a score is no accuracy
     # the selected configuration is a labelled star: dm selects IDS[0]
     assert [t.get_text() for t in dm_ax.texts] == [row(report, "dm").selected] == [IDS[0]]
-    bars = _plot_correlations(report.summary).axes[0]
+    bars = plot_correlations(report.summary).axes[0]
     assert bars.get_title() and [t.get_text() for t in bars.get_legend().get_texts()] == [
         "Spearman, its top set",
         "Spearman, all shared",

@@ -2,74 +2,24 @@
 
 from __future__ import annotations
 
-import collections
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
-import uuid
 
 import optuna
-import psycopg
 import pytest
 from optuna.trial import TrialState
 
 from proxynas.core.condense import CondenseConfig, condense
 from proxynas.core.data import load_dataset
-from proxynas.core.train import TrainConfig
 from proxynas.exceptions import StudyError
-from proxynas.nas.search import SearchConfig, launch, prepare, run_search
-from proxynas.nas.study import CONFIG_KEY, enqueue_configs, open_storage, open_study, run_worker
-
-TINY_SPACE = """
-name = "tiny"
-[axes]
-depth = [1]
-width = [8, 16]
-act = ["relu"]
-norm = ["none", "instancenorm"]
-pool = ["avg"]
-"""
-PG = "postgresql+psycopg://postgres@127.0.0.1:5432/"
-
-
-@pytest.fixture(scope="module")
-def proxy(tmp_path_factory):
-    out = tmp_path_factory.mktemp("proxy") / "digits-random.safetensors"
-    condense(
-        CondenseConfig(dataset="digits", method="random", ipc=2, val_fraction=0.1), out, dataset=load_dataset("digits")
-    )
-    return out
-
-
-@pytest.fixture
-def space_file(tmp_path):
-    path = tmp_path / "tiny.toml"
-    path.write_text(TINY_SPACE)
-    return path
-
-
-def config(proxy, space_file, storage, **kw) -> SearchConfig:
-    return SearchConfig(
-        proxy=str(proxy),
-        study=kw.pop("study", "s"),
-        storage=storage,
-        space=str(space_file),
-        train=TrainConfig(epochs=kw.pop("epochs", 1), batch_size=250),
-        device="cpu",
-        repeats=kw.pop("repeats", 1),
-        **kw,
-    )
-
-
-def completed_once(storage: str, study: str = "s", total: int = 4) -> list[optuna.trial.FrozenTrial]:
-    trials = optuna.load_study(study_name=study, storage=storage).get_trials()
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    counts = collections.Counter(t.user_attrs[CONFIG_KEY] for t in complete)
-    assert len(counts) == total and set(counts.values()) == {1}, counts
-    return trials
+from proxynas.nas.search import launch, prepare, run_search
+from proxynas.nas.study import enqueue_configs, open_storage, open_study, run_worker
+from tests.conftest import completed_once, config
 
 
 def test_exhaustive_study_completes_each_configuration_once(proxy, space_file, tmp_path):
@@ -102,13 +52,14 @@ def test_study_opens_through_optuna_public_api_with_all_attributes(proxy, space_
 def test_resuming_with_other_settings_is_refused(proxy, space_file, tmp_path):
     storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
     prepare(config(proxy, space_file, storage))
-    with pytest.raises(StudyError, match="protocol"):
+    with pytest.raises(StudyError, match="trained with --epochs 1, not 2: resume it with --epochs 1, or"):
         prepare(config(proxy, space_file, storage, epochs=2))
 
 
 def test_proxy_without_validation_split_is_refused(space_file, tmp_path):
     out = tmp_path / "noval.safetensors"
-    condense(CondenseConfig(dataset="digits", method="random", ipc=1), out, dataset=load_dataset("digits"))
+    cfg = CondenseConfig(dataset="digits", method="random", ipc=1, val_fraction=0.0)  # all of train: no split
+    condense(cfg, out, dataset=load_dataset("digits"))
     with pytest.raises(StudyError, match="--exclude-split"):
         run_search(config(out, space_file, f"sqlite:///{tmp_path / 'db.sqlite'}"))
 
@@ -124,17 +75,9 @@ def test_two_workers_on_one_sqlite_file_never_train_twice(proxy, space_file, tmp
     launch(config(proxy, space_file, storage), workers=2)
     trials = completed_once(storage)
     assert len(trials) == 4
-    assert len({t.user_attrs["worker"] for t in trials}) >= 1
-
-
-@pytest.fixture
-def pg_url():
-    name = f"proxynas_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield PG + name
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    # the spawned workers trained them, not the launcher, and no more than two processes did
+    workers = {t.user_attrs["worker"] for t in trials}
+    assert 1 <= len(workers) <= 2 and f"{socket.gethostname()}:{os.getpid()}" not in workers, workers
 
 
 def test_four_workers_on_postgresql_never_train_twice(proxy, space_file, pg_url):
@@ -271,21 +214,3 @@ def test_a_worker_killed_between_claim_and_first_heartbeat_still_gets_its_trial_
     run_worker(study, objective, queue_only=True, timeout=30, poll=0.2, heartbeat_interval=1)
     trials = completed_once(storage.url, "orphan", total=2)
     assert [t.state for t in trials].count(TrialState.FAIL) == 1
-
-
-def test_modules_below_the_search_never_import_it():
-    """Imports flow one way (cli -> search -> objectives -> sources, zero_cost, ...): no cycle to untangle."""
-    below = (
-        "nas.sources",
-        "nas.objectives",
-        "core.zero_cost",
-        "nas.baselines",
-        "nas.study",
-        "runtime.devices",
-        "core.train",
-    )
-    code = (
-        f"import sys; import {', '.join('proxynas.' + m for m in below)}; "
-        "assert 'proxynas.nas.search' not in sys.modules, 'a module below the search imported it'"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})

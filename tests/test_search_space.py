@@ -69,7 +69,7 @@ def test_a_sample_covering_every_value_really_runs(space):
         assert {getattr(cfg, axis) for cfg in sample} == set(values), axis
     for channels, size in [(3, 32), (1, 28)]:
         table = describe_space(space, channels, 10, size, ids=[cfg.id for cfg in sample])
-        for cfg, params in zip(sample, table["params"]):
+        for cfg, params in zip(sample, table["params"], strict=True):
             model = build(cfg.id, channels, 10, size, seed=0)  # by id, through the registry's build
             logits = model(torch.randn(2, channels, size, size))
             assert logits.shape == (2, 10) and torch.isfinite(logits).all(), cfg.id
@@ -85,7 +85,7 @@ def test_describe_space_hand_checked_counts(space):
     # conv 3->32 3x3 (864 + 32 bias) on a 32x32 map, avg-pooled to 16x16, then linear 8192->10
     assert row.params == 896 + 32 * 16 * 16 * 10 + 10 == 82_826
     assert row.flops == 2 * (32 * 32 * 32 * 27 + 32 * 16 * 16 * 10) == 1_933_312
-    for net_id, params, flops in zip(table["id"], table["params"], table["flops"]):
+    for net_id, params, flops in zip(table["id"], table["params"], table["flops"], strict=True):
         assert describe(net_id, 3, 10, 32) == {"params": params, "flops": flops}
     mnist = describe_space(space, 1, 10, 28, ids=["d1-w32-relu-none-avg"]).iloc[0]
     assert mnist.params == 9 * 32 + 32 + 32 * 16 * 16 * 10 + 10  # padded to the 32x32 map of CIFAR
@@ -112,17 +112,21 @@ def test_user_file_with_other_axes_and_defaults(tmp_path):
 @pytest.mark.parametrize(
     "text,message",
     [
-        ('[axes]\ndepth = 1 2\n', "not valid TOML: Expected newline or end of document after a statement (at line 2, column 11)"),
+        ('[axes]\ndepth = 1 2\n',
+         "not valid TOML: Expected newline or end of document after a statement (at line 2, column 11)"),
         ('[axes]\nkernel = [3]\n', "axes.kernel: unknown axis; allowed axes: depth, width, act, norm, pool"),
         ('[axes]\ndepth = []\n', "axes.depth: empty list; give at least one value"),
         ('[axes]\ndepth = 3\n', "axes.depth: must be a list of values, got 3"),
         ('[axes]\nwidth = [32, 64, 32]\n', "axes.width: 32 is listed twice"),
-        ('[axes]\nact = ["relu", "swish"]\n', "axes.act: 'swish' is not valid (NetConfig act 'swish' is not one of: sigmoid, relu, leakyrelu)"),
+        ('[axes]\nact = ["relu", "swish"]\n',
+         "axes.act: 'swish' is not valid (NetConfig act 'swish' is not one of: sigmoid, relu, leakyrelu)"),
         ('[axes]\ndepth = [0]\n', "axes.depth: 0 is not valid (NetConfig depth must be an integer >= 1, got 0)"),
-        ('[axes]\ndepth = [true]\n', "axes.depth: True is not valid (NetConfig depth must be an integer >= 1, got True)"),
+        ('[axes]\ndepth = [true]\n',
+         "axes.depth: True is not valid (NetConfig depth must be an integer >= 1, got True)"),
         ('[axes]\nwidth = [32.0]\n', "axes.width: 32.0 is not valid (values are strings or integers)"),
         ('[axes]\nnorm = [["none"]]\n', "axes.norm: ['none'] is not valid (values are strings or integers)"),
-        ('[axes]\nwidth = [30, 32]\nnorm = ["groupnorm"]\n', "axes: width=30, norm='groupnorm' is not a valid combination (groupnorm uses 4 groups"),
+        ('[axes]\nwidth = [30, 32]\nnorm = ["groupnorm"]\n',
+         "axes: width=30, norm='groupnorm' is not a valid combination (groupnorm uses 4 groups"),
         ('nmae = "x"\n[axes]\ndepth = [1]\n', "nmae: unknown key; the keys are: name, description, axes"),
         ('name = "x"\n', "axes: missing or not a table; add an [axes] table of NetConfig fields"),
         ('axes = [1]\n', "axes: missing or not a table"),

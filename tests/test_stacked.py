@@ -43,7 +43,7 @@ def trained(net_id: str, mode: str, cfg: TrainConfig = CFG, on_epoch=None) -> li
 
 
 def assert_same_nets(a: list[torch.nn.Module], b: list[torch.nn.Module]) -> None:
-    for net_a, net_b in zip(a, b):
+    for net_a, net_b in zip(a, b, strict=True):
         state_a, state_b = net_a.state_dict(), net_b.state_dict()
         assert state_a.keys() == state_b.keys()
         for name in state_a:  # parameters, BatchNorm running statistics and num_batches_tracked
@@ -61,7 +61,7 @@ def test_stacked_training_gives_the_weights_and_accuracies_of_sequential(norm, a
     seq, stk = trained(net_id, "sequential"), trained(net_id, "stacked")
     assert_same_nets(seq, stk)
     images, labels = data(1)
-    for a, b in zip(seq, stk):
+    for a, b in zip(seq, stk, strict=True):
         assert accuracy(a, raw(images), labels, lambda t: t.float() / 40) == accuracy(
             b, raw(images), labels, lambda t: t.float() / 40
         )
@@ -130,7 +130,7 @@ def test_on_epoch_sees_the_current_weights_in_every_mode():
         )
         assert nets[0].features[1].num_batches_tracked.item() == CFG.total_steps(N)
     assert len(seen["sequential"]) == CFG.epochs
-    for a, b in zip(seen["sequential"], seen["stacked"]):
+    for a, b in zip(seen["sequential"], seen["stacked"], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert not torch.equal(seen["stacked"][0], seen["stacked"][1])
 

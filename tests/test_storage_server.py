@@ -24,9 +24,7 @@ from proxynas.nas.study import (
     open_study,
     run_worker,
 )
-from tests.test_cli import assert_one_line_error, run_cli
-
-PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+from tests.conftest import assert_one_line_error, run_cli
 
 
 @pytest.fixture
@@ -175,11 +173,11 @@ def test_without_grpcio_a_grpc_storage_names_the_install(tmp_path, argv):
 
 
 @pytest.mark.slow
-def test_many_workers_on_postgresql_complete_each_configuration_once_with_bounded_connections():
+def test_many_workers_on_postgresql_complete_each_configuration_once_with_bounded_connections(postgres):
     """bench/storage_load.py's load test, smaller: 4 workers over 45 configurations, directly and through a server."""
-    direct = run_load("direct", 4, db_url=PG, restrict="depth=1;width=32")
+    direct = run_load("direct", 4, db_url=postgres, restrict="depth=1;width=32")
     assert (direct.configurations, direct.complete, direct.duplicates, direct.missing) == (45, 45, 0, 0)
     assert 1 <= direct.peak_connections <= 2 * (4 + 1)  # two per process: the launcher and each worker
-    served = run_load("grpc", 4, db_url=PG, restrict="depth=1;width=32", threads=3)
+    served = run_load("grpc", 4, db_url=postgres, restrict="depth=1;width=32", threads=3)
     assert (served.configurations, served.complete, served.duplicates, served.missing) == (45, 45, 0, 0)
     assert 1 <= served.peak_connections <= 3 + 1  # only the server connects: its threads and its sweeper

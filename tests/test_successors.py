@@ -14,8 +14,7 @@ from proxynas.core.condense._factor import decode, encode
 from proxynas.core.condense._m3d import gaussian_kernel, linear_kernel, mmd2
 from proxynas.core.networks import build
 from proxynas.exceptions import UsageError
-from tests.conftest import TINY_MODEL, make_dataset
-from tests.test_condense import interrupt_at
+from tests.conftest import TINY_MODEL, interrupt_at, make_dataset
 
 
 def test_gaussian_mmd_matches_hand_computed_case():

@@ -70,8 +70,8 @@ def test_a_seed_reproduces_a_run_and_another_seed_does_not(dsa_family):
         model = net()
         train_network(model, *data(), cfg, torch.Generator().manual_seed(seed))
         runs.append(weights(model))
-    assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1]))
-    assert not all(torch.equal(a, b) for a, b in zip(runs[0], runs[2]))
+    assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(runs[0], runs[2], strict=True))
 
 
 def test_dsa_families_draw_differently():
@@ -106,7 +106,7 @@ def test_normalise_applies_batch_by_batch():
     a, b = net(), net()
     train_network(a, normalise(raw), labels, CFG, torch.Generator().manual_seed(5))
     train_network(b, raw, labels, CFG, torch.Generator().manual_seed(5), normalise=normalise)
-    assert all(torch.equal(x, y) for x, y in zip(weights(a), weights(b)))
+    assert all(torch.equal(x, y) for x, y in zip(weights(a), weights(b), strict=True))
 
 
 def test_one_generator_per_repeat():
@@ -177,18 +177,18 @@ def test_amp_on_a_cpu_without_fast_bf16_warns_once_and_names_the_fix(monkeypatch
     def check(device):
         raise Checked(device)
 
-    monkeypatch.setattr(train_module, "warn_if_slow_bf16", check)  # training with --amp asks first
+    monkeypatch.setattr(train_module, "warn_if_slow_bf16", check)  # training in bf16 asks first
     with pytest.raises(Checked):
-        train_network(net(), *data(), dataclasses.replace(CFG, amp=True), torch.Generator())
+        train_network(net(), *data(), dataclasses.replace(CFG, precision="bf16"), torch.Generator())
     devices.warn_if_slow_bf16.cache_clear()
     monkeypatch.setattr(devices, "slow_bf16", lambda device: "bf16 matmuls run at 1.0 GFLOP/s (no bf16 units)")
     for _ in range(2):  # a second run in the process: no second warning
         devices.warn_if_slow_bf16(torch.device("cpu"))
-    warnings = [r.getMessage() for r in caplog.records if "--amp" in r.getMessage()]
+    warnings = [r.getMessage() for r in caplog.records if "--precision" in r.getMessage()]
     devices.warn_if_slow_bf16.cache_clear()
     assert warnings == [
-        "warning: --amp (bf16 autocast) slows this run down: bf16 matmuls run at 1.0 GFLOP/s "
-        "(no bf16 units); run without --amp"
+        "warning: --precision bf16 (autocast) slows this run down: bf16 matmuls run at 1.0 GFLOP/s "
+        "(no bf16 units); use --precision fp32 or auto"
     ]
 
 

@@ -18,11 +18,14 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
-from proxynas.analysis.dashboard import study_note
 from proxynas.analysis.report import study_frame
+from proxynas.nas.notes import study_note
+from proxynas.nas.schema import SCHEMA, version_history
 from proxynas.nas.study import CONFIG_KEY
+from proxynas.version import __version__
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = sorted((ROOT / "tests" / "fixtures").glob("study-*"))
@@ -68,7 +71,9 @@ def test_the_fixtures_are_what_their_readme_says(old):
 
 
 def test_a_partial_study_resumes_with_its_recorded_command(old):
+    recorded = _study(old, "partial").user_attrs
     before = {c: [t.values for t in ts] for c, ts in _complete(_study(old, "partial")).items()}
+    complete_before = {t.number for ts in _complete(_study(old, "partial")).values() for t in ts}
     run = _run_recorded(old, "partial")
     assert run.returncode == 0, run.stderr[-2000:]
     study = _study(old, "partial")
@@ -87,6 +92,17 @@ def test_a_partial_study_resumes_with_its_recorded_command(old):
         assert [t.values for t in after[config]] == values
     left = [t.state for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert left == []
+    # the study now says which schema it follows and which versions wrote its trials; the old record stays
+    attrs = study.user_attrs
+    assert attrs["schema"] == SCHEMA and attrs["versions"] == recorded["versions"]
+    *earlier, entry = version_history(attrs)
+    assert earlier == version_history(recorded)
+    assert entry["proxynas"] == __version__ and entry["torch"] == torch.__version__
+    assert entry["optuna"] == optuna.__version__ and entry["command"] == recorded["command"]
+    assert entry.get("migrated", {}).get("from_schema", SCHEMA) == recorded.get("schema", 0)
+    this_run = [t.number for ts in after.values() for t in ts if t.number not in complete_before]
+    assert entry["completed"] == len(this_run) == 8 - len(before)
+    assert (entry["first_trial"], entry["last_trial"]) == (min(this_run), max(this_run))
 
 
 def test_a_complete_study_is_left_as_it_is_by_its_recorded_command(old):

@@ -170,16 +170,13 @@ def test_scores_are_deterministic_for_a_seeded_build():
     assert scores(1)[1:] != first[1:]  # synflow and grad_norm depend on the weights
 
 
-def test_zero_cost_study_scores_each_configuration_as_built_for_the_search(tmp_path):
+def test_zero_cost_study_scores_each_configuration_as_built_for_the_search(tmp_path, space_file):
     import optuna
 
     from proxynas.analysis.report import build_report
     from proxynas.core.data import load_dataset, train_val_split
     from proxynas.nas.search import SearchConfig, run_search
-    from tests.test_search import TINY_SPACE
 
-    space_file = tmp_path / "tiny.toml"
-    space_file.write_text(TINY_SPACE)
     storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
     for metric in ("naswot", "synflow"):
         cfg = SearchConfig(
@@ -245,14 +242,11 @@ def test_zero_cost_study_scores_each_configuration_as_built_for_the_search(tmp_p
         )
 
 
-def test_score_params_and_flops_studies_rank_by_the_recorded_size_and_cost(tmp_path, capsys):
+def test_score_params_and_flops_studies_rank_by_the_recorded_size_and_cost(tmp_path, capsys, space_file):
     import optuna
 
     from proxynas.cli import main
-    from tests.test_search import TINY_SPACE
 
-    space_file = tmp_path / "tiny.toml"
-    space_file.write_text(TINY_SPACE)
     storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
     argv = [
         "score",

@@ -3,6 +3,9 @@
 Each subcommand is a small class with ``add_arguments`` and ``run`` (Optuna's cli.py
 pattern), collected in ``COMMANDS``. Only ``main`` prints errors or exits: a
 ``ProxyNASError`` becomes its one-line message and its exit code, never a traceback.
+A flag that sets a config field is built from that field, default and help included
+(``runtime/options.py``), in the argument groups each command lists; ``from_args``
+builds the config back.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import logging
 import shlex
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,32 +23,32 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from proxynas.exceptions import ProxyNASError, Terminated
+from proxynas.exceptions import ProxyNASError, Terminated, UsageError
+from proxynas.runtime.failures import classify
+from proxynas.runtime.options import add_argument, add_options, default_of, from_args
 from proxynas.runtime.processes import sigterm_interrupts
 from proxynas.runtime.progress import StageDisplay, finished, progress_bar, search_display, use_lines
 from proxynas.version import __version__
 
 if TYPE_CHECKING:  # the commands import the library lazily, so that --help stays fast
     from proxynas.core.condense import CondenseConfig
+    from proxynas.core.condense.distributed import Ranks
+    from proxynas.core.data import Dataset
+    from proxynas.core.train import TrainConfig
+    from proxynas.nas.search import SearchConfig
+    from proxynas.runtime.devices import Placement
 
 console = Console(stderr=True)
 # results: paths and ids print as they are; piped output is not squeezed into 80 columns
 out = Console(markup=False, highlight=False, width=shutil.get_terminal_size((140, 24)).columns)
 
-# help texts several commands share (argparse %-formats them: a percent sign is written %%)
+# help texts several commands share (argparse %-formats them: a percent sign is written %%); a flag that sets a
+# config field has its help, and its default, on the field (runtime/options.py)
 QUIET_HELP = "timestamped progress lines instead of a live display (the default when stderr is not a terminal)"
 DEVICE_HELP = "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps"
-DATASET_HELP = "registered dataset name (see 'proxynas datasets')"
-DATA_PATH_HELP = "where the data lives (a folder, or an ImageFolder .tar.gz); see 'proxynas datasets'"
-SPLIT_SEED_HELP = "seed of the validation split (every study of one comparison needs the same)"
-LR_HELP = "SGD learning rate (momentum 0.9, weight decay 5e-4, x0.1 at half the epochs)"
-AMP_HELP = "bf16 autocast for training (CUDA)"
-COMPILE_HELP = (
-    "torch.compile the networks (once per architecture: pays from a few hundred steps a training, see "
-    "BENCHMARKS.md; ignored where no compiler works)"
-)
 IMAGE_SIZE_HELP = "input height and width in pixels"
 NUM_CLASSES_HELP = "classifier outputs"
+STUDY_INTERRUPTED = "interrupted; the running trials were re-queued: run the same command again to continue the study"
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -57,45 +61,95 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         return super()._get_help_string(action)
 
 
-class _Renamed(argparse.Action):
-    """An old spelling of a renamed flag: it still works, and says what replaced it."""
-
-    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs) -> None:
-        super().__init__(option_strings, dest, **kwargs)
-        self.new = new
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
-        console.print(f"warning: {option_string} is deprecated; use {self.new}", highlight=False, markup=False)
-        setattr(namespace, self.dest, values)
-
-
-def _renamed(p: argparse.ArgumentParser, new: str, *old: str, **kwargs) -> None:
-    """``p.add_argument(new, **kwargs)``, its ``old`` spellings still working (hidden from --help, and
-    deprecated when used). A required flag is required in one spelling or the other, not both."""
-    where = p.add_mutually_exclusive_group(required=True) if kwargs.pop("required", False) else p
-    action = where.add_argument(new, **kwargs)
-    for flag in old:
-        where.add_argument(
-            flag,
-            dest=action.dest,
-            action=_Renamed,
-            new=new,
-            type=action.type,
-            nargs=action.nargs,
-            metavar=action.metavar,
-            default=argparse.SUPPRESS,
-            help=argparse.SUPPRESS,
-        )
-
-
-def _add_batch_size(p: argparse.ArgumentParser, default: int, help: str, *old: str) -> None:
-    _renamed(p, "--batch-size", *old, type=int, default=default, help=help)
-
-
 ARTIFACTS_HELP = (
     "folder of the studies' Optuna artifacts, the report files (default: <db stem>-artifacts/ beside an "
     "SQLite database; other databases: none unless given, the same for report and dashboard)"
 )
+
+
+# --- argument groups: each command lists the ones it uses; each group adds config fields' options --------------
+
+
+def _data_group(p: argparse.ArgumentParser, cls: type, *, required: bool = False) -> argparse._ArgumentGroup:
+    """The dataset and the validation split held out of it (CondenseConfig's or SearchConfig's fields)."""
+    g = p.add_argument_group("data")
+    add_options(
+        g, cls, only=("dataset", "data_path", "val_fraction", "split_seed"), required=("dataset",) if required else ()
+    )
+    return g
+
+
+def _training_group(
+    p: argparse.ArgumentParser,
+    defaults: TrainConfig | None = None,
+    *,
+    steps: bool = False,
+    unset: tuple[str, ...] = (),
+    helps: dict[str, str] | None = None,
+) -> argparse._ArgumentGroup:
+    """How each network trains (TrainConfig); ``defaults``: the training the command's config holds by default."""
+    from proxynas.core.train import TrainConfig
+
+    g = p.add_argument_group("training")
+    flags = (
+        "epochs",
+        *(("steps",) if steps else ()),
+        "batch_size",
+        "lr",
+        "dsa_strategy",
+        "dsa_family",
+        "precision",
+        "compile",
+    )
+    add_options(g, TrainConfig, only=flags, defaults=defaults, unset=unset, helps=helps)
+    return g
+
+
+def _study_group(p: argparse.ArgumentParser, *, study: bool = True) -> None:
+    """The study, its storage, its search space, and the heartbeat that re-queues a dead worker's trial."""
+    from proxynas.nas.search import SearchConfig
+    from proxynas.nas.study import HeartbeatSettings
+
+    g = p.add_argument_group("study")
+    add_options(g, SearchConfig, only=(*(("study",) if study else ()), "storage", "space", "restrict", "seed"))
+    add_options(g, HeartbeatSettings)
+
+
+def _run_group(
+    p: argparse.ArgumentParser, *, only: tuple[str, ...] | None = None, helps: dict[str, str] | None = None
+) -> None:
+    """Where the work runs (Placement: --device, --devices, --workers) and how it reports progress."""
+    from proxynas.runtime.devices import Placement
+
+    g = p.add_argument_group("devices and display")
+    add_options(g, Placement, only=only, helps=helps)
+    g.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+
+
+def _study_command(argv: list[str]) -> str:
+    """The command that fills a study, without --configs: re-run, it resumes; the report adds what it lacks."""
+    kept, words = [], iter(argv)
+    for word in words:
+        if word == "--configs":
+            next(words, None)  # its value (dropped by position: the same string may be another flag's value)
+        elif not word.startswith("--configs="):
+            kept.append(word)
+    return shlex.join(["proxynas", *kept])
+
+
+def _run_study(cfg: SearchConfig, placement: Placement, devices: list | None, quiet: bool, value_format: str) -> None:
+    """Launch ``placement.workers`` workers on the study ``cfg`` fills, with a live display, and say where it is."""
+    from optuna.trial import TrialState
+
+    from proxynas.nas.search import launch
+
+    with search_display(console, cfg.study, quiet, value_format) as show:
+        prepared = launch(cfg, placement.workers, show, devices=devices)
+    complete = len(prepared.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    out.print(
+        f"study {cfg.study!r} in {cfg.storage}: {complete} trials complete; "
+        f"view it with: proxynas dashboard --storage {cfg.storage}"
+    )
 
 
 class Command:
@@ -172,14 +226,6 @@ class NetworksCommand(Command):
         return 0
 
 
-def _add_data_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="digits", help=DATASET_HELP)
-    p.add_argument("--data-path", help=DATA_PATH_HELP)
-    p.add_argument("--download", action="store_true", help="let torchvision download the dataset (needs internet)")
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
-
-
 class CondenseCommand(Command):
     name, help = "condense", "condense a dataset into a proxy set (DM, DSA, or a random/herding/k-center coreset)"
     examples = (
@@ -191,113 +237,39 @@ class CondenseCommand(Command):
     interrupted = "interrupted; the last checkpoint is kept: run the same command with --resume to continue"
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        from proxynas.core.condense import CONDENSERS, MMD_KERNELS, TUNE_CHOICES
+        from proxynas.core.condense import MMD_KERNELS, CondenseConfig
 
-        _add_data_arguments(p)
-        p.add_argument(
-            "--method",
-            default="dm",
-            choices=CONDENSERS.names(),
-            help="dm: Distribution Matching (the paper); m3d: DM matching a Gaussian-kernel MMD instead "
-            "of means (M3D); dsa: gradient matching with DSA; random, herding, kcenter: coresets of "
-            "real images",
+        data = _data_group(p, CondenseConfig)
+        data.add_argument(
+            "--download", action="store_true", help="let torchvision download the dataset (needs internet)"
         )
-        p.add_argument(
-            "--ipc",
-            type=int,
-            default=10,
-            help="images per class (with --factor: decoded images, what candidates train on)",
+        checkpoints = ("checkpoint_every", "checkpoint_minutes")
+        add_options(
+            p.add_argument_group("condensation"),
+            CondenseConfig,
+            exclude=("dataset", "data_path", "val_fraction", "split_seed", *checkpoints),
+            choices={"mmd_kernel": MMD_KERNELS.names()},
         )
-        p.add_argument(
-            "--factor",
-            type=int,
-            default=1,
-            help="dm, m3d: learn each image at 1/FACTOR resolution and upsample it (IDM/M3D's "
-            "factorised images); compare with --factor 1 at the same --ipc for equal training cost",
-        )
-        p.add_argument(
-            "--mmd-kernel",
-            default="gaussian",
-            choices=MMD_KERNELS.names(),
-            help="m3d: the MMD kernel (linear gives DM's loss exactly)",
-        )
-        p.add_argument("--model", default="ConvNet", help="embedding network (see 'proxynas networks')")
-        p.add_argument("--iterations", type=int, help="default: DM 20,000 (10,000 at 64x64); DSA 1,000")
-        _renamed(
-            p,
-            "--real-batch-size",
-            "--batch-real",
-            type=int,
-            default=256,
-            help="real images per class in each iteration's batch (the paper's 256)",
-        )
-        p.add_argument("--lr-img", type=float, help="synthetic-image lr (default: DM 1 for ipc<=50, else 10; DSA 0.1)")
-        p.add_argument(
-            "--init",
-            default="real",
-            choices=["real", "noise"],
-            help="start the synthetic images as random real images of their class, or as noise",
-        )
-        p.add_argument(
-            "--seed",
-            type=int,
-            default=0,
-            help="seed of every draw (networks, batches, augmentation); the output name records it",
-        )
-        p.add_argument("--dsa-strategy", help="augmentation families joined by '_' (default: the dataset's)")
-        p.add_argument(
-            "--exclude-split",
-            type=float,
-            default=0.1,
-            metavar="FRACTION",
-            help="hold this class-balanced fraction of train out: the validation split 'proxynas "
-            "search' ranks on (the paper's 10%%); 0 condenses all of train (Table 1)",
-        )
-        p.add_argument("--split-seed", type=int, default=0, help=SPLIT_SEED_HELP)
-        p.add_argument("--classes", help="condense only these classes: '0,3,7' or a shard 'i/n'")
-        precision = p.add_mutually_exclusive_group()
-        precision.add_argument(
-            "--amp",
-            action="store_true",
-            default=None,
-            help="bf16 autocast for the embedding passes (DM's default on CUDA)",
-        )
-        precision.add_argument(
-            "--fp32", dest="amp", action="store_false", default=None, help="keep DM in float32 on CUDA too"
-        )
-        p.add_argument(
-            "--tune",
-            default="auto",
-            choices=TUNE_CHOICES,
-            help="time DM step plans (classes per forward, layout, compilation) on this device: "
-            "yes, no (memory rule only), auto (cached, else measured for 500+ iterations)",
-        )
-        p.add_argument("--memory-budget-gb", type=float, help="memory for one chunk of classes (default: auto)")
-        p.add_argument("--checkpoint-every", type=int, default=500, help="iterations between checkpoints")
-        p.add_argument(
-            "--checkpoint-minutes", type=float, default=10.0, help="and at most this long between checkpoints"
-        )
-        p.add_argument(
+        g = p.add_argument_group("checkpoints and output")
+        add_options(g, CondenseConfig, only=checkpoints)
+        g.add_argument(
             "--resume", action="store_true", help="continue an interrupted run into --out (--iterations may change)"
         )
-        p.add_argument(
-            "--workers",
-            type=int,
-            default=1,
-            help="condense as this many class shards in parallel processes, then merge (dm, coresets)",
-        )
-        p.add_argument(
-            "--devices",
-            help="spread the shards round-robin over these devices, e.g. cuda:0,cuda:1 or 0,1 "
-            "(default: every visible GPU under --device auto)",
-        )
-        p.add_argument(
+        g.add_argument(
             "--out",
             type=Path,
             help="proxy-set file (default: results/<dataset>-<method>-ipc<ipc>-<model>-s<seed>"
             ".safetensors, e.g. results/digits-dm-ipc10-ConvNet-s0.safetensors; a --classes "
             "shard adds -c<classes>, --factor 2 adds -f2 after the method, --mmd-kernel linear "
             "-linear); its image grid (.png) and config (.config.json) go beside it",
+        )
+        _run_group(
+            p,
+            helps={
+                "workers": "condense as this many class shards in parallel processes, then merge (dm, coresets)",
+                "devices": "spread the shards round-robin over these devices, e.g. cuda:0,cuda:1 or 0,1 "
+                "(default: every visible GPU under --device auto)",
+            },
         )
         sub = p.add_subparsers(dest="action", metavar="{merge}")
         m = sub.add_parser(
@@ -311,9 +283,9 @@ class CondenseCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from proxynas.core.condense import CondenseConfig, condense, condense_sharded, config_path, merge, parse_classes
+        from proxynas.core.condense.distributed import Ranks
         from proxynas.core.data import load_dataset
-        from proxynas.exceptions import UsageError
-        from proxynas.runtime.devices import default_devices, parse_devices
+        from proxynas.runtime.devices import Placement, default_devices
 
         command = shlex.join(["proxynas", *args.argv])  # recorded in the proxy set and its config file
         if args.action == "merge":
@@ -322,43 +294,26 @@ class CondenseCommand(Command):
             return 0
         data = load_dataset(args.dataset, args.data_path, download=args.download)
         classes = parse_classes(args.classes, data.info.num_classes) if args.classes else None
-        cfg = CondenseConfig(
-            dataset=args.dataset,
-            data_path=args.data_path,
-            method=args.method,
-            ipc=args.ipc,
-            model=args.model,
-            iterations=args.iterations,
-            batch_real=args.real_batch_size,
-            lr_img=args.lr_img,
-            init=args.init,
-            seed=args.seed,
-            dsa_strategy=args.dsa_strategy,
-            val_fraction=args.exclude_split,
-            split_seed=args.split_seed,
-            classes=classes,
-            amp=args.amp,
-            tune=args.tune,
-            memory_budget=int(args.memory_budget_gb * 2**30) if args.memory_budget_gb else None,
-            checkpoint_every=args.checkpoint_every,
-            checkpoint_minutes=args.checkpoint_minutes,
-            factor=args.factor,
-            mmd_kernel=args.mmd_kernel,
-        )
+        cfg = from_args(CondenseConfig, args, classes=classes)
         target = args.out or Path("results") / default_name(cfg)
-        if args.workers < 1:
-            raise UsageError(f"--workers must be at least 1 (got {args.workers})")
-        if args.devices is not None and args.device != "auto":
-            raise UsageError("give --device (one device) or --devices (shards spread over several), not both")
+        placement = from_args(Placement, args)
+        if (ranks := Ranks.from_environment()) is not None:
+            return _condense_as_rank(args, cfg, target, placement, ranks, data, command)
         with progress_bar(console, f"condense {cfg.method}", args.quiet) as report:
-            if args.workers == 1 and args.devices is None:
+            if placement.workers == 1 and placement.devices is None:
                 syn = condense(
-                    cfg, target, resume=args.resume, device=args.device, report=report, dataset=data, command=command
+                    cfg,
+                    target,
+                    resume=args.resume,
+                    device=placement.device,
+                    report=report,
+                    dataset=data,
+                    command=command,
                 )
             else:
-                devices = parse_devices(args.devices) if args.devices else default_devices(args.device)
+                devices = placement.device_list() or default_devices(placement.device)
                 syn = condense_sharded(
-                    cfg, target, args.workers, devices, resume=args.resume, report=report, command=command
+                    cfg, target, placement.workers, devices, resume=args.resume, report=report, command=command
                 )
         out.print(
             f"wrote {target} ({len(syn.labels)} images, {syn.meta['wall_seconds']:.1f} s), "
@@ -367,12 +322,47 @@ class CondenseCommand(Command):
         return 0
 
 
+def _condense_as_rank(
+    args: argparse.Namespace,
+    cfg: CondenseConfig,
+    target: Path,
+    placement: Placement,
+    ranks: Ranks,
+    data: Dataset,
+    command: str,
+) -> int:
+    """One rank of ``torchrun -m proxynas condense``: its share of the classes; rank 0 reports its progress."""
+    from proxynas.core.condense import config_path
+    from proxynas.core.condense.distributed import condense_distributed
+
+    if placement.workers != 1 or placement.devices is not None:
+        raise UsageError(
+            "under torchrun every process is one rank on its own device: drop --workers and --devices "
+            "(torchrun's --nproc-per-node sets how many)"
+        )
+    with progress_bar(console, f"condense {cfg.method} (rank 0's classes)", args.quiet) as report:
+        syn = condense_distributed(
+            cfg,
+            target,
+            ranks,
+            resume=args.resume,
+            device=placement.device,
+            report=report if ranks.rank == 0 else None,
+            dataset=data,
+            command=command,
+        )
+    if ranks.rank == 0:
+        out.print(f"wrote {target} ({len(syn.labels)} images) from {ranks.world} ranks, and {config_path(target)}")
+    return 0
+
+
 def default_name(cfg: CondenseConfig) -> str:
+    from proxynas.core.condense import CONDENSERS
+
     shard = "" if cfg.classes is None else "-c" + "_".join(map(str, cfg.classes))
     # settings that change the set but not the method name it too, so no run overwrites or --resumes another's
-    kernel = "" if cfg.mmd_kernel == "gaussian" else f"-{cfg.mmd_kernel}"
-    factor = "" if cfg.factor == 1 else f"-f{cfg.factor}"
-    return f"{cfg.dataset}-{cfg.method}{kernel}{factor}-ipc{cfg.ipc}-{cfg.model}-s{cfg.seed}{shard}.safetensors"
+    options = CONDENSERS.get(cfg.method).name_part(cfg)
+    return f"{cfg.dataset}-{cfg.method}{options}-ipc{cfg.ipc}-{cfg.model}-s{cfg.seed}{shard}.safetensors"
 
 
 class EvaluateCommand(Command):
@@ -383,48 +373,42 @@ class EvaluateCommand(Command):
     )
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        from proxynas.core.train import TrainConfig
+        import inspect
 
-        d = TrainConfig()
+        from proxynas.core.evaluate import evaluate
+
+        own = inspect.signature(evaluate).parameters  # evaluate()'s keyword defaults are the flags'
         p.add_argument("proxy", type=Path, help="proxy-set file written by 'proxynas condense'")
         p.add_argument("--model", help="network to train (default: the proxy set's embedding network)")
-        p.add_argument("--num-nets", type=int, default=5, help="networks trained from scratch (the paper: 20 a set)")
         p.add_argument(
-            "--epochs",
+            "--num-nets",
             type=int,
-            default=d.epochs,
-            help="training epochs per network, lr x0.1 at half (the paper: 1,000)",
+            default=own["num_nets"].default,
+            help="networks trained from scratch (the paper: 20 a set)",
         )
-        _add_batch_size(p, d.batch_size, "images per training batch", "--batch")
-        p.add_argument("--lr", type=float, default=d.lr, help=LR_HELP)
-        p.add_argument("--dsa-strategy", help="default: the dataset's; 'none' trains without augmentation")
-        p.add_argument("--amp", action="store_true", help=AMP_HELP)
-        p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
-        p.add_argument("--seed", type=int, default=0, help="seed of the networks' initialisation and training draws")
+        p.add_argument(
+            "--seed",
+            type=int,
+            default=own["seed"].default,
+            help="seed of the networks' initialisation and training draws",
+        )
         p.add_argument("--data-path", help="override the data location recorded in the proxy set")
-        p.add_argument("--device", default="auto", help=DEVICE_HELP)
-        p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+        _training_group(p)
+        _run_group(p, only=("device",), helps={"device": DEVICE_HELP})
 
     def run(self, args: argparse.Namespace) -> int:
         from proxynas.core.evaluate import evaluate, evaluation_path
         from proxynas.core.train import TrainConfig
+        from proxynas.runtime.devices import Placement
 
-        cfg = TrainConfig(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            amp=args.amp,
-            dsa_strategy=args.dsa_strategy,
-            compile=args.compile,
-        )
         with progress_bar(console, "evaluate", args.quiet, metric="acc") as report:
             res = evaluate(
                 args.proxy,
                 model=args.model,
                 num_nets=args.num_nets,
-                cfg=cfg,
+                cfg=from_args(TrainConfig, args),
                 seed=args.seed,
-                device=args.device,
+                device=from_args(Placement, args).device,
                 data_path=args.data_path,
                 report=report,
             )
@@ -495,276 +479,175 @@ class SearchCommand(Command):
         "proxynas search --proxy results/dm.safetensors --study dm --workers 4 "
         "--storage postgresql+psycopg://user@host/db",
     )
-    default_train = {"epochs": 200, "batch_size": 250}
-    epochs_help = "training epochs per candidate (the paper: 200 on a proxy set)"
-    value_format = "{:.2%}"  # trials return validation accuracy
-    interrupted = "interrupted; the running trials were re-queued: run the same command again to continue the study"
+    interrupted = STUDY_INTERRUPTED
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        from proxynas.nas.search import SAMPLERS
+        from proxynas.nas.search import SearchConfig
 
-        p.add_argument(
-            "--proxy",
-            type=Path,
-            required=True,
-            help="proxy-set file written by 'proxynas condense' (which holds the validation split out)",
-        )
-        p.add_argument(
-            "--sampler",
-            default="exhaustive",
-            choices=SAMPLERS.names(),
-            help="exhaustive: every configuration once; tpe, random: Optuna's samplers (with --n-trials or --timeout)",
-        )
-        p.add_argument("--n-trials", type=int, help="trials per worker (tpe/random)")
-        p.add_argument("--timeout", type=float, help="seconds per worker")
-        p.add_argument(
-            "--prune", action="store_true", help="median pruning on the first repeat's validation accuracy (tpe/random)"
-        )
-        p.add_argument("--data-path", help="override the data location recorded in the proxy set")
-        self.add_training_arguments(p)
-        self.add_study_arguments(p)
+        add_options(p, SearchConfig, only=("proxy", "data_path"), required=("proxy",))
+        add_options(p.add_argument_group("sampler"), SearchConfig, only=("sampler", "n_trials", "timeout", "prune"))
+        training = _training_group(p, default_of(SearchConfig, "train"))
+        add_options(training, SearchConfig, only=("repeats",))
+        _study_group(p)
+        _run_group(p, helps={"workers": "local worker processes on this study"})
 
-    def add_training_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("--epochs", type=int, default=self.default_train.get("epochs"), help=self.epochs_help)
-        _add_batch_size(p, self.default_train["batch_size"], "images per training batch", "--batch")
-        p.add_argument("--lr", type=float, default=0.01, help=LR_HELP)
-        p.add_argument("--dsa-strategy", help="default: the dataset's; 'none' trains without augmentation")
-        p.add_argument("--amp", action="store_true", help=AMP_HELP)
-        p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
-        p.add_argument(
-            "--repeats",
-            type=int,
-            default=5,
-            help="train each candidate this many times, each with its own seeds; it is ranked by the "
-            "mean validation accuracy (the paper: 5)",
-        )
-
-    def train_config(self, args: argparse.Namespace):
+    def config(self, args: argparse.Namespace) -> SearchConfig:
         from proxynas.core.train import TrainConfig
-
-        return TrainConfig(
-            epochs=args.epochs,
-            steps=getattr(args, "steps", None),
-            batch_size=args.batch_size,
-            lr=args.lr,
-            dsa_strategy=args.dsa_strategy,
-            amp=args.amp,
-            compile=args.compile,
-        )
-
-    def add_study_arguments(self, p: argparse.ArgumentParser, study: bool = True) -> None:
-        from proxynas.nas.study import DEFAULT_STORAGE
-
-        if study:
-            p.add_argument("--study", required=True, help="study name (re-run the same command to resume it)")
-        p.add_argument("--storage", default=DEFAULT_STORAGE, help="SQLAlchemy URL (PostgreSQL to scale out)")
-        p.add_argument("--space", help="bundled space name or a TOML file (default: convnet720)")
-        p.add_argument("--restrict", help="a slice of the space, e.g. 'depth=1,2;width=32,64'")
-        p.add_argument(
-            "--seed",
-            type=int,
-            default=0,
-            help="seed of the sampler and of every candidate's initialisation and training draws",
-        )
-        p.add_argument("--workers", type=int, default=1, help="local worker processes on this study")
-        p.add_argument(
-            "--device",
-            help="every worker's device: auto (the default: cuda, then mps, then cpu; several "
-            "workers spread over every visible GPU), cpu, cuda:N, mps; not with --devices",
-        )
-        p.add_argument(
-            "--devices",
-            help="spread the workers round-robin over these devices, e.g. cuda:0,cuda:2 or "
-            "0,2 (more workers than devices share them); not with --device",
-        )
-        p.add_argument("--heartbeat", type=int, default=10, help="seconds between trial heartbeats")
-        p.add_argument("--grace", type=int, default=60, help="seconds without heartbeat before a trial is re-queued")
-        p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
-
-    def config(self, args: argparse.Namespace):
         from proxynas.nas.search import SearchConfig
         from proxynas.nas.study import HeartbeatSettings
+        from proxynas.runtime.devices import Placement
 
-        return SearchConfig(
-            study=args.study,
-            storage=args.storage,
-            space=args.space,
-            restrict=args.restrict,
-            train=self.train_config(args),
-            repeats=getattr(args, "repeats", 1),  # score trains nothing: no --repeats
-            seed=args.seed,
-            device=args.device or "auto",
-            data_path=args.data_path,
-            heartbeat=HeartbeatSettings(args.heartbeat, args.grace),
-            **self.source_fields(args),
+        return from_args(
+            SearchConfig,
+            args,
+            train=from_args(TrainConfig, args, default_of(SearchConfig, "train")),
+            heartbeat=from_args(HeartbeatSettings, args),
+            device=from_args(Placement, args).device,
+            command=_study_command(args.argv),
         )
-
-    def source_fields(self, args: argparse.Namespace) -> dict:
-        return {
-            "proxy": str(args.proxy),
-            "sampler": args.sampler,
-            "n_trials": args.n_trials,
-            "timeout": args.timeout,
-            "prune": args.prune,
-            "command": self.command(args),
-        }
-
-    @staticmethod
-    def command(args: argparse.Namespace) -> str:
-        """The command that fills the study, without --configs: re-run, it resumes; the report adds what it lacks."""
-        argv, words = [], iter(args.argv)
-        for word in words:
-            if word == "--configs":
-                next(words, None)  # its value (dropped by position: the same string may be another flag's value)
-            elif not word.startswith("--configs="):
-                argv.append(word)
-        return shlex.join(["proxynas", *argv])
 
     def run(self, args: argparse.Namespace) -> int:
-        from optuna.trial import TrialState
+        from proxynas.runtime.devices import Placement
 
-        from proxynas.nas.search import launch
-
-        devices = self.devices(args)
-        cfg = self.config(args)
-        with search_display(console, args.study, args.quiet, self.value_format) as show:
-            prepared = launch(cfg, args.workers, show, devices=devices)
-        complete = len(prepared.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        out.print(
-            f"study {args.study!r} in {args.storage}: {complete} trials complete; "
-            f"view it with: proxynas dashboard --storage {args.storage}"
-        )
+        placement = from_args(Placement, args)
+        devices = placement.device_list()  # a bad --devices fails before the study exists
+        _run_study(self.config(args), placement, devices, args.quiet, "{:.2%}")  # trials return validation accuracy
         return 0
 
-    @staticmethod
-    def devices(args: argparse.Namespace) -> list | None:
-        """The --devices list (None: launch spreads --device itself); refused beside --device, which is one device."""
-        from proxynas.exceptions import UsageError
-        from proxynas.runtime.devices import parse_devices
 
-        if args.devices is None:
-            return None
-        if args.device is not None:
-            raise UsageError(
-                "give --device (one device for every worker) or --devices (workers spread over several), not both"
-            )
-        return parse_devices(args.devices)
-
-
-class BaselineCommand(SearchCommand):
+class BaselineCommand(Command):
     name, help = "baseline", "train candidates on the real training split (whole dataset or early stopping)"
-    default_train = {"batch_size": 250}
-    epochs_help = "training epochs per candidate (default: the kind's; whole: 100)"
     examples = (
         "proxynas baseline --kind early-stop --dataset digits --study early-stop",
         "proxynas baseline --kind whole --dataset digits --study whole --configs top:dm:0.05",
     )
+    interrupted = STUDY_INTERRUPTED
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        from proxynas.nas.search import SearchConfig
         from proxynas.nas.sources import BASELINES
 
-        p.add_argument(
-            "--kind",
-            required=True,
-            choices=BASELINES.names(),
-            help="whole: 100 epochs; early-stop: 400 steps, the cost of a proxy search",
+        budgets = {name: BASELINES.get(name) for name in BASELINES}
+        kinds = "; ".join(
+            f"{name}: {t.epochs} epochs" if t.steps is None else f"{name}: {t.steps} steps"
+            for name, t in budgets.items()
         )
-        p.add_argument("--dataset", required=True, help=DATASET_HELP)
-        p.add_argument("--data-path", help=DATA_PATH_HELP)
-        p.add_argument(
-            "--exclude-split",
-            type=float,
-            default=0.1,
-            metavar="FRACTION",
-            help="the validation split held out and ranked on (as for the proxy sets)",
+        add_options(
+            p,
+            SearchConfig,
+            only=("baseline", "configs"),
+            required=("baseline",),
+            helps={
+                "baseline": f"the baseline, by its training budget on the real split: {kinds} (early-stop: "
+                "the steps a proxy search trains)"
+            },
         )
-        p.add_argument("--split-seed", type=int, default=0, help=SPLIT_SEED_HELP)
-        p.add_argument(
-            "--configs", default="all", help="all | top:<study>:<fraction or k> (e.g. top:dm:0.05) | @file | id,id,..."
+        _data_group(p, SearchConfig, required=True)
+        kind_default = f"(default: the --kind's; {kinds})"
+        training = _training_group(
+            p,
+            steps=True,
+            unset=("epochs", "steps", "batch_size"),  # each kind has its own budget (sources.BASELINES)
+            helps={
+                "epochs": f"training epochs per candidate {kind_default}",
+                "steps": f"train exactly this many batches instead of --epochs {kind_default}",
+                "batch_size": "images per training batch (default: the --kind's)",
+            },
         )
-        p.add_argument("--steps", type=int, help="train this many batches (default: the kind's)")
-        self.add_training_arguments(p)
-        self.add_study_arguments(p)
+        add_options(training, SearchConfig, only=("repeats",))
+        _study_group(p)
+        _run_group(p, helps={"workers": "local worker processes on this study"})
 
-    def config(self, args: argparse.Namespace):
-        from proxynas.nas.sources import BASELINES
-
-        defaults = BASELINES.get(args.kind)
-        if args.epochs is None and args.steps is None:
-            args.epochs, args.steps = defaults.epochs, defaults.steps
-        elif args.epochs is None:
-            args.epochs = defaults.epochs  # --steps given: epochs are not used
-        return super().config(args)
-
-    def source_fields(self, args: argparse.Namespace) -> dict:
+    def config(self, args: argparse.Namespace) -> SearchConfig:
+        from proxynas.core.train import TrainConfig
         from proxynas.nas.baselines import select_configs
+        from proxynas.nas.search import SearchConfig
+        from proxynas.nas.sources import BASELINES
+        from proxynas.nas.study import HeartbeatSettings
+        from proxynas.runtime.devices import Placement
 
-        return {
-            "baseline": args.kind,
-            "dataset": args.dataset,
-            "val_fraction": args.exclude_split,
-            "split_seed": args.split_seed,
-            "configs": select_configs(args.configs, args.storage),
-            "command": self.command(args),
-        }
+        train = from_args(TrainConfig, args, BASELINES.get(args.kind))  # the flags given, over the kind's budget
+        if args.epochs is not None and args.steps is None:
+            train = replace(train, steps=None)  # --epochs given: it replaces the kind's step budget
+        return from_args(
+            SearchConfig,
+            args,
+            train=train,
+            heartbeat=from_args(HeartbeatSettings, args),
+            configs=select_configs(args.configs, args.storage),
+            device=from_args(Placement, args).device,
+            command=_study_command(args.argv),
+        )
+
+    def run(self, args: argparse.Namespace) -> int:
+        from proxynas.runtime.devices import Placement
+
+        placement = from_args(Placement, args)
+        devices = placement.device_list()  # a bad --devices fails before the study exists
+        _run_study(self.config(args), placement, devices, args.quiet, "{:.2%}")
+        return 0
 
 
-class ScoreCommand(SearchCommand):
+class ScoreCommand(Command):
     name, help = "score", "score every candidate at initialisation with zero-cost proxies, one study per proxy"
     examples = (
         "proxynas score --dataset digits --metrics naswot,synflow",
         "proxynas score --dataset cifar10 --data-path ~/data/cifar10-jpeg.tar.gz --study-prefix zc-",
     )
-    value_format = "{:.4g}"  # a score, not an accuracy
+    interrupted = STUDY_INTERRUPTED
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        from proxynas.core.train import TrainConfig
         from proxynas.core.zero_cost import ZERO_COST
+        from proxynas.nas.search import SearchConfig
 
         p.add_argument(
             "--metrics",
             default=",".join(ZERO_COST.names()),
             help=f"comma-separated zero-cost proxies ({', '.join(ZERO_COST.names())})",
         )
-        p.add_argument("--dataset", required=True, help=DATASET_HELP)
-        p.add_argument("--data-path", help=DATA_PATH_HELP)
-        p.add_argument(
-            "--exclude-split",
-            type=float,
-            default=0.1,
-            metavar="FRACTION",
-            help="the validation split held out (as for the proxy sets; scores do not use it)",
+        add_options(p, SearchConfig, only=("zero_cost_batch", "configs"))
+        add_options(
+            p,
+            TrainConfig,
+            only=("precision",),
+            helps={
+                "precision": "arithmetic of the scoring passes: fp32, bf16 (autocast), or auto (bf16 where measured "
+                "faster); sums a proxy keeps in float64 stay float64"
+            },
         )
-        p.add_argument("--split-seed", type=int, default=0, help=SPLIT_SEED_HELP)
-        p.add_argument("--configs", default="all", help="all | top:<study>:<fraction or k> | @file | id,id,...")
-        _add_batch_size(p, 64, "training images each zero-cost proxy scores, in one batch", "--minibatch")
         p.add_argument("--study-prefix", default="", help="studies are named <prefix><metric>")
-        self.add_study_arguments(p, study=False)
-
-    def train_config(self, args: argparse.Namespace):
-        from proxynas.core.train import TrainConfig
-
-        return TrainConfig(epochs=0)  # nothing is trained
-
-    def source_fields(self, args: argparse.Namespace) -> dict:
-        from proxynas.nas.baselines import select_configs
-
-        return {
-            "zero_cost": args.metric,
-            "zero_cost_batch": args.batch_size,
-            "dataset": args.dataset,
-            "val_fraction": args.exclude_split,
-            "split_seed": args.split_seed,
-            "configs": select_configs(args.configs, args.storage),
-            "command": self.command(args),
-        }
+        _data_group(p, SearchConfig, required=True)
+        _study_group(p, study=False)
+        _run_group(p, helps={"workers": "local worker processes on each study"})
 
     def run(self, args: argparse.Namespace) -> int:
+        from proxynas.core.train import TrainConfig
         from proxynas.core.zero_cost import ZERO_COST
+        from proxynas.nas.baselines import select_configs
+        from proxynas.nas.search import SearchConfig
+        from proxynas.nas.study import HeartbeatSettings
+        from proxynas.runtime.devices import Placement
 
-        for metric in args.metrics.split(","):
-            ZERO_COST.get(metric)
-            args.metric, args.study = metric, args.study_prefix + metric
-            super().run(args)
+        metrics = args.metrics.split(",")
+        for metric in metrics:
+            ZERO_COST.get(metric)  # an unknown name fails before any study runs
+        placement = from_args(Placement, args)
+        devices = placement.device_list()
+        configs = select_configs(args.configs, args.storage)
+        for metric in metrics:
+            cfg = from_args(
+                SearchConfig,
+                args,
+                study=args.study_prefix + metric,
+                zero_cost=metric,
+                train=TrainConfig(epochs=0, precision=args.precision),  # nothing is trained
+                heartbeat=from_args(HeartbeatSettings, args),
+                configs=configs,
+                device=placement.device,
+                command=_study_command(args.argv),
+            )
+            _run_study(cfg, placement, devices, args.quiet, "{:.4g}")  # a score, not an accuracy
         return 0
 
 
@@ -807,7 +690,7 @@ class ReportCommand(Command):
         from proxynas.nas.study import DEFAULT_STORAGE
 
         p.add_argument("--storage", default=DEFAULT_STORAGE, help="SQLAlchemy URL of the studies")
-        _renamed(
+        add_argument(
             p,
             "--proxy-studies",
             "--proxy",
@@ -821,7 +704,7 @@ class ReportCommand(Command):
         p.add_argument("--extra", nargs="*", default=[], metavar="STUDY", help="more studies to rank (zero-cost, ...)")
         p.add_argument("--top", default="0.05", help="the top set: a fraction (0.05) or a count (36)")
         p.add_argument("--k", type=int, default=10, help="k of the top-k overlap")
-        _renamed(
+        add_argument(
             p,
             "--out-dir",
             "--out",
@@ -833,7 +716,8 @@ class ReportCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from proxynas.analysis.dashboard import attach_report
-        from proxynas.analysis.report import build_report, parse_top, write_report
+        from proxynas.analysis.report import build_report, write_report
+        from proxynas.nas.results import parse_top
         from proxynas.runtime.outputs import check_output
 
         check_output(args.out_dir, "--out-dir", folder=True)
@@ -878,7 +762,7 @@ class ReportCommand(Command):
         }  # short; the CSV has full names
         # a spread over repeats of a few tenths of a percent still shows; counts NaN where unrecorded are floats
         digits = {"mean_val_std": 3, "train_steps": 0, "repeats": 0}
-        for heading, columns in zip((title, "selection and cost"), ReportCommand.summary_tables):
+        for heading, columns in zip((title, "selection and cost"), ReportCommand.summary_tables, strict=True):
             table = Table(*(headers[c] for c in columns), title=heading)
             for row in rep.summary[list(columns)].itertuples(index=False):
                 table.add_row(
@@ -888,7 +772,7 @@ class ReportCommand(Command):
                         else f"{v:.{digits.get(c, 2)}f}"
                         if isinstance(v, float)
                         else str(v)
-                        for c, v in zip(columns, row)
+                        for c, v in zip(columns, row, strict=True)
                     )
                 )
             out.print(table)
@@ -918,21 +802,15 @@ class QuickstartCommand(Command):
     examples = ("proxynas quickstart", "proxynas quickstart --out-dir results/qs --device cpu --quiet")
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        _renamed(
-            p,
-            "--out-dir",
-            "--out",
-            type=Path,
-            default=Path("results/quickstart"),
-            help="folder for the proxy sets, the studies (studies.db) and the report",
-        )
-        p.add_argument("--device", default="auto", help=DEVICE_HELP)
+        from proxynas.cli.quickstart import QuickstartPlan
+
+        add_options(p, QuickstartPlan)
         p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
     def run(self, args: argparse.Namespace) -> int:
         from proxynas.cli.quickstart import QuickstartPlan, run_quickstart
 
-        plan = QuickstartPlan(out=args.out_dir, device=args.device)
+        plan = from_args(QuickstartPlan, args)
         # one bar per stage, in one rich display (rich allows one live display at a time)
         display = StageDisplay(console, use_lines(console, args.quiet))
         current: list = []
@@ -1010,30 +888,24 @@ class StorageServerCommand(Command):
     examples = ("proxynas storage-server --storage sqlite:///results/proxynas.db --host 0.0.0.0 --port 13000",)
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("--storage", required=True, help="the database served: a PostgreSQL or SQLite URL")
-        p.add_argument("--host", default="127.0.0.1", help="interface to listen on (no TLS, no authentication)")
-        p.add_argument("--port", type=int, default=13000, help="workers then give --storage grpc://HOST:PORT")
-        p.add_argument(
-            "--threads",
-            type=int,
-            default=8,
-            help="concurrent requests; the database connections held are these plus one",
-        )
-        p.add_argument("--heartbeat", type=int, default=10, help="seconds between stale-trial sweeps")
-        p.add_argument(
-            "--grace",
-            type=int,
-            default=60,
-            help="seconds without heartbeat before a worker's trial is re-queued (for every worker)",
+        from proxynas.nas.storage_server import ServerConfig
+        from proxynas.nas.study import HeartbeatSettings
+
+        add_options(p, ServerConfig)
+        add_options(
+            p,
+            HeartbeatSettings,
+            helps={
+                "interval": "seconds between stale-trial sweeps",
+                "grace_period": "seconds without heartbeat before a worker's trial is re-queued (for every worker)",
+            },
         )
 
     def run(self, args: argparse.Namespace) -> int:
         from proxynas.nas.storage_server import ServerConfig, serve
         from proxynas.nas.study import HeartbeatSettings
 
-        cfg = ServerConfig(
-            args.storage, args.host, args.port, args.threads, HeartbeatSettings(args.heartbeat, args.grace)
-        )
+        cfg = from_args(ServerConfig, args, heartbeat=from_args(HeartbeatSettings, args))
         serve(
             cfg,
             lambda: out.print(
@@ -1073,10 +945,11 @@ EPILOG = (
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The ``proxynas`` parser; with ``command``, only that subcommand gets its flags.
+    """The ``proxynas`` parser; with ``command``, only that subcommand gets its flags (``""``: none).
 
-    A subcommand's flags import what they list (methods, samplers, metrics), so parsing
-    one command builds only its own: ``proxynas datasets`` imports no Optuna or models.
+    A subcommand's flags import what they list (methods, samplers, metrics, the config
+    classes that declare them), so parsing one command builds only its own: ``proxynas
+    datasets`` imports no Optuna or models, and ``proxynas --help`` imports neither.
     """
     parser = argparse.ArgumentParser(
         prog="proxynas", description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter
@@ -1103,8 +976,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own display says what Optuna would log
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(_command_in(argv)).parse_args(argv)
-    args.argv = argv
+    # no command named (--help, --version, a typo): the top-level parser needs no command's flags
+    args = build_parser(_command_in(argv) or "").parse_args(argv, argparse.Namespace(argv=argv))
     command = COMMANDS[args.command]
     try:
         with sigterm_interrupts():
@@ -1115,6 +988,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM as Terminated
         console.print(command.interrupted, highlight=False, soft_wrap=True)
         return e.exit_code if isinstance(e, Terminated) else 130
+    except Exception as e:  # the storage or the disk failed beneath the command: one line and its exit code too
+        failure = classify(e, getattr(args, "storage", None))  # exit codes: exceptions.STORAGE_FAILURES
+        if failure is None:  # anything else is a bug: its traceback helps
+            raise
+        console.print(f"[red]error:[/red] {escape(str(failure))}", highlight=False, soft_wrap=True)
+        return failure.exit_code
 
 
 if __name__ == "__main__":

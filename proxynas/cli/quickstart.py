@@ -14,20 +14,24 @@ run finishes in minutes; the recipe at paper scale is in the README.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from proxynas.analysis.dashboard import attach_report
-from proxynas.analysis.report import Report, build_report, write_report
-from proxynas.core.condense import CondenseConfig, SyntheticSet, condense
-from proxynas.core.train import TrainConfig
-from proxynas.nas.search import SearchConfig, launch
+from proxynas.runtime.options import option
+
+if TYPE_CHECKING:  # run_quickstart imports the library when it runs: the plan's flags build fast for --help
+    from proxynas.analysis.report import Report
 
 
 @dataclass(frozen=True)
 class QuickstartPlan:
-    out: Path = Path("results/quickstart")
+    out: Path = field(
+        default=Path("results/quickstart"),
+        metadata=option(
+            "--out-dir", old=["--out"], help="folder for the proxy sets, the studies (studies.db) and the report"
+        ),
+    )
     dataset: str = "digits"
     ipc: int = 10
     dm_iterations: int = 100  # the paper: 20,000
@@ -39,7 +43,9 @@ class QuickstartPlan:
     repeats: int = 1  # trainings per candidate; the paper: 5
     top: float = 0.5  # the paper: 0.05 of 720; half of 12 keeps the correlation meaningful
     seed: int = 0
-    device: str = "auto"
+    device: str = field(
+        default="auto", metadata=option("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    )
 
     @property
     def storage(self) -> str:
@@ -57,6 +63,12 @@ def run_quickstart(
     search_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[Report, dict[str, Path]]:
     """Run (or continue) every stage; returns the report and the files it wrote."""
+    from proxynas.analysis.dashboard import attach_report
+    from proxynas.analysis.report import build_report, write_report
+    from proxynas.core.condense import CondenseConfig, SyntheticSet, condense
+    from proxynas.core.train import TrainConfig
+    from proxynas.nas.search import SearchConfig, launch
+
     stage = on_stage or (lambda name: None)
     plan.out.mkdir(parents=True, exist_ok=True)
     proxies = {}
@@ -71,7 +83,6 @@ def run_quickstart(
                 iterations=plan.dm_iterations,
                 batch_real=plan.batch_real,
                 seed=plan.seed,
-                val_fraction=0.1,
                 checkpoint_every=25,
             ),
             path,

@@ -182,7 +182,10 @@ def _uniform(shape: tuple[int, ...], low: float, high: float, generator: torch.G
 
 def _randint_per_axis(low: tuple[int, ...], high: tuple[int, ...], g: int, generator: torch.Generator) -> Tensor:
     """(G, 2) long, column k uniform on the integers [low[k], high[k])."""
-    cols = [torch.randint(lo, hi, (g,), generator=generator, device=generator.device) for lo, hi in zip(low, high)]
+    cols = [
+        torch.randint(lo, hi, (g,), generator=generator, device=generator.device)
+        for lo, hi in zip(low, high, strict=True)
+    ]
     return torch.stack(cols, dim=1)
 
 
@@ -204,7 +207,7 @@ def _sample_crop(g: int, size: tuple[int, int], generator: torch.Generator) -> T
 
 def _sample_cutout(g: int, size: tuple[int, int], generator: torch.Generator) -> Tensor:
     # The reference's centre range: [0, side) for odd squares, [0, side] for even ones.
-    high = tuple(s + 1 - k % 2 for s, k in zip(size, _cutout_size(*size)))
+    high = tuple(s + 1 - k % 2 for s, k in zip(size, _cutout_size(*size), strict=True))
     return _randint_per_axis((0, 0), high, g, generator)
 
 
@@ -285,8 +288,8 @@ class DSAParams:
         if device.type == "cuda" and self.family.device.type == "cpu":
             flat = flat.pin_memory()
         pieces = flat.to(device, non_blocking=True).split([t.numel() for t in tensors])
-        moved = [p.view(t.shape).to(t.dtype) for p, t in zip(pieces, tensors)]
-        return DSAParams(self.strategy, moved[0], dict(zip(self.values, moved[1:])))
+        moved = [p.view(t.shape).to(t.dtype) for p, t in zip(pieces, tensors, strict=True)]
+        return DSAParams(self.strategy, moved[0], dict(zip(self.values, moved[1:], strict=True)))
 
 
 def _family_per_group(
@@ -431,7 +434,7 @@ def siamese(
     """
     if not xs:
         return []
-    sizes = {tuple(x.shape[-2:]) for x in xs}
+    sizes = {(x.shape[-2], x.shape[-1]) for x in xs}
     if len(sizes) != 1:
         raise UsageError(f"Siamese batches must share an image size; got {sorted(sizes)}")
     if groups is None:
@@ -445,4 +448,4 @@ def siamese(
         strategy, num_groups, sizes.pop(), generator, family_per=family_per, host_generator=host_generator
     )
     params = params.to(xs[0].device)  # one copy for all batches (none if drawn there)
-    return [apply(x, params, g) for x, g in zip(xs, groups)]
+    return [apply(x, params, g) for x, g in zip(xs, groups, strict=True)]

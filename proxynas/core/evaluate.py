@@ -39,7 +39,7 @@ def evaluate(
     device: str = "auto",
     data_path: str | None = None,
     dataset: Dataset | None = None,
-    report: Callable[[int, int, float], None] | None = None,
+    report: Callable[[int, int, float | None], None] | None = None,  # (done, total, last accuracy)
     write: bool = True,
 ) -> dict[str, Any]:
     """Train ``num_nets`` networks of ``model`` on the proxy set; test accuracy mean and std.
@@ -63,6 +63,7 @@ def evaluate(
     if cfg.dsa_strategy is None:
         cfg = dataclasses.replace(cfg, dsa_strategy=info.dsa_strategy)
     dev = resolve_device(device)
+    cfg = cfg.resolved_precision(dev)  # the evaluation records what ran, not "auto"
     images, labels = syn.images.to(dev), syn.labels.to(dev)
     accs, seconds = [], []
     if report is not None:

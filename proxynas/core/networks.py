@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from itertools import chain
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -57,7 +58,7 @@ __all__ = [
     "uses_batch_stats",
 ]
 
-Factory = Callable[[int, int, int], nn.Module]  # (channels, num_classes, image_size) -> model
+Factory = Callable[[int, int, int], "Net"]  # (channels, num_classes, image_size) -> model
 NETWORKS: Registry[Factory] = Registry("network")
 
 
@@ -239,7 +240,7 @@ class ConvNet(Net):
             reason = f"{cfg.depth} {cfg.pool} poolings shrink the map below 1x1"
             raise _cannot_run(cfg.id, channels, image_size, reason)
         features = _conv_stack(channels, image_size, layers, cfg.act, cfg.norm, cfg.pool)
-        # the size by arithmetic, not by a meta forward: 20 ms a network, 15 s to check a 720-network space
+        # the size by arithmetic: a meta forward made checking a space slow (BENCHMARKS.md, 'Search throughput')
         super().__init__(cfg.id, features, channels, num_classes, image_size, flat_dim=cfg.width * size * size)
         self.cfg = cfg
 
@@ -336,7 +337,7 @@ _FIXED: dict[str, Callable[[int, int], nn.Module]] = {
 }
 
 # The paper's named ConvNet variants: name -> NetConfig fields that differ from the default.
-_CONVNET_VARIANTS: dict[str, dict[str, object]] = {
+_CONVNET_VARIANTS: dict[str, dict[str, Any]] = {  # NetConfig field -> value
     "ConvNet": {},
     **{f"ConvNetD{d}": {"depth": d} for d in (1, 2, 3, 4)},
     **{f"ConvNetW{w}": {"width": w} for w in (32, 64, 128, 256)},
@@ -354,8 +355,8 @@ _CONVNET_VARIANTS: dict[str, dict[str, object]] = {
 }
 
 
-def _convnet_factory(overrides: dict[str, object]) -> Factory:
-    def factory(channels: int, num_classes: int, image_size: int) -> nn.Module:
+def _convnet_factory(overrides: dict[str, Any]) -> Factory:
+    def factory(channels: int, num_classes: int, image_size: int) -> Net:
         cfg = replace(NetConfig(depth=default_depth(image_size)), **overrides)
         return ConvNet(cfg, channels, num_classes, image_size)
 
@@ -363,7 +364,7 @@ def _convnet_factory(overrides: dict[str, object]) -> Factory:
 
 
 def _fixed_factory(name: str, features: Callable[[int, int], nn.Module]) -> Factory:
-    def factory(channels: int, num_classes: int, image_size: int) -> nn.Module:
+    def factory(channels: int, num_classes: int, image_size: int) -> Net:
         return Net(name, features(channels, image_size), channels, num_classes, image_size)
 
     return factory
@@ -388,9 +389,7 @@ def _resolve(arch: str | NetConfig) -> Factory:
     )
 
 
-def build(
-    arch: str | NetConfig, channels: int, num_classes: int, image_size: int, *, seed: int | None = None
-) -> nn.Module:
+def build(arch: str | NetConfig, channels: int, num_classes: int, image_size: int, *, seed: int | None = None) -> Net:
     """Build a network by registered name, ConvNet id (``d2-w64-relu-batchnorm-max``) or NetConfig.
 
     Weights get PyTorch's default init, on the CPU (move the model with ``.to(device)``).

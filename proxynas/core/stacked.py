@@ -10,10 +10,10 @@ on the stacked tensors is R independent SGDs. BatchNorm updates its stacked runn
 statistics in place, LayerNorm's elementwise affine is a stacked parameter like any other.
 
 Which is faster depends on the device, not on its type: small batch-250 ConvNets are
-launch-bound on a GPU (stacking divides the launches by R) and compute-bound on a CPU
-(on 2 Xeon cores, R=5 stacked ran at 0.5-0.9x of sequential, 0.16x under load). So :class:`Probe`
-measures: it trains the first steps of a real run both ways (no step is wasted: the
-state moves between the two layouts exactly) and keeps the faster, remembering the
+launch-bound on a GPU (stacking divides the launches by R) and compute-bound on a CPU,
+where stacking has lost to sequential repeats (see BENCHMARKS.md, 'Repeats of a candidate').
+So :class:`Probe` measures: it trains the first steps of a real run both ways (no step is
+wasted: the state moves between the two layouts exactly) and keeps the faster, remembering the
 verdict for that device and network shape (:data:`VERDICTS`).
 """
 
@@ -26,7 +26,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from itertools import chain
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -35,16 +35,15 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from proxynas.runtime.devices import synchronize
 
-if TYPE_CHECKING:
-    from proxynas.core.train import TrainConfig
-
 __all__ = [
     "PROBE_PLAN",
     "REPEAT_MODES",
     "VERDICTS",
+    "Layout",
     "Probe",
     "Sequential",
     "Stacked",
+    "StepSettings",
     "Stepper",
     "compiled",
     "stepper",
@@ -70,20 +69,42 @@ PROBE_MARGIN = 0.9
 VERDICTS: dict[tuple, str] = {}
 
 
+class StepSettings(Protocol):
+    """What a stepper reads of its training config.
+
+    :class:`proxynas.core.train.TrainConfig` is one; a protocol, because train imports this module.
+    """
+
+    @property
+    def momentum(self) -> float: ...
+    @property
+    def weight_decay(self) -> float: ...
+    @property
+    def amp(self) -> bool: ...
+    @property
+    def compile(self) -> bool: ...
+    @property
+    def repeat_mode(self) -> str: ...
+
+
 class Stepper(Protocol):
     """One SGD step of every repeat on its own batch; ``sync`` leaves the current weights in the nets."""
 
     def step(self, xs: Sequence[Tensor], ys: Sequence[Tensor], lr: float) -> None: ...
-
-    def rehearse(self, xs: Sequence[Tensor], ys: Sequence[Tensor]) -> None:
-        """Run what a step runs, changing nothing, so a timed step after it pays no first-call costs."""
 
     def sync(self) -> None: ...
 
     def momentum(self) -> Momentum: ...
 
 
-def _sgd(params, cfg: TrainConfig) -> torch.optim.SGD:
+class Layout(Stepper, Protocol):
+    """A stepper that holds the repeats in one layout (:data:`REPEAT_MODES`), as the :class:`Probe` switches them."""
+
+    def rehearse(self, xs: Sequence[Tensor], ys: Sequence[Tensor]) -> None:
+        """Run what a step runs, changing nothing, so a timed step after it pays no first-call costs."""
+
+
+def _sgd(params, cfg: StepSettings) -> torch.optim.SGD:
     return torch.optim.SGD(params, lr=0.0, momentum=cfg.momentum, weight_decay=cfg.weight_decay)  # lr: every step
 
 
@@ -124,19 +145,20 @@ def compiled(net: nn.Module, device: torch.device) -> Callable[[Tensor], Tensor]
 class Sequential:
     """Each repeat its own module and optimizer; a step steps them one after another."""
 
-    def __init__(self, nets: Sequence[nn.Module], cfg: TrainConfig, state: Momentum | None = None) -> None:
+    def __init__(self, nets: Sequence[nn.Module], cfg: StepSettings, state: Momentum | None = None) -> None:
         self.nets, self.amp = list(nets), cfg.amp
         self.device = next(self.nets[0].parameters()).device
         # Compiled modules of one architecture share their code: only the first repeat compiles.
         self.forwards = [compiled(net, self.device) if cfg.compile else net for net in self.nets]
         self.opts = [_sgd(net.parameters(), cfg) for net in self.nets]
-        for r, (net, opt) in enumerate(zip(self.nets, self.opts)):
+        state = state or {}
+        for r, (net, opt) in enumerate(zip(self.nets, self.opts, strict=True)):
             for name, p in net.named_parameters():
-                if name in (state or {}):
+                if name in state:
                     opt.state[p]["momentum_buffer"] = state[name][r].clone()
 
     def step(self, xs: Sequence[Tensor], ys: Sequence[Tensor], lr: float) -> None:
-        for forward, opt, x, y in zip(self.forwards, self.opts, xs, ys):
+        for forward, opt, x, y in zip(self.forwards, self.opts, xs, ys, strict=True):
             _set_lr(opt, lr)
             with _autocast(self.device, self.amp):
                 loss = F.cross_entropy(forward(x), y)
@@ -153,7 +175,7 @@ class Sequential:
     def momentum(self) -> Momentum:
         per_net = [
             {name: opt.state[p]["momentum_buffer"] for name, p in net.named_parameters() if p in opt.state}
-            for net, opt in zip(self.nets, self.opts)
+            for net, opt in zip(self.nets, self.opts, strict=True)
         ]
         return {name: torch.stack([m[name] for m in per_net]) for name in per_net[0]}
 
@@ -164,7 +186,7 @@ class Stacked:
     ``cfg.compile`` is not applied here: vmap already batches the R models' kernels.
     """
 
-    def __init__(self, nets: Sequence[nn.Module], cfg: TrainConfig, state: Momentum | None = None) -> None:
+    def __init__(self, nets: Sequence[nn.Module], cfg: StepSettings, state: Momentum | None = None) -> None:
         self.nets, self.amp = list(nets), cfg.amp
         self.device = next(self.nets[0].parameters()).device
         # A weightless copy to call with the stacked tensors; train mode, whatever the nets' mode.
@@ -203,7 +225,7 @@ class Stacked:
         return {name: self.opt.state[p]["momentum_buffer"] for name, p in self.params.items() if p in self.opt.state}
 
 
-StepperFactory = Callable[..., Stepper]  # (nets, cfg, state=None) -> Stepper
+LayoutFactory = Callable[..., Layout]  # (nets, cfg, state=None) -> Layout
 
 
 def _clock(device: torch.device) -> float:
@@ -218,7 +240,7 @@ class Probe:
     names the verdict in :data:`VERDICTS`; it is set once the probe has measured.
     """
 
-    def __init__(self, nets: Sequence[nn.Module], cfg: TrainConfig, key: tuple) -> None:
+    def __init__(self, nets: Sequence[nn.Module], cfg: StepSettings, key: tuple) -> None:
         self.args = (list(nets), cfg)
         self.device = next(self.args[0][0].parameters()).device
         self.key = key
@@ -229,7 +251,7 @@ class Probe:
         ]
         self.best: dict[str, float] = {}
         self.current = self.plan[0][0]
-        self.stepper: Stepper = REPEAT_MODES[self.current](*self.args)
+        self.stepper: Layout = REPEAT_MODES[self.current](*self.args)
 
     def _switch(self, layout: str) -> bool:
         """Move the state to ``layout``; True if it was not there."""
@@ -263,7 +285,7 @@ class Probe:
         return self.stepper.momentum()
 
 
-REPEAT_MODES: dict[str, StepperFactory] = {"sequential": Sequential, "stacked": Stacked}
+REPEAT_MODES: dict[str, LayoutFactory] = {"sequential": Sequential, "stacked": Stacked}
 
 
 def _free_cpu_memory(device: torch.device) -> int | None:
@@ -304,7 +326,7 @@ def _stack_fits(nets: Sequence[nn.Module], batch_shape: tuple[int, ...]) -> bool
     return free is None or STEP_MEMORY_FACTOR * len(nets) * _outputs_bytes(nets[0], batch_shape) < free
 
 
-def stepper(nets: Sequence[nn.Module], cfg: TrainConfig, batch_shape: tuple[int, ...], total_steps: int) -> Stepper:
+def stepper(nets: Sequence[nn.Module], cfg: StepSettings, batch_shape: tuple[int, ...], total_steps: int) -> Stepper:
     """The stepper for ``cfg.repeat_mode`` ("auto", or a key of :data:`REPEAT_MODES`).
 
     "auto" reuses a verdict for this device and network shape, else probes; one repeat,

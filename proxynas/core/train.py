@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -30,6 +30,8 @@ from proxynas.core import augment, stacked
 from proxynas.exceptions import UnknownNameError, UsageError
 from proxynas.runtime.allocator import hot_loop_memory
 from proxynas.runtime.devices import synchronize, warn_if_slow_bf16
+from proxynas.runtime.options import option
+from proxynas.runtime.precision import PRECISIONS, check_precision, resolve_precision
 
 EVAL_BATCH = 1024
 LR_DECAY = 0.1  # x0.1 at half the steps
@@ -41,16 +43,61 @@ REPEAT_MODE_NAMES = ("auto", *stacked.REPEAT_MODES)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 1000  # the paper's Table 1; 300 is a common faster setting; 0 only where nothing trains (zero-cost)
-    steps: int | None = None  # train exactly this many batches instead (the early-stopping baseline)
-    batch_size: int = 256
-    lr: float = 0.01  # x0.1 at half the steps
+    # the paper's Table 1; 300 is a common faster setting; 0 only where nothing trains (zero-cost)
+    epochs: int = field(
+        default=1000, metadata=option("--epochs", help="training epochs per network; the lr drops x0.1 at half")
+    )
+    steps: int | None = field(  # the early-stopping baseline's budget
+        default=None, metadata=option("--steps", help="train exactly this many batches instead of --epochs")
+    )
+    batch_size: int = field(
+        default=256, metadata=option("--batch-size", old=["--batch"], help="images per training batch")
+    )
+    lr: float = field(  # x0.1 at half the steps
+        default=0.01,
+        metadata=option(
+            "--lr",
+            help=lambda: (
+                f"SGD learning rate (momentum {TrainConfig.momentum}, weight decay "
+                f"{TrainConfig.weight_decay}, x{LR_DECAY} at half the steps)"
+            ),
+        ),
+    )
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    dsa_strategy: str | None = None  # None: the dataset's default; "none" trains without DSA
-    dsa_family: str = "batch"  # "batch": one DSA family per batch, as the reference; "image": one per image
-    amp: bool = False  # bf16 autocast
-    compile: bool = False  # torch.compile the nets where a compiler works (pays off only for long runs)
+    dsa_strategy: str | None = field(  # None: the dataset's default; "none" trains without DSA
+        default=None,
+        metadata=option(
+            "--dsa-strategy", help="DSA augmentation families joined by '_' (default: the dataset's; none: no DSA)"
+        ),
+    )
+    dsa_family: str = field(  # "batch": one DSA family per batch, as the reference; "image": one per image
+        default="batch",
+        metadata=option(
+            "--dsa-family",
+            choices=lambda: tuple(DSA_FAMILY),
+            help="batch: one DSA family per batch, as the reference; image: one per image, as proxynas drew it "
+            "before --repeats existed (studies of those versions resume with it)",
+        ),
+    )
+    precision: str = field(  # "auto" is resolved per device before training (resolved_precision)
+        default="fp32",
+        metadata=option(
+            "--precision",
+            choices=PRECISIONS,
+            switches={"--amp": "bf16", "--fp32": "fp32"},
+            help="arithmetic of training and evaluation: fp32, bf16 (autocast), or auto: bf16 where a short "
+            "timed probe, cached per device, finds it faster (CUDA GPUs, AMX CPUs), else fp32",
+        ),
+    )
+    compile: bool = field(  # pays off only for long runs
+        default=False,
+        metadata=option(
+            "--compile",
+            help="torch.compile the networks (once per architecture: pays from a few hundred steps a training, "
+            "see BENCHMARKS.md; ignored where no compiler works)",
+        ),
+    )
     repeat_mode: str = "auto"  # train_repeats: "auto" measures stacked against sequential; or force one
 
     def __post_init__(self) -> None:
@@ -70,10 +117,20 @@ class TrainConfig:
             augment.parse_strategy(self.dsa_strategy)
         if self.dsa_family not in DSA_FAMILY:
             raise UnknownNameError(f"unknown dsa_family {self.dsa_family!r}; choose from: {', '.join(DSA_FAMILY)}")
+        check_precision(self.precision)
         if self.repeat_mode not in REPEAT_MODE_NAMES:
             raise UnknownNameError(
                 f"unknown repeat_mode {self.repeat_mode!r}; choose from: {', '.join(REPEAT_MODE_NAMES)}"
             )
+
+    @property
+    def amp(self) -> bool:
+        """Train under bf16 autocast ("auto" resolved first: ``resolved_precision``)."""
+        return self.precision == "bf16"
+
+    def resolved_precision(self, device: torch.device) -> TrainConfig:
+        """This config with ``--precision auto`` replaced by what it means on ``device``."""
+        return replace(self, precision=resolve_precision(self.precision, device))
 
     def require_training(self) -> None:
         """Refuse a config that trains nothing (epochs 0, which only a zero-cost study records)."""
@@ -106,7 +163,11 @@ def _batches(
     normalise: Callable[[torch.Tensor], torch.Tensor] | None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
     """Every step's augmented batch, its labels, and whether it ends a pass over the data."""
-    total, generators = cfg.total_steps(len(images)), {}
+    strategy = cfg.dsa_strategy
+    if strategy is None:  # evaluate and the objectives set the dataset's
+        raise UsageError("TrainConfig.dsa_strategy is None: set the dataset's (DatasetInfo.dsa_strategy) to train")
+    total = cfg.total_steps(len(images))
+    generators: dict[torch.device, torch.Generator] = {}
     order_g, dsa_g = _generator_on(images.device, g, generators), _generator_on(device, g, generators)
     step = 0
     while step < total:
@@ -116,7 +177,7 @@ def _batches(
             x = images[batch].to(device, non_blocking=True)
             x = augment.augment(
                 normalise(x) if normalise is not None else x,
-                cfg.dsa_strategy,
+                strategy,
                 dsa_g,
                 family_per=DSA_FAMILY[cfg.dsa_family],
                 host_generator=g,
@@ -167,6 +228,7 @@ def train_repeats(
     if len(nets) != len(generators):
         raise UsageError(f"{len(nets)} networks but {len(generators)} generators; pass one generator per repeat")
     device = next(nets[0].parameters()).device
+    cfg = cfg.resolved_precision(device)
     if cfg.amp:
         warn_if_slow_bf16(device)
     total = cfg.total_steps(len(images))
@@ -198,7 +260,7 @@ def accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, normali
     net.eval()
     correct = torch.zeros((), dtype=torch.long, device=device)
     with hot_loop_memory(device):
-        for x, y in zip(images.split(EVAL_BATCH), labels.split(EVAL_BATCH)):
+        for x, y in zip(images.split(EVAL_BATCH), labels.split(EVAL_BATCH), strict=True):
             x, y = normalise(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 correct += (net(x).argmax(1) == y).sum()

@@ -124,7 +124,8 @@ def synflow(net: nn.Module, x_shape: Sequence[int]) -> float:
         for p in net.parameters():
             p.abs_()  # signs linearised: every path carries a positive flow
     net(torch.ones(1, *x_shape, dtype=torch.float64, device=device)).sum().backward()
-    return float(sum((w.detach() * w.grad).abs().sum() for w in _scored_weights(net)))
+    flows = ((w.detach() * w.grad).abs().sum() for w in _scored_weights(net) if w.grad is not None)  # None: no path
+    return float(sum(flows, 0.0))
 
 
 def grad_norm(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -154,7 +155,7 @@ def zico(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batches: int = ZICO_B
         layers = torch.autograd.grad(loss, weights, allow_unused=True, materialize_grads=True)  # unused: zeros
         grads.append([g.flatten() for g in layers])
     score = 0.0
-    for layer in zip(*grads):
+    for layer in zip(*grads, strict=True):
         g = torch.stack(layer).double()  # (batches, weights of the layer)
         std = g.std(0, correction=0)
         ratio = g.abs().mean(0)[std > 0] / std[std > 0]

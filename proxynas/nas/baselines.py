@@ -12,18 +12,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from proxynas.analysis.report import parse_top, study_top
 from proxynas.exceptions import StudyError, UsageError
+from proxynas.nas.results import parse_top, study_top
 
 
-def select_configs(spec: str, storage: str) -> tuple[str, ...] | None:
+def select_configs(spec: str | None, storage: str) -> tuple[str, ...] | None:
     """Which configurations a baseline trains.
 
-    ``all`` (None: the whole space); ``top:<study>:<fraction or k>`` (the best of a
+    ``all`` or None (None: the whole space); ``top:<study>:<fraction or k>`` (the best of a
     study by validation accuracy, e.g. ``top:dm:0.05``); ``@file`` (one id a line); or
     comma-separated ids.
     """
-    if spec == "all":
+    if spec is None or spec == "all":
         return None
     if spec.startswith("top:"):
         try:

@@ -35,6 +35,7 @@ from proxynas.nas.search_space import SearchSpace
 from proxynas.nas.sources import Source
 from proxynas.nas.study import CONFIG_KEY
 from proxynas.runtime.devices import resolve_device
+from proxynas.runtime.precision import autocast, resolve_precision
 from proxynas.runtime.seeding import derive_seed, generator
 
 __all__ = [
@@ -90,7 +91,7 @@ class CandidateObjective:
         self.space, self.source, self.dataset = space, source, source.dataset
         self.repeats, self.seed, self.prune = repeats, seed, prune
         self.device = resolve_device(device)
-        self.train_cfg = resolved_training(train, self.dataset.info)
+        self.train_cfg = resolved_training(train, self.dataset.info).resolved_precision(self.device)
         # a proxy set or a real split small enough lives on the device; batches are index slices of it
         self.images, self.labels = source.images.to(self.device), source.labels.to(self.device)
         data = self.dataset
@@ -119,8 +120,9 @@ class CandidateObjective:
         )
         val = [self._accuracy(net, *self.val) for net in nets]
         test = [self._accuracy(net, *self.test) for net in nets]
+        val_acc = statistics.fmean(val)
         attrs = {
-            "val_acc": statistics.fmean(val),
+            "val_acc": val_acc,
             "val_std": statistics.pstdev(val),
             "val_accs": val,
             "test_acc": statistics.fmean(test),
@@ -134,7 +136,7 @@ class CandidateObjective:
         }
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
-        return attrs["val_acc"]
+        return val_acc
 
     def _pruning(self, trial: optuna.Trial, net: torch.nn.Module) -> Callable[[int], None]:
         """The epoch hook that reports ``net``'s validation accuracy PRUNE_CHECKS times and may prune."""
@@ -169,10 +171,19 @@ class ZeroCostObjective:
     """
 
     def __init__(
-        self, source: Source, space: SearchSpace, proxy: str, *, batch: int, seed: int = 0, device: str = "auto"
+        self,
+        source: Source,
+        space: SearchSpace,
+        proxy: str,
+        *,
+        batch: int,
+        seed: int = 0,
+        device: str = "auto",
+        precision: str = "fp32",
     ) -> None:
         self.space, self.proxy, self.seed = space, ZERO_COST.get(proxy), seed
         self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.dataset = source.dataset
         n = len(source.labels)
         check_minibatch(batch, source)
@@ -192,7 +203,8 @@ class ZeroCostObjective:
         ).to(self.device)
         record_config(trial, net_cfg, net, info)
         start = time.perf_counter()
-        score = self.proxy(net, self.x, self.y)
+        with autocast(self.device, self.precision):  # a proxy's float64 sums stay float64: autocast casts float32
+            score = self.proxy(net, self.x, self.y)
         for k, v in {
             "score": score,
             "score_seconds": time.perf_counter() - start,

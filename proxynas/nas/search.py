@@ -5,13 +5,13 @@ the proxy set (200 epochs, batch 250, DSA, SGD as §4) ``repeats`` times, and re
 its mean accuracy on the validation split the proxy set excluded (10% of the training
 set); the test accuracies are recorded as user attributes. The same machinery runs
 the baselines (candidates trained on the real split) and the zero-cost proxies
-(candidates scored at initialisation), so every study looks alike: ``KINDS`` says
+(candidates scored at initialisation), so every study looks alike: ``kinds.KINDS`` says
 where each kind of study gets its source (``sources.py``) and its objective
 (``objectives.py``). ``run_search`` is one worker in this process; ``launch`` starts
 several worker processes on one study, spread over the devices, and waits for them.
 
-Imports flow one way: cli -> search -> objectives -> sources, zero_cost, study, train, and
-search -> dashboard (metric names and notes for optuna-dashboard); nothing below this
+Imports flow one way: cli -> search -> kinds -> objectives -> sources, zero_cost, study, train,
+and search -> notes (metric names and notes for optuna-dashboard); nothing below this
 module imports it.
 """
 
@@ -31,17 +31,26 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from proxynas.analysis.dashboard import ACCURACY_METRIC, save_study_note, set_metric_name
 from proxynas.core.train import TrainConfig
-from proxynas.exceptions import ProxyNASError, StudyError, Terminated, UsageError
-from proxynas.nas.objectives import CandidateObjective, Objective, ZeroCostObjective, check_minibatch, resolved_training
+from proxynas.exceptions import (
+    STORAGE_FAILURES,
+    ProxyNASError,
+    StorageUnavailable,
+    StudyError,
+    Terminated,
+    UsageError,
+)
+from proxynas.nas.footprint import plan_search
+from proxynas.nas.kinds import KINDS, PROXY
+from proxynas.nas.notes import save_study_note, set_metric_name
+from proxynas.nas.objectives import Objective, resolved_training
+from proxynas.nas.schema import Run, begin_run, end_run, migrate
 from proxynas.nas.search_space import SearchSpace, load_space
-from proxynas.nas.sources import BASELINES, Source, proxy_source, real_split_source
+from proxynas.nas.sources import BASELINES, Source
 from proxynas.nas.study import (
     CONFIG_KEY,
     DEFAULT_STORAGE,
     HeartbeatSettings,
-    check_study_attrs,
     enqueue_configs,
     open_storage,
     open_study,
@@ -49,12 +58,16 @@ from proxynas.nas.study import (
     summary,
 )
 from proxynas.runtime import processes
-from proxynas.runtime.devices import assign, default_devices
-from proxynas.runtime.provenance import versions
+from proxynas.runtime.devices import assign, default_devices, resolve_device
+from proxynas.runtime.failures import classify
+from proxynas.runtime.options import option
+from proxynas.runtime.precision import resolve_for_all
 from proxynas.runtime.registry import Registry
 from proxynas.runtime.seeding import derive_seed
 
 log = logging.getLogger(__name__)
+
+OUTAGE_STOP = 5.0  # seconds workers get to re-queue their trials when the launcher gave up on the storage
 
 SAMPLERS: Registry[Callable[[int], optuna.samplers.BaseSampler | None]] = Registry("sampler")
 SAMPLERS.add("exhaustive", lambda seed: None)  # every configuration once, through the trial queue
@@ -64,27 +77,102 @@ SAMPLERS.add("random", lambda seed: optuna.samplers.RandomSampler(seed=seed))
 
 @dataclass(frozen=True)
 class SearchConfig:
-    study: str
-    proxy: str | None = None  # proxy-set file (condensed with --exclude-split) ...
-    baseline: str | None = None  # ... or a baseline kind ("whole", "early-stop") trained on real data ...
+    study: str = field(metadata=option("--study", help="study name (re-run the same command to resume it)"))
+    proxy: str | None = field(  # proxy-set file (condensed with --exclude-split) ...
+        default=None,
+        metadata=option(
+            "--proxy", help="proxy-set file written by 'proxynas condense' (which holds the validation split out)"
+        ),
+    )
+    baseline: str | None = field(  # ... or a baseline kind ("whole", "early-stop") trained on real data ...
+        default=None,
+        metadata=option(
+            "--kind", choices=lambda: BASELINES.names(), help="the baseline: its training budget on the real split"
+        ),
+    )
     zero_cost: str | None = None  # ... or a zero-cost proxy ("naswot", ...) scored at initialisation
-    zero_cost_batch: int = 64  # minibatch size the zero-cost proxy sees
-    dataset: str | None = None  # baselines, zero-cost: the dataset and the validation split held out
-    val_fraction: float = 0.1
-    split_seed: int = 0
-    configs: tuple[str, ...] | None = None  # only these configuration ids (None: the whole space)
-    storage: str = DEFAULT_STORAGE
-    space: str | None = None  # bundled space name or a TOML file; None: convnet720
-    restrict: str | None = None  # a slice of the space, e.g. "depth=1,2;width=32"
-    sampler: str = "exhaustive"
-    n_trials: int | None = None  # per worker; None: until the queue is done (exhaustive) or forever
-    timeout: float | None = None  # seconds per worker
-    prune: bool = False  # median pruning on the first repeat's validation accuracy (tpe/random only)
+    zero_cost_batch: int = field(  # minibatch size the zero-cost proxy sees
+        default=64,
+        metadata=option(
+            "--batch-size", old=["--minibatch"], help="training images each zero-cost proxy scores, in one batch"
+        ),
+    )
+    dataset: str | None = field(  # baselines, zero-cost: the dataset and the validation split held out
+        default=None, metadata=option("--dataset", help="registered dataset name (see 'proxynas datasets')")
+    )
+    val_fraction: float = field(
+        default=0.1,
+        metadata=option(
+            "--exclude-split",
+            metavar="FRACTION",
+            help="the class-balanced fraction of train held out as the validation split that candidates are "
+            "ranked on (as for the proxy sets)",
+        ),
+    )
+    split_seed: int = field(
+        default=0,
+        metadata=option(
+            "--split-seed", help="seed of the validation split (every study of one comparison needs the same)"
+        ),
+    )
+    configs: tuple[str, ...] | None = field(  # only these configuration ids (None: the whole space)
+        default=None,
+        metadata=option(
+            "--configs",
+            derived=True,  # baselines.select_configs reads the study storage
+            help="all | top:<study>:<fraction or k> (e.g. top:dm:0.05) | @file | id,id,... (default: all)",
+        ),
+    )
+    storage: str = field(
+        default=DEFAULT_STORAGE, metadata=option("--storage", help="SQLAlchemy URL (PostgreSQL to scale out)")
+    )
+    space: str | None = field(  # None: convnet720
+        default=None,
+        metadata=option("--space", help="bundled space name or a TOML file (default: convnet720)"),
+    )
+    restrict: str | None = field(
+        default=None, metadata=option("--restrict", help="a slice of the space, e.g. 'depth=1,2;width=32,64'")
+    )
+    sampler: str = field(
+        default="exhaustive",
+        metadata=option(
+            "--sampler",
+            choices=lambda: SAMPLERS.names(),
+            help="exhaustive: every configuration once; tpe, random: Optuna's samplers (with --n-trials or --timeout)",
+        ),
+    )
+    n_trials: int | None = field(  # per worker; None: until the queue is done (exhaustive) or forever
+        default=None, metadata=option("--n-trials", help="trials per worker (tpe/random)")
+    )
+    timeout: float | None = field(default=None, metadata=option("--timeout", help="seconds per worker"))
+    prune: bool = field(  # tpe/random only
+        default=False,
+        metadata=option("--prune", help="median pruning on the first repeat's validation accuracy (tpe/random)"),
+    )
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=200, batch_size=250))
-    repeats: int = 5  # trainings per candidate, each with its own seeds; the trial's value is their mean (A.3)
-    seed: int = 0
-    device: str = "auto"  # this worker's device (launch gives each worker its own)
-    data_path: str | None = None  # overrides the data location recorded in the proxy set
+    repeats: int = field(  # the trial's value is their mean (A.3)
+        default=5,
+        metadata=option(
+            "--repeats",
+            help="train each candidate this many times, each with its own seeds; it is ranked by the mean "
+            "validation accuracy (the paper: 5)",
+        ),
+    )
+    seed: int = field(
+        default=0,
+        metadata=option(
+            "--seed", help="seed of the sampler and of every candidate's initialisation and training draws"
+        ),
+    )
+    device: str = "auto"  # this worker's device (launch gives each worker its own; the CLI's --device: Placement)
+    data_path: str | None = field(  # a proxy set's: overrides the data location it records
+        default=None,
+        metadata=option(
+            "--data-path",
+            help="where the data lives (a folder, or an ImageFolder .tar.gz); for a proxy set: instead of "
+            "the location it records",
+        ),
+    )
     heartbeat: HeartbeatSettings = HeartbeatSettings()
     command: str | None = None  # the CLI command that fills the study (recorded, never compared)
 
@@ -104,7 +192,7 @@ class SearchConfig:
             raise UsageError(f"--timeout must be a positive number of seconds (got {self.timeout})")
         if KINDS.get(self.kind).trains:
             self.train.require_training()
-        if self.kind != "proxy" and not 0 < self.val_fraction < 1:  # a proxy set records its own split
+        if self.kind != PROXY and not 0 < self.val_fraction < 1:  # a proxy set records its own split
             raise UsageError(
                 f"--exclude-split must be in (0, 1): candidates are ranked on the validation split "
                 f"it holds out (got {self.val_fraction}; the protocol's is 0.1)"
@@ -121,56 +209,13 @@ class SearchConfig:
             )
 
     def _kinds(self) -> list[str]:
-        return [
-            k
-            for k, v in (("proxy", self.proxy), ("baseline", self.baseline), ("zero-cost", self.zero_cost))
-            if v is not None
-        ]
+        given = ((PROXY, self.proxy), (str(self.baseline), self.baseline), ("zero-cost", self.zero_cost))
+        return [k for k, v in given if v is not None]
 
     @property
     def kind(self) -> str:
-        """The ``KINDS`` entry that fills this study: "proxy", "baseline" or "zero-cost"."""
+        """The study's kind, a ``KINDS`` name: "proxy", the baseline ("whole", "early-stop") or "zero-cost"."""
         return self._kinds()[0]
-
-
-@dataclass(frozen=True)
-class StudyKind:
-    """Where a kind of study gets its source and its objective, read off its SearchConfig."""
-
-    source: Callable[[SearchConfig], Source]
-    objective: Callable[[SearchConfig, Source, SearchSpace], Objective]
-    trains: bool = True  # False: nothing is trained, so the protocol records no repeats
-    check: Callable[[SearchConfig, Source], None] = lambda cfg, source: None  # in the parent, before any worker
-    metric: Callable[[SearchConfig], str] = lambda cfg: ACCURACY_METRIC  # the trial value's name in the dashboard
-
-
-def _real_split(cfg: SearchConfig, attrs: dict[str, Any]) -> Source:
-    return real_split_source(cfg.dataset, cfg.data_path, cfg.val_fraction, cfg.split_seed, attrs)
-
-
-def _training(cfg: SearchConfig, source: Source, space: SearchSpace) -> Objective:
-    return CandidateObjective(
-        source, space, cfg.train, repeats=cfg.repeats, seed=cfg.seed, device=cfg.device, prune=cfg.prune
-    )
-
-
-KINDS: Registry[StudyKind] = Registry("study kind")
-KINDS.add("proxy", StudyKind(lambda cfg: proxy_source(cfg.proxy, cfg.data_path), _training))
-KINDS.add(
-    "baseline", StudyKind(lambda cfg: _real_split(cfg, {"kind": cfg.baseline, "method": cfg.baseline}), _training)
-)
-KINDS.add(
-    "zero-cost",
-    StudyKind(
-        lambda cfg: _real_split(cfg, {"kind": "zero-cost", "method": cfg.zero_cost, "minibatch": cfg.zero_cost_batch}),
-        lambda cfg, source, space: ZeroCostObjective(
-            source, space, cfg.zero_cost, batch=cfg.zero_cost_batch, seed=cfg.seed, device=cfg.device
-        ),
-        trains=False,
-        check=lambda cfg, source: check_minibatch(cfg.zero_cost_batch, source),
-        metric=lambda cfg: cfg.zero_cost,
-    ),
-)
 
 
 def make_source(cfg: SearchConfig) -> Source:
@@ -198,6 +243,7 @@ def study_attrs(cfg: SearchConfig, source: Source, space: SearchSpace) -> dict[s
     return {
         **source.attrs,
         "dataset": source.dataset.info.name,
+        "data_fingerprint": source.dataset.fingerprint,
         "split": {"val_fraction": split.val_fraction, "seed": split.seed, "fingerprint": split.fingerprint},
         "protocol": protocol,
         "space": space.to_dict(),
@@ -213,6 +259,7 @@ class Prepared:
     space: SearchSpace
     source: Source
     total: int | None  # configurations the study will complete (exhaustive), else None
+    run: Run | None = None  # this run's entry in the study's version history (prepare; None in a worker)
 
 
 def _space(cfg: SearchConfig) -> SearchSpace:
@@ -244,10 +291,9 @@ def prepare(cfg: SearchConfig) -> Prepared:
         configs = [c for c in configs if c.id in set(cfg.configs)]
     storage = open_storage(cfg.storage, cfg.heartbeat)
     study = _open_study(cfg, storage)
-    check_study_attrs(study, study_attrs(cfg, source, space))
+    run = begin_run(study, study_attrs(cfg, source, space), cfg.command)
     if cfg.proxy is not None:
         study.set_user_attr("proxy_path", str(Path(cfg.proxy).resolve()))
-    study.set_user_attr("versions", versions())
     if cfg.command is not None:
         study.set_user_attr("command", cfg.command)
     set_metric_name(study, KINDS.get(cfg.kind).metric(cfg))
@@ -257,27 +303,54 @@ def prepare(cfg: SearchConfig) -> Prepared:
         done = {t.user_attrs.get(CONFIG_KEY) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
         total = len(done | {c.id for c in configs})  # a baseline study grows as --configs adds to it
     save_study_note(study)  # what the study is, for the dashboard while it runs; launch adds the results
-    return Prepared(storage, study, space, source, total)
+    return Prepared(storage, study, space, source, total, run)
 
 
 def attach(cfg: SearchConfig) -> Prepared:
-    """What a launched worker needs of a study its parent prepared: no checks repeated, nothing written."""
-    storage = open_storage(cfg.storage, cfg.heartbeat)
+    """What a launched worker needs of a study its parent prepared: no checks repeated, nothing written.
+
+    Its parent just opened the storage, so one that does not answer now is restarting: waited for up to --grace.
+    """
+    storage = open_storage(cfg.storage, cfg.heartbeat, wait=cfg.heartbeat.grace_period)
     return Prepared(storage, _open_study(cfg, storage), _space(cfg), make_source(cfg), None)
+
+
+def with_precision(cfg: SearchConfig, devices: Sequence[str]) -> SearchConfig:
+    """``cfg`` with ``--precision auto`` resolved: the precision the study already records (so a
+    study resumes as it began, on any machine), else the one measured over every device of the run
+    (``runtime.precision.resolve_for_all``). Either way one precision per study, which it records."""
+    if cfg.train.precision != "auto":
+        return cfg
+    chosen = _recorded_precision(cfg) or resolve_for_all("auto", [resolve_device(d) for d in devices])
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=chosen))
+
+
+def _recorded_precision(cfg: SearchConfig) -> str | None:
+    try:
+        study = open_study(open_storage(cfg.storage, cfg.heartbeat), cfg.study, create=False)
+    except StudyError:  # a new study
+        return None
+    protocol = migrate(study.user_attrs, cfg.study).get("protocol")
+    return protocol.get("precision") if isinstance(protocol, dict) else None
 
 
 def run_search(cfg: SearchConfig, prepared: Prepared | None = None) -> int:
     """Run one worker in this process; returns the number of trials it finished."""
+    if prepared is None:
+        cfg = with_precision(cfg, [cfg.device])
     p = prepared or prepare(cfg)
     objective = make_objective(cfg, p.source, p.space)
-    return run_worker(
-        p.study,
-        objective,
-        queue_only=cfg.sampler == "exhaustive",
-        n_trials=cfg.n_trials,
-        timeout=cfg.timeout,
-        heartbeat_interval=cfg.heartbeat.interval,
-    )
+    try:
+        return run_worker(
+            p.study,
+            objective,
+            queue_only=cfg.sampler == "exhaustive",
+            n_trials=cfg.n_trials,
+            timeout=cfg.timeout,
+            heartbeat_interval=cfg.heartbeat.interval,
+        )
+    finally:
+        end_run(p.study, p.run, [os.getpid()])
 
 
 def _worker_main(
@@ -295,8 +368,13 @@ def _worker_main(
         raise SystemExit(e.exit_code) from None
     except Exception as e:  # the parent prints it as one line; the traceback goes to the debug log
         log.debug("worker %d failed", index, exc_info=True)
+        if (failure := classify(e, cfg.storage)) is not None:  # a full disk, a damaged or read-only database
+            errors.put((index, str(failure)))
+            raise SystemExit(failure.exit_code) from None
         errors.put((index, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
         raise SystemExit(1) from None
+    finally:
+        processes.worker_done()
 
 
 def worker_configs(
@@ -321,9 +399,13 @@ def launch(
 ) -> Prepared:
     """Start ``workers`` processes on one study, spread over ``devices`` (see worker_configs), and wait for them."""
     configs = worker_configs(cfg, workers, devices)  # a bad device or worker count fails before the study exists
+    cfg = with_precision(cfg, [c.device for c in configs])
+    configs = [dataclasses.replace(c, train=cfg.train) for c in configs]
     p = prepare(cfg)
+    # no more workers than configurations left, and only as many as fit in memory (footprint.py)
+    configs = configs[: plan_search(cfg, p, [c.device for c in configs], KINDS.get(cfg.kind).trains)]
     ctx = multiprocessing.get_context("spawn")
-    threads = max(1, torch.get_num_threads() // workers)
+    threads = max(1, torch.get_num_threads() // len(configs))
     verbosity = optuna.logging.get_verbosity()
     errors = ctx.SimpleQueue()
     procs = [
@@ -342,15 +424,24 @@ def launch(
             time.sleep(poll)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (Terminated): the workers re-queue their trials now
         processes.stop(procs)
+        end_run(p.study, p.run, [proc.pid for proc in procs])
+        raise
+    except StorageUnavailable:  # past --grace: the workers' trials stay RUNNING until a re-run finds them stale
+        processes.stop(procs, timeout=OUTAGE_STOP)
         raise
     for proc in procs:
         proc.join()
-    if on_progress is not None:
-        on_progress({**summary(p.study), "total": p.total, "started": started})
-    reported = {}
+    reported: dict[int, str] = {}  # worker index -> its first error
     while not errors.empty():
         index, message = errors.get()
         reported.setdefault(index, message)
+    failures = {kind.exit_code: kind for kind in STORAGE_FAILURES}
+    broken = [i for i, proc in enumerate(procs) if proc.exitcode in failures and i in reported]
+    if broken:  # a full disk, a damaged, read-only or unreachable database: as the worker said it, with its exit code
+        raise failures[procs[min(broken)].exitcode or 0](reported[min(broken)])
+    end_run(p.study, p.run, [proc.pid for proc in procs])
+    if on_progress is not None:
+        on_progress({**summary(p.study), "total": p.total, "started": started})
     _check_outcome(p, procs, reported, before)
     return p
 
@@ -378,7 +469,8 @@ def _check_outcome(
         raise StudyError(f"worker {index} failed: {reported[index]} ({state}); fix that and run the same command again")
     dead = [proc for proc in procs if proc.exitcode != 0]
     if dead:
-        how = f"killed by signal {-dead[0].exitcode}" if dead[0].exitcode < 0 else f"exit code {dead[0].exitcode}"
+        code = dead[0].exitcode or 0  # joined, so never None
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
         if p.total is not None and len(complete) >= p.total:
             log.warning("worker %s ended with %s, but %s; nothing is left to run", dead[0].name, how, state)
             return

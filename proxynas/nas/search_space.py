@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, fields
 from importlib import resources
 from itertools import product
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -78,7 +78,7 @@ class SearchSpace:
         object.__setattr__(self, "axes", axes)  # a copy of tuples: the caller's lists may change
         self.configs()  # values valid one by one can clash: groupnorm needs a width divisible by 4
 
-    def _config(self, settings: Mapping[str, Value]) -> NetConfig:
+    def _config(self, settings: Mapping[str, Any]) -> NetConfig:  # NetConfig checks each value's type itself
         try:
             return NetConfig(**settings)
         except UsageError as err:
@@ -87,7 +87,7 @@ class SearchSpace:
 
     def configs(self) -> list[NetConfig]:
         """Every configuration, in the stable order of the product of the axes."""
-        return [self._config(dict(zip(self.axes, values))) for values in product(*self.axes.values())]
+        return [self._config(dict(zip(self.axes, values, strict=True))) for values in product(*self.axes.values())]
 
     def ids(self) -> list[str]:
         return [cfg.id for cfg in self.configs()]
@@ -161,7 +161,7 @@ class SearchSpace:
         """Raise SearchSpaceError naming the first configuration that cannot run on these inputs.
 
         E.g. depth 6 with pooling shrinks a 32x32 map to nothing. Every network is built
-        on the meta device (shapes only, about 2 ms each): 1.5 s for 720 on a 2-core CPU.
+        on the meta device, shapes only (see BENCHMARKS.md, 'Search throughput').
         """
         for cfg in self.configs():
             _meta_net(self.source, cfg, channels, 2, image_size)  # any class count builds the same
@@ -189,8 +189,9 @@ def _checked_values(where: str, axis: str, values: object) -> tuple[Value, ...]:
     for i, value in enumerate(values):
         if not isinstance(value, (int, str)):
             raise SearchSpaceError(f"{where}: {value!r} is not valid (values are strings or integers)")
+        setting: dict[str, Any] = {axis: value}  # NetConfig checks the value's type itself
         try:
-            NetConfig(**{axis: value})
+            NetConfig(**setting)
         except UsageError as err:
             raise SearchSpaceError(f"{where}: {value!r} is not valid ({err})") from None
         if value in values[:i]:
@@ -258,7 +259,7 @@ def describe_space(
     """One row per configuration (all, or those in `ids`): id, the space's axes, params, flops.
 
     Params and FLOPs are those of ``networks.describe`` (FLOPs per image, at this input
-    size), counted on the meta device: about 10 ms a network on a CPU.
+    size), counted on the meta device (shapes only, no compute).
     """
     by_id = {cfg.id: cfg for cfg in space.configs()}
     missing = [i for i in ids or () if i not in by_id]

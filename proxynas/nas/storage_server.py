@@ -31,15 +31,16 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
-from optuna.storages import fail_stale_trials, run_grpc_proxy_server
+from optuna.storages import RDBStorage, fail_stale_trials, run_grpc_proxy_server
 from optuna.storages._cached_storage import _CachedStorage
 
 from proxynas.exceptions import StudyError, UsageError
 from proxynas.nas.study import GRPC_SCHEME, HEARTBEAT_ATTR, HeartbeatSettings, _stable_api, open_storage
+from proxynas.runtime.options import option
 from proxynas.runtime.outputs import check_port
 
 log = logging.getLogger(__name__)
@@ -47,10 +48,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ServerConfig:
-    storage: str  # the database served: an SQLAlchemy URL (PostgreSQL or SQLite)
-    host: str = "127.0.0.1"
-    port: int = 13000
-    threads: int = 8  # concurrent gRPC calls; the database connections are these plus the sweeper's
+    storage: str = field(  # an SQLAlchemy URL
+        metadata=option("--storage", help="the database served: a PostgreSQL or SQLite URL")
+    )
+    host: str = field(
+        default="127.0.0.1", metadata=option("--host", help="interface to listen on (no TLS, no authentication)")
+    )
+    port: int = field(default=13000, metadata=option("--port", help="workers then give --storage grpc://HOST:PORT"))
+    threads: int = field(  # concurrent gRPC calls; the database connections are these plus the sweeper's
+        default=8,
+        metadata=option("--threads", help="concurrent requests; the database connections held are these plus one"),
+    )
     heartbeat: HeartbeatSettings = HeartbeatSettings()  # the grace period is the server's, for every worker
 
     def __post_init__(self) -> None:
@@ -106,7 +114,9 @@ def serve(cfg: ServerConfig, on_ready: Callable[[], None] = lambda: None) -> Non
             f"the storage server needs grpcio and protobuf ({e.name} is missing); pip install 'proxynas[grpc]'"
         ) from None
     check_port(cfg.host, cfg.port)  # a taken port as one line, before gRPC logs its own bind error
-    storage = _HeartbeatRelay(open_storage(cfg.storage, cfg.heartbeat, connections=cfg.threads + 1))
+    database = open_storage(cfg.storage, cfg.heartbeat, connections=cfg.threads + 1)
+    assert isinstance(database, RDBStorage)  # ServerConfig refuses a grpc:// storage
+    storage = _HeartbeatRelay(database)
     threading.Thread(
         target=_sweep_forever, args=(storage, cfg.heartbeat.interval), daemon=True, name="stale-trial-sweep"
     ).start()

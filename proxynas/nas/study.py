@@ -25,8 +25,10 @@ fails stale trials; queue building has no lock there, so ``is_duplicate`` decide
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import threading
@@ -34,16 +36,21 @@ import time
 import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy
 from optuna.storages import GrpcStorageProxy, RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from proxynas.exceptions import StudyError, UsageError
+from proxynas.exceptions import StorageReadOnly, StorageUnavailable, StudyError, UsageError
+from proxynas.nas.outages import CONTENTION_BUDGET, ResilientRDBStorage, resilient
+from proxynas.nas.outages import retry as _retry
+from proxynas.runtime.failures import classify
+from proxynas.runtime.options import option
 from proxynas.runtime.outputs import can_write_in, nearest_existing
 
 log = logging.getLogger(__name__)
@@ -57,8 +64,10 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class HeartbeatSettings:
-    interval: int = 10  # seconds between heartbeats of a running trial
-    grace_period: int = 60  # a trial silent this long is stale: failed and re-enqueued
+    interval: int = field(default=10, metadata=option("--heartbeat", help="seconds between trial heartbeats"))
+    grace_period: int = field(  # a trial silent this long is stale: failed and re-enqueued
+        default=60, metadata=option("--grace", help="seconds without heartbeat before a trial is re-queued")
+    )
 
     def __post_init__(self) -> None:
         if self.interval < 1 or self.grace_period < 1:
@@ -82,24 +91,29 @@ def check_storage_url(url: str) -> None:
             "another path for the database"
         )
     if not can_write_in(above) or (path.exists() and not os.access(path, os.W_OK)):
-        raise StudyError(
+        raise StorageReadOnly(
             f"the storage {url!r} cannot be written ({above}: SQLite writes its journal and proxynas "
             "a lock file beside the database); copy the database into a writable folder"
         )
 
 
 def open_storage(
-    url: str = DEFAULT_STORAGE, heartbeat: HeartbeatSettings = HeartbeatSettings(), connections: int = 2
+    url: str = DEFAULT_STORAGE,
+    heartbeat: HeartbeatSettings = HeartbeatSettings(),
+    connections: int = 2,
+    wait: float = CONTENTION_BUDGET,
 ) -> RDBStorage | WorkerGrpcStorage:
     """An RDB storage with heartbeats and stale-trial retry; SQLite made safe for several writers.
 
     A ``grpc://host:port`` URL opens a ``proxynas storage-server`` instead, which holds the
     database and its heartbeat settings itself. A client-server database (PostgreSQL) keeps at most
     ``connections`` connections per process (optuna #1347, "too many clients"): one for the
-    trial and one for its heartbeat thread, the most any proxynas process uses at once.
+    trial and one for its heartbeat thread, the most any proxynas process uses at once. The
+    storage is waited for up to ``wait`` s to answer first, and then through any outage of up to
+    the grace period (outages.py).
     """
     if url.startswith(GRPC_SCHEME):
-        return open_grpc_storage(url)
+        return open_grpc_storage(url, wait=wait, grace=heartbeat.grace_period)
     check_storage_url(url)
     is_sqlite = url.startswith("sqlite")
     if is_sqlite and (path := _sqlite_path(url)) is not None:
@@ -111,22 +125,33 @@ def open_storage(
                 "another path for the database"
             ) from None
     # SQLAlchemy's default pool (5 + 10 overflow) lets one process open 15; max_overflow=0 makes
-    # a busy pool wait instead of connecting again.
-    kwargs = (
+    # a busy pool wait instead of connecting again. A pooled connection the server or the network
+    # dropped while it idled (optuna #5600) is replaced at checkout (pool_pre_ping); libpq's TCP
+    # keepalives make a silently dead one fail that check at once instead of hanging.
+    kwargs: dict[str, Any] = (
         {"connect_args": {"timeout": 120}}
         if is_sqlite
         else {"pool_pre_ping": True, "pool_size": connections, "max_overflow": 0}
     )
+    if sqlalchemy.engine.make_url(url).drivername in ("postgresql", "postgresql+psycopg", "postgresql+psycopg2"):
+        kwargs["connect_args"] = {
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
+        }
     try:
         with _stable_api():
             storage = _retry(
-                lambda: RDBStorage(
+                lambda: ResilientRDBStorage(
                     url,
+                    outage_budget=heartbeat.grace_period,
                     engine_kwargs=kwargs,
                     heartbeat_interval=heartbeat.interval,
                     grace_period=heartbeat.grace_period,
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(),
-                )
+                ),
+                wait,
             )
     except (ImportError, ModuleNotFoundError) as e:
         raise StudyError(
@@ -137,35 +162,69 @@ def open_storage(
             f"{url!r} is not a usable SQLAlchemy URL ({e}); e.g. sqlite:///results/proxynas.db "
             "or postgresql+psycopg://user@host/db"
         ) from None
-    except (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError) as e:
+    except (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError, StorageUnavailable) as e:
+        cause = (e.__cause__ or e) if isinstance(e, StorageUnavailable) else e
+        if (failure := classify(cause, url)) is not None and not isinstance(failure, StorageUnavailable):
+            raise failure from None  # a full disk or a read-only file: said as such
         raise StudyError(
-            f"cannot open the storage {url!r} ({str(e.__cause__ or e).splitlines()[0]}); "
+            f"cannot open the storage {url!r} ({str(cause.__cause__ or cause).splitlines()[0]}); "
             "check that the database exists and is reachable"
         ) from None
+    except sqlalchemy.exc.DatabaseError as e:  # SQLite's for a damaged file, or one that is no database
+        raise classify(e, url) or StudyError(f"cannot open the storage {url!r} ({e.orig})") from None
     if is_sqlite:
         _begin_immediate(storage.engine)
     return storage
 
 
+@resilient
 class WorkerGrpcStorage(GrpcStorageProxy):
-    """Optuna's gRPC storage client, plus the heartbeat its API lacks.
+    """Optuna's gRPC storage client, plus the heartbeat its API lacks, its calls retried through outages.
 
     The gRPC API has no heartbeat call and GrpcStorageProxy is no ``BaseHeartbeat`` (so
     ``fail_stale_trials`` does nothing on it): a beat travels as a trial system attribute
     that ``proxynas storage-server`` records as a real heartbeat, and that server fails
-    stale trials itself (storage_server.py).
+    stale trials itself (storage_server.py). A restarted server is waited for (outages.py).
     """
 
-    def __init__(self, url: str, host: str, port: int) -> None:
-        super().__init__(host=host, port=port)
+    def __init__(self, url: str, host: str, port: int, outage_budget: float) -> None:
         self.url = url  # as an RDBStorage has: messages and reports name the storage by it
+        self.outage_budget = outage_budget
+        super().__init__(host=host, port=port)
+
+    def _setup(self) -> None:
+        """Optuna's channel, stub and cache, with reconnection attempts at most 1 s apart.
+
+        gRPC's default backoff between attempts grows to 2 minutes, so a client would find a
+        server restarted after a long outage that much later, past its grace period.
+        """
+        import grpc
+        from optuna.storages._grpc.auto_generated import api_pb2_grpc
+        from optuna.storages._grpc.client import GrpcClientCache
+
+        self._channel = grpc.insecure_channel(
+            f"{self._host}:{self._port}",
+            options=[
+                ("grpc.max_receive_message_length", -1),
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.min_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+            ],
+        )
+        self._stub = api_pb2_grpc.StorageServiceStub(self._channel)
+        self._cache = GrpcClientCache(self._stub)
 
     def record_heartbeat(self, trial_id: int) -> None:
         self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, True)
 
 
-def open_grpc_storage(url: str, wait: float = 5.0) -> WorkerGrpcStorage:
-    """A client of the ``proxynas storage-server`` at ``grpc://host:port``, once it answers (within ``wait`` s)."""
+def open_grpc_storage(
+    url: str, wait: float = CONTENTION_BUDGET, grace: float = HeartbeatSettings.grace_period
+) -> WorkerGrpcStorage:
+    """A client of the ``proxynas storage-server`` at ``grpc://host:port``, once it answers (within ``wait`` s).
+
+    Later calls wait up to ``grace`` s for a server that stops answering (outages.py).
+    """
     parts = urllib.parse.urlsplit(url)
     try:
         port = parts.port
@@ -175,7 +234,7 @@ def open_grpc_storage(url: str, wait: float = 5.0) -> WorkerGrpcStorage:
         raise StudyError(f"{url!r} is not a storage-server address; give grpc://host:port, e.g. grpc://127.0.0.1:13000")
     try:
         with _stable_api():
-            storage = WorkerGrpcStorage(url, parts.hostname, port)
+            storage = WorkerGrpcStorage(url, parts.hostname, port, grace)
         storage.wait_server_ready(timeout=wait)
     except ImportError as e:
         raise StudyError(
@@ -216,40 +275,8 @@ def _begin_immediate(engine: sqlalchemy.engine.Engine) -> None:
     engine.dispose()  # connections made before the hooks are dropped, so every one has them
 
 
-def _retry(fn: Callable[[], T], attempts: int = 5) -> T:
-    """Run a storage call, retrying transient lock or connection errors with backoff."""
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except (
-            optuna.exceptions.StorageInternalError,
-            sqlalchemy.exc.OperationalError,
-            sqlalchemy.exc.IntegrityError,
-        ) as e:
-            if attempt == attempts - 1 or not _transient(e):
-                raise
-            log.warning("storage busy (%s); retrying", str(e).splitlines()[0])
-            time.sleep(0.2 * 2**attempt)
-    raise AssertionError("unreachable")
-
-
-def _transient(e: Exception) -> bool:
-    text = f"{e} {e.__cause__}".lower()
-    return any(
-        s in text
-        for s in (
-            "database is locked",
-            "deadlock",
-            "could not serialize",
-            "connection",
-            "alembic_version",
-            "already exists",
-        )
-    )  # two processes creating one schema
-
-
 @contextlib.contextmanager
-def _exclusive(storage: RDBStorage, name: str) -> Iterator[None]:
+def _exclusive(storage: RDBStorage | WorkerGrpcStorage, name: str) -> Iterator[None]:
     """Serialise queue building: a file lock beside an SQLite file, an advisory lock on PostgreSQL."""
     url = storage.url
     if url.startswith("sqlite") and (path := _sqlite_path(url)) is not None:
@@ -270,7 +297,7 @@ def _exclusive(storage: RDBStorage, name: str) -> Iterator[None]:
 
 
 def open_study(
-    storage: RDBStorage,
+    storage: RDBStorage | WorkerGrpcStorage,
     name: str,
     *,
     create: bool = True,
@@ -296,38 +323,21 @@ def open_study(
         raise StudyError(f"no study named {name!r} in {storage.url} (studies there: {names})") from None
 
 
-def check_study_attrs(study: optuna.Study, attrs: dict[str, Any]) -> None:
-    """Record ``attrs`` on a new study; refuse to mix a study with different settings."""
-    existing = study.user_attrs
-    clashes = [_clash(k, existing[k], v) for k, v in sorted(attrs.items()) if k in existing and existing[k] != v]
-    if clashes:
-        raise StudyError(
-            f"study {study.study_name!r} was run with other settings ({'; '.join(clashes)}); "
-            "use the same flags to resume it, or a new --study name"
-        )
-    for k, v in attrs.items():
-        if k not in existing:
-            _retry(lambda: study.set_user_attr(k, v))
-
-
-def _clash(key: str, recorded: Any, asked: Any) -> str:
-    """What differs: the key, and for a dict of settings each differing scalar ("protocol.repeats was 1, now 5")."""
-    if not (isinstance(recorded, dict) and isinstance(asked, dict)):
-        return key
-    scalar = (str, int, float, bool, type(None))
-    parts = [
-        f"{key}.{k} was {recorded.get(k, 'unset')}, now {asked.get(k, 'unset')}"
-        for k in sorted(recorded.keys() | asked.keys())
-        if recorded.get(k) != asked.get(k) and isinstance(recorded.get(k), scalar) and isinstance(asked.get(k), scalar)
-    ]
-    return "; ".join(parts) or key
-
-
-def enqueue_configs(storage: RDBStorage, study: optuna.Study, params: dict[str, dict[str, Any]]) -> int:
+def enqueue_configs(
+    storage: RDBStorage | WorkerGrpcStorage, study: optuna.Study, params: dict[str, dict[str, Any]]
+) -> int:
     """Enqueue each configuration (id -> trial params) unless it already has a live or complete trial.
 
     Failed trials do not count, so re-running a search retries the configurations that failed.
+    Idempotent, so a connection lost under the queue lock (which PostgreSQL then releases) repeats it all.
     """
+    budget = getattr(storage, "outage_budget", CONTENTION_BUDGET)  # an RDBStorage not from open_storage: the least
+    return _retry(functools.partial(_enqueue_missing, storage, study, params), budget, storage.url)
+
+
+def _enqueue_missing(
+    storage: RDBStorage | WorkerGrpcStorage, study: optuna.Study, params: dict[str, dict[str, Any]]
+) -> int:
     with _exclusive(storage, study.study_name):
         taken = {
             t.user_attrs.get(CONFIG_KEY)
@@ -337,25 +347,51 @@ def enqueue_configs(storage: RDBStorage, study: optuna.Study, params: dict[str, 
         }
         missing = [cid for cid in params if cid not in taken]
         for cid in missing:
-            _retry(lambda: study.enqueue_trial(params[cid], user_attrs={CONFIG_KEY: cid}))
+            study.enqueue_trial(params[cid], user_attrs={CONFIG_KEY: cid})
     return len(missing)
 
 
 def claim_waiting(study: optuna.Study) -> Trial | None:
     """Take one WAITING trial for this worker (atomic; see the module docstring), or None."""
     storage = study._storage
+    if not isinstance(storage, BaseHeartbeat | WorkerGrpcStorage):  # open_storage opens only these
+        raise StudyError(f"study {study.study_name!r} has no heartbeats; open its storage with open_storage")
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         try:
             # The heartbeat goes first: a worker killed right after its claim (before its
             # heartbeat thread ran) must still leave a heartbeat that goes stale, or its
             # trial would stay RUNNING forever. FrozenTrial._trial_id is the storage key
             # Optuna's own queue pop uses.
-            _retry(lambda: storage.record_heartbeat(frozen._trial_id))
-            if _retry(lambda: storage.set_trial_state_values(frozen._trial_id, TrialState.RUNNING)):
+            _retry(functools.partial(storage.record_heartbeat, frozen._trial_id))
+            if _retry(functools.partial(storage.set_trial_state_values, frozen._trial_id, TrialState.RUNNING)):
                 return Trial(study, frozen._trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
     return None
+
+
+def requeue_lost(study: optuna.Study) -> int:
+    """Re-queue each configuration whose trials all failed, none with an error: the number re-queued.
+
+    A stale or interrupted trial is failed and then re-queued, in two storage calls; an outage
+    between them (the re-queue waits) or a kill (it never comes) would let queue-only workers,
+    finding neither a WAITING nor a RUNNING trial, end with the configuration undone. A re-queue
+    that comes late after all leaves two WAITING copies, of which ``is_duplicate`` runs one. A
+    configuration that failed with an error waits for the next run, as ``enqueue_configs`` says.
+    """
+    trials: dict[str, list[FrozenTrial]] = collections.defaultdict(list)
+    for t in study.get_trials(deepcopy=False):
+        if (cid := t.user_attrs.get(CONFIG_KEY)) is not None:
+            trials[cid].append(t)
+    lost = {
+        cid: max(ts, key=lambda t: t.number).params
+        for cid, ts in trials.items()
+        if all(t.state == TrialState.FAIL and "error" not in t.user_attrs for t in ts)
+    }
+    for cid, params in lost.items():
+        log.warning("configuration %s lost its re-queued trial; queued again", cid)
+        _retry(functools.partial(study.enqueue_trial, params, user_attrs={CONFIG_KEY: cid}))
+    return len(lost)
 
 
 def is_duplicate(study: optuna.Study, trial: Trial) -> bool:
@@ -428,11 +464,13 @@ def run_worker(
                 trial = _retry(study.ask)
         if trial is None:
             if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if queue_only and requeue_lost(study):
+                    continue
                 break
             time.sleep(poll)
             continue
         if is_duplicate(study, trial):
-            _retry(lambda: study.tell(trial, state=TrialState.FAIL))
+            _retry(functools.partial(study.tell, trial, state=TrialState.FAIL))
             continue
         _run_trial(study, trial, objective, heartbeat_interval)
         done += 1
@@ -454,7 +492,12 @@ def _run_trial(study: optuna.Study, trial: Trial, objective: Callable[[Trial], f
         except optuna.exceptions.UpdateFinishedTrialError:
             log.warning(_STALE, trial.number)
             return
+        except StorageUnavailable:  # nothing can be recorded: its heartbeat lapses, and a re-run re-queues it
+            raise
         except Exception as e:
+            storage = getattr(study._storage, "_backend", study._storage)  # Optuna's cache wraps an RDBStorage
+            if (failure := classify(e, getattr(storage, "url", None))) is not None:
+                raise failure from e  # the disk or the database failed, not the candidate: as an outage is
             # Recorded and skipped; re-running the search retries failed configurations.
             error = f"{type(e).__name__}: {e}"
             log.warning("trial %d (%s) failed: %s", trial.number, trial.user_attrs.get(CONFIG_KEY), error)
@@ -470,7 +513,7 @@ def _run_trial(study: optuna.Study, trial: Trial, objective: Callable[[Trial], f
             raise
     try:
         _retry(lambda: study.tell(trial, value))
-    except ValueError:  # "Cannot tell a FAIL trial": failed as stale by another worker meanwhile
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError):  # failed as stale meanwhile ("Cannot tell a FAIL")
         if not study._storage.get_trial(trial._trial_id).state.is_finished():
             raise
         log.warning(_STALE, trial.number)
@@ -483,7 +526,9 @@ def summary(study: optuna.Study) -> dict[str, Any]:
     for t in trials:
         counts[t.state.name.lower()] += 1
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best: FrozenTrial | None = max(complete, key=lambda t: t.value, default=None)
+    best: FrozenTrial | None = max(
+        complete, key=lambda t: t.value if t.value is not None else float("-inf"), default=None
+    )  # a COMPLETE trial has its value
     return {
         "counts": counts,
         "best_value": best.value if best else None,

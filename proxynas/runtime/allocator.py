@@ -3,10 +3,10 @@
 A step frees and reallocates activations of tens to hundreds of MB (250 x 128 x 32 x 32
 floats is 131 MB; a DM forward of two classes, 512 x 128 x 32 x 32, is 268 MB). glibc
 serves every block above 32 MB with a fresh mmap and unmaps it on free, so each step
-page-faults and zero-fills all of them again: on a 2-core AMD EPYC a DM condensation
-took 210,000 page faults a second and spent half its CPU time in the kernel, and with
-freed memory kept in the heap it takes none (BENCHMARKS.md, third session). The settings
-hold while any hot loop runs in the process; after the last one the heap is trimmed back.
+page-faults and zero-fills all of them again, spending much of its CPU time in the kernel;
+with freed memory kept in the heap it takes almost none (see BENCHMARKS.md, 'The heap
+setting'). The settings hold while any hot loop runs in the process; after the last one
+the heap is trimmed back.
 Accelerators' caching allocators need nothing, nor do other C libraries (macOS, musl),
 which are left as they are.
 """

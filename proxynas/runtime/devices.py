@@ -4,7 +4,8 @@ A search with several worker processes gives each its own device: ``assign`` dea
 the devices out round-robin (worker i gets ``devices[i % len(devices)]``), so more
 workers than GPUs share them evenly. ``parse_devices`` reads the ``--devices`` list;
 without one, ``default_devices`` spreads ``--device auto`` over every visible CUDA GPU.
-``warn_if_slow_bf16`` says once when ``--amp`` would slow a CPU down.
+``Placement`` holds a command's ``--device``, ``--devices`` and ``--workers``.
+``warn_if_slow_bf16`` says once when ``--precision bf16`` would slow a CPU down.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import functools
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 
 from proxynas.exceptions import UsageError
+from proxynas.runtime.options import option
 
 __all__ = [
+    "Placement",
     "assign",
     "default_devices",
     "matmul_gflops",
@@ -112,6 +116,41 @@ def assign(devices: Sequence[torch.device], workers: int) -> list[torch.device]:
     return [devices[i % len(devices)] for i in range(workers)]
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a command's work runs: one device, or worker processes dealt over several (``assign``)."""
+
+    device: str = field(
+        default="auto",
+        metadata=option(
+            "--device",
+            help="auto (cuda, then mps, then cpu; several workers spread over every visible GPU), cpu, cuda, "
+            "cuda:N, mps; not with --devices",
+        ),
+    )
+    devices: str | None = field(  # a parse_devices list; None: default_devices(device)
+        default=None,
+        metadata=option(
+            "--devices",
+            help=f"spread the workers round-robin over these devices, {_EXAMPLE} (more workers than devices "
+            "share them); not with --device",
+        ),
+    )
+    workers: int = field(default=1, metadata=option("--workers", help="worker processes"))
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise UsageError(f"--workers must be at least 1 (got {self.workers})")
+        if self.devices is not None and self.device != "auto":
+            raise UsageError(
+                "give --device (one device for every worker) or --devices (workers spread over several), not both"
+            )
+
+    def device_list(self) -> list[torch.device] | None:
+        """The ``--devices`` list, checked against this machine; None without one."""
+        return None if self.devices is None else parse_devices(self.devices)
+
+
 def matmul_gflops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048, reps: int = 10) -> float:
     """Achieved GFLOP/s of an n x n matmul: the machine's practical peak for dense work."""
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
@@ -134,8 +173,8 @@ def synchronize(device: torch.device) -> None:
 def slow_bf16(device: torch.device) -> str | None:
     """Why bf16 autocast would slow ``device`` down, or None. On a CPU a small bf16 matmul is
     timed against fp32 (a tenth of a second, once per process): without bf16 units (AMX,
-    AVX-512 BF16) torch falls back to a plain loop, 1.1 GFLOP/s against fp32's 80 on one
-    AMD EPYC. Accelerators are taken to have them."""
+    AVX-512 BF16) torch falls back to a plain loop, many times slower than fp32 (see
+    BENCHMARKS.md, 'Machines'). Accelerators are taken to have them."""
     if device.type != "cpu":
         return None
     fp32, bf16 = (matmul_gflops(device, dtype, n=256, reps=3) for dtype in (torch.float32, torch.bfloat16))
@@ -146,6 +185,6 @@ def slow_bf16(device: torch.device) -> str | None:
 
 @functools.cache
 def warn_if_slow_bf16(device: torch.device) -> None:
-    """Log once per process and device that --amp is slower here, and how to drop it."""
+    """Log once per process and device that --precision bf16 is slower here, and what to ask for instead."""
     if (why := slow_bf16(device)) is not None:
-        log.warning("warning: --amp (bf16 autocast) slows this run down: %s; run without --amp", why)
+        log.warning("warning: --precision bf16 (autocast) slows this run down: %s; use --precision fp32 or auto", why)

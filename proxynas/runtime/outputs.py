@@ -2,25 +2,45 @@
 
 A condensation or a report that runs for an hour and then fails on an unwritable
 ``--out`` loses the hour; ``check_output`` refuses such a path at once, with one line.
-It sits at the bottom of the import graph (only ``exceptions`` below it).
+It sits at the bottom of the import graph (only ``exceptions`` and ``failures`` below it).
 
 ``atomic_write`` and ``write_json`` write an output whole, through a temporary name, with the
-mode the user's umask gives (not ``mkstemp``'s 0o600).
+mode the user's umask gives (not ``mkstemp``'s 0o600); ``staged_folder`` does the same for an
+output of several files (a report): no failure leaves a half-written file or folder behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from proxynas.exceptions import UsageError
+from proxynas.runtime.failures import classify
 
-__all__ = ["atomic_write", "can_write_in", "check_output", "check_port", "file_mode", "nearest_existing", "write_json"]
+__all__ = [
+    "atomic_write",
+    "cache_dir",
+    "can_write_in",
+    "check_output",
+    "check_port",
+    "file_mode",
+    "folder_mode",
+    "nearest_existing",
+    "staged_folder",
+    "write_json",
+]
+
+
+def cache_dir() -> Path:
+    """``$PROXYNAS_CACHE``, else ``~/.cache/proxynas``: decoded datasets and measured choices (DM plans, precision)."""
+    return Path(os.environ.get("PROXYNAS_CACHE") or "~/.cache/proxynas").expanduser()
 
 
 def check_output(path: str | Path, flag: str = "--out", folder: bool = False) -> Path:
@@ -89,7 +109,14 @@ def file_mode() -> int:
     return 0o666 & ~umask
 
 
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+def folder_mode() -> int:
+    """The mode ``mkdir`` gives a new folder: 0o777 less the user's umask (``tempfile.mkdtemp`` gives 0o700)."""
+    umask = os.umask(0o022)  # read by setting it, as file_mode does
+    os.umask(umask)
+    return 0o777 & ~umask
+
+
+def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
     """``write(tmp)`` fills a temporary file beside ``path``, which is then renamed onto ``path``
     with the umask's mode (``file_mode``): a kill leaves the old file or none, never half a file."""
     path = Path(path)
@@ -110,3 +137,36 @@ def write_json(path: str | Path, record: Any) -> Path:
     """``record`` as indented, key-ordered JSON at ``path``, written as ``atomic_write`` writes."""
     text = json.dumps(record, indent=2, sort_keys=False, default=str) + "\n"
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+@contextlib.contextmanager
+def staged_folder(folder: str | Path, flag: str = "--out-dir") -> Iterator[Path]:
+    """A temporary folder beside ``folder`` to write an output of several files into; when the block
+    ends without an error they are renamed into ``folder``, which is created by renaming the whole
+    temporary folder where it did not exist. Renames need no space and cannot fail halfway through a
+    file, so a full disk or a kill while writing leaves ``folder`` as it was (a previous output
+    intact, or no folder at all). An error removes the temporary folder (a kill -9 leaves it, hidden:
+    ``.<name>.*.tmp``); a full disk or a read-only file system is raised as ``DiskFull`` or
+    ``StorageReadOnly``, naming ``folder`` and ``flag``.
+
+    Files only are moved into an existing ``folder`` (each replaces its namesake there).
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    existed = folder.exists()
+    stage = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    try:
+        yield stage
+        if existed:
+            for path in sorted(stage.iterdir()):
+                os.replace(path, folder / path.name)
+            stage.rmdir()
+        else:
+            os.chmod(stage, folder_mode())  # mkdtemp's 0o700 -> what mkdir gives
+            os.replace(stage, folder)
+    except BaseException as e:
+        shutil.rmtree(stage, ignore_errors=True)
+        if isinstance(e, Exception) and (failure := classify(e, where=folder, flag=flag)) is not None:
+            left = f"{folder} is left as it was" if existed else "nothing was written there"
+            raise type(failure)(f"{failure}; {left}") from None
+        raise

@@ -11,7 +11,8 @@ A parent that starts workers (``search.launch``, ``condense_sharded``):
 A worker (``worker_init``, first thing in its entry point) turns its first SIGTERM into
 ``Terminated`` (later ones are ignored, so the clean-up it runs is not cut short), and
 gets SIGTERM when its parent dies, even by kill -9: ``prctl(PR_SET_PDEATHSIG)`` on
-Linux, else a thread that polls ``os.getppid()``.
+Linux, else a thread that polls ``os.getppid()``. Once its work is over it ignores SIGTERM
+(``worker_done``), so that its exit runs to the end.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 
 from proxynas.exceptions import Terminated
 
-__all__ = ["sigterm_interrupts", "start", "stop", "worker_init"]
+__all__ = ["sigterm_interrupts", "start", "stop", "worker_done", "worker_init"]
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 PARENT_POLL = 1.0  # seconds between parent checks where prctl is missing
@@ -89,6 +90,15 @@ def worker_init(parent_pid: int) -> None:
         threading.Thread(target=_poll_parent, args=(parent_pid,), daemon=True, name="parent-watch").start()
     if os.getppid() != parent_pid:  # the parent died before the watch was set up
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def worker_done() -> None:
+    """In a worker whose work is over (finished, failed or interrupted): SIGTERM is ignored from here on.
+
+    A parent stopping its workers while one of them exits would otherwise raise ``Terminated``
+    inside the interpreter's exit (an atexit handler), which prints a traceback.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _death_signal(signum: int) -> bool:

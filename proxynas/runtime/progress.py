@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 __all__ = [
     "LOG_INTERVAL",
@@ -138,7 +138,8 @@ class StageDisplay:
 
     def stage(self, description: str, metric: str = "loss") -> Reporter:
         """A reporter ``(done, total, value)`` for a new stage; a bar appears at its first report."""
-        clock, throttle, task = RateClock(), LineThrottle(self.interval), []
+        clock, throttle = RateClock(), LineThrottle(self.interval)
+        task: list[TaskID] = []  # the bar's task, added at the first report
 
         def report(done: int, total: int, value: float | None) -> None:
             eta = 0.0 if clock.eta(done, total) is None and done == total else clock.eta(done, total)
@@ -207,12 +208,12 @@ def search_display(console: Console, name: str, quiet: bool, value_format: str) 
     if use_lines(console, quiet):
         throttle = LineThrottle()
 
-        def show(s: dict) -> None:
+        def log_line(s: dict) -> None:
             done, total, detail, eta = _search_parts(s, value_format)
             if throttle.due(done, total):
                 log.info(line(name, done, total, detail, time.monotonic() - started, eta))
 
-        yield show
+        yield log_line
         return
     live = Live(console=console, refresh_per_second=2)
 

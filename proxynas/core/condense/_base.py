@@ -13,10 +13,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -24,40 +24,146 @@ from safetensors.torch import save_file
 
 from proxynas.core.data import Dataset, train_val_split
 from proxynas.exceptions import ArtifactError, DatasetError, UsageError
+from proxynas.runtime.options import option, options_of
 from proxynas.runtime.outputs import atomic_write, write_json
+from proxynas.runtime.precision import PRECISIONS, check_precision
 from proxynas.runtime.registry import Registry
 
 FORMAT = "proxynas.proxyset/1"
 TUNE_CHOICES = ("auto", "yes", "no")
-# Methods that run DM's loop (``_dm.match``) with their own per-class loss: they take
-# --factor, shard by class as DM does, and share DM's rule for BatchNorm embeddings.
-EMBEDDING_MATCHERS = frozenset({"dm", "m3d"})
+
+
+def _gib_to_bytes(gib: float) -> int | None:
+    """--memory-budget-gb -> CondenseConfig.memory_budget; 0 is no budget (automatic)."""
+    return int(gib * 2**30) or None
 
 
 @dataclass(frozen=True)
 class CondenseConfig:
-    dataset: str = "digits"
-    data_path: str | None = None
-    method: str = "dm"
-    ipc: int = 10  # images per class
-    model: str = "ConvNet"  # embedding network (any registered name or ConvNet config id)
-    iterations: int | None = None  # None: the method's default (DM 20,000, 10,000 at 64x64; DSA 1,000)
-    batch_real: int = 256  # real images per class per iteration
-    lr_img: float | None = None  # None: the method's default (DM: 1 for ipc <= 50, 10 above; DSA: 0.1)
+    dataset: str = field(
+        default="digits", metadata=option("--dataset", help="registered dataset name (see 'proxynas datasets')")
+    )
+    data_path: str | None = field(
+        default=None,
+        metadata=option(
+            "--data-path", help="where the data lives (a folder, or an ImageFolder .tar.gz); see 'proxynas datasets'"
+        ),
+    )
+    method: str = field(
+        default="dm", metadata=option("--method", choices=lambda: CONDENSERS.names(), help=lambda: describe_methods())
+    )
+    ipc: int = field(  # images per class
+        default=10,
+        metadata=option("--ipc", help="images per class (with --factor: decoded images, what candidates train on)"),
+    )
+    model: str = field(  # any registered name or ConvNet config id
+        default="ConvNet", metadata=option("--model", help="embedding network (see 'proxynas networks')")
+    )
+    iterations: int | None = field(  # None: the method's default
+        default=None, metadata=option("--iterations", help="default: DM 20,000 (10,000 at 64x64); DSA 1,000")
+    )
+    batch_real: int = field(  # real images per class per iteration
+        default=256,
+        metadata=option(
+            "--real-batch-size",
+            old=["--batch-real"],
+            help="real images per class in each iteration's batch (the paper's 256)",
+        ),
+    )
+    lr_img: float | None = field(  # None: the method's default
+        default=None,
+        metadata=option("--lr-img", help="synthetic-image lr (default: DM 1 for ipc<=50, else 10; DSA 0.1)"),
+    )
     momentum: float = 0.5
-    init: str = "real"  # "real": random real images of the class; "noise": N(0, 1)
-    seed: int = 0
-    dsa_strategy: str | None = None  # None: the dataset's default
-    val_fraction: float = 0.0  # NAS validation hold-out excluded from the pool (0.1 for NAS)
-    split_seed: int = 0
-    classes: tuple[int, ...] | None = None  # None: every class; else this shard's classes
-    amp: bool | None = None  # bf16 autocast for the embedding passes; None: on CUDA only (DM)
-    memory_budget: int | None = None  # bytes for one chunk of classes; None: automatic
-    tune: str = "auto"  # DM step plan: "yes" measure now, "no" memory rule only, "auto" cached or measured on long runs
-    checkpoint_every: int = 500  # iterations between checkpoints ...
-    checkpoint_minutes: float = 10.0  # ... and at most this long between them: a crash loses little
-    factor: int = 1  # dm, m3d: learn images at 1/factor resolution, decoded by upsampling (_factor.py)
-    mmd_kernel: str = "gaussian"  # m3d: the MMD kernel ("linear" is DM's loss exactly)
+    init: str = field(  # "real": random real images of the class; "noise": N(0, 1)
+        default="real",
+        metadata=option(
+            "--init",
+            choices=("real", "noise"),
+            help="start the synthetic images as random real images of their class, or as noise",
+        ),
+    )
+    seed: int = field(
+        default=0,
+        metadata=option(
+            "--seed", help="seed of every draw (networks, batches, augmentation); the output name records it"
+        ),
+    )
+    dsa_strategy: str | None = field(  # None: the dataset's default
+        default=None,
+        metadata=option("--dsa-strategy", help="augmentation families joined by '_' (default: the dataset's)"),
+    )
+    # The NAS validation hold-out excluded from the pool. 0.1, the protocol's, and not 0: a proxy set is
+    # made to be searched on, and 'proxynas search' ranks candidates on the split it holds out (it refuses
+    # a set without one); 0 (all of train, the paper's Table 1) is the special case, asked for by name.
+    val_fraction: float = field(
+        default=0.1,
+        metadata=option(
+            "--exclude-split",
+            metavar="FRACTION",
+            help="hold this class-balanced fraction of train out: the validation split 'proxynas search' ranks "
+            "on (the paper's 10%); 0 condenses all of train (Table 1)",
+        ),
+    )
+    split_seed: int = field(
+        default=0,
+        metadata=option(
+            "--split-seed", help="seed of the validation split (every study of one comparison needs the same)"
+        ),
+    )
+    classes: tuple[int, ...] | None = field(  # None: every class; else this shard's classes
+        default=None,
+        metadata=option(
+            "--classes", derived=True, help="condense only these classes: '0,3,7' or a shard 'i/n'"
+        ),  # parse_classes needs the dataset's class count
+    )
+    # of the embedding passes (DM, M3D). fp32 by default: auto's timed probe can choose differently from one
+    # machine or cache to the next, and what bf16 changes in a proxy set has not been measured yet
+    precision: str = field(
+        default="fp32",
+        metadata=option(
+            "--precision",
+            choices=PRECISIONS,
+            switches={"--amp": "bf16", "--fp32": "fp32"},
+            help="arithmetic of the embedding passes: fp32, bf16 (autocast), or auto: bf16 where a short timed "
+            "probe, cached per device, finds it faster (CUDA GPUs, AMX CPUs), else fp32 (dsa: always fp32)",
+        ),
+    )
+    memory_budget: int | None = field(  # bytes for one chunk of classes; None: automatic
+        default=None,
+        metadata=option(
+            "--memory-budget-gb",
+            type=float,
+            convert=_gib_to_bytes,
+            help="memory for one chunk of classes, in GiB (default: auto)",
+        ),
+    )
+    tune: str = field(  # DM step plan: "yes" measure now, "no" memory rule only, "auto" cached or measured on long runs
+        default="auto",
+        metadata=option(
+            "--tune",
+            choices=TUNE_CHOICES,
+            help="time DM step plans (classes per forward, layout, compilation) on this device: yes, no (memory "
+            "rule only), auto (cached, else measured for 500+ iterations)",
+        ),
+    )
+    checkpoint_every: int = field(  # iterations between checkpoints ...
+        default=500, metadata=option("--checkpoint-every", help="iterations between checkpoints")
+    )
+    checkpoint_minutes: float = field(  # ... and at most this long between them: a crash loses little
+        default=10.0, metadata=option("--checkpoint-minutes", help="and at most this long between checkpoints")
+    )
+    factor: int = field(  # dm, m3d: learn images at 1/factor resolution, decoded by upsampling (_factor.py)
+        default=1,
+        metadata=option(
+            "--factor",
+            help="dm, m3d: learn each image at 1/FACTOR resolution and upsample it (IDM/M3D's factorised images); "
+            "compare with --factor 1 at the same --ipc for equal training cost",
+        ),
+    )
+    mmd_kernel: str = field(  # m3d: the MMD kernel ("linear" is DM's loss exactly)
+        default="gaussian", metadata=option("--mmd-kernel", help="m3d: the MMD kernel (linear gives DM's loss exactly)")
+    )
 
     def __post_init__(self) -> None:
         if self.ipc < 1:
@@ -79,13 +185,21 @@ class CondenseConfig:
             raise UsageError(f"--exclude-split must be in [0, 1) (got {self.val_fraction})")
         if self.factor < 1:
             raise UsageError(f"--factor must be at least 1 (got {self.factor})")
-        if self.factor > 1 and self.method not in EMBEDDING_MATCHERS:
-            raise UsageError(
-                f"--factor applies to --method {' or '.join(sorted(EMBEDDING_MATCHERS))} only (got "
-                f"--method {self.method}); drop --factor"
-            )
-        if self.mmd_kernel != "gaussian" and self.method != "m3d":
-            raise UsageError(f"--mmd-kernel applies to --method m3d only (got --method {self.method}); drop it")
+        check_precision(self.precision)
+        self._check_method_options()
+
+    def _check_method_options(self) -> None:
+        """Refuse a setting that only other methods read (``Condenser.options``), set away from its default."""
+        if self.method not in CONDENSERS:  # condense() names the unknown method
+            return
+        own, flags = CONDENSERS.get(self.method).options, options_of(type(self))
+        for f in dataclasses.fields(self):
+            users = sorted(name for name in CONDENSERS if f.name in CONDENSERS.get(name).options)
+            if users and f.name not in own and getattr(self, f.name) != f.default:
+                flag = flags[f.name].flag if f.name in flags else f.name
+                raise UsageError(
+                    f"{flag} applies to --method {' or '.join(users)} only (got --method {self.method}); drop {flag}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -95,7 +209,25 @@ class CondenseConfig:
         d = dict(d)
         if d.get("classes") is not None:
             d["classes"] = tuple(d["classes"])
+        if "amp" in d:  # proxy sets written before --precision: amp None meant bf16 where it ran fast (CUDA)
+            d["precision"] = {True: "bf16", False: "fp32"}.get(d.pop("amp"), "auto")
         return cls(**d)
+
+
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
+
+
+class Coupling(Protocol):
+    """Processes that condense one run's classes together although each holds only its share, because
+    the embedding's batch statistics span every class (``distributed.py``)."""
+
+    def share_batch_stats(self, net: ModuleT) -> ModuleT:
+        """``net`` with its batch statistics computed over every process's batch."""
+        ...
+
+    def checkpoint(self, path: Path, cfg: CondenseConfig) -> Checkpoint:
+        """A checkpoint saved at the same iterations by every process, so that they resume together."""
+        ...
 
 
 @dataclass
@@ -107,6 +239,7 @@ class Problem:
     pools: list[torch.Tensor]  # for every dataset class: train indices it may use
     device: torch.device
     split_record: dict[str, Any] | None  # the excluded validation split, if any
+    coupling: Coupling | None = None  # set when other processes condense the other classes in lockstep
 
     @property
     def smallest_pool(self) -> int:
@@ -240,7 +373,7 @@ def atomic_save(tensors: dict[str, torch.Tensor], header: dict[str, str], path: 
 class Reporter(Protocol):
     """Progress callback: called every few steps with (done, total, loss or None)."""
 
-    def __call__(self, done: int, total: int, loss: float | None) -> None: ...
+    def __call__(self, done: int, total: int, loss: float | None, /) -> None: ...  # positional: any names do
 
 
 @dataclass
@@ -250,7 +383,64 @@ class MethodResult:
 
 
 Method = Callable[["Problem", CondenseConfig, "Checkpoint", Reporter | None], MethodResult]
-CONDENSERS: Registry[Method] = Registry("condensation method")
+
+
+@dataclass(frozen=True)
+class Condenser:
+    """A registered condensation method: the function that runs it, and every trait the rest of
+    proxynas asks of a method (``CONDENSERS.get(cfg.method).shardable``), so nothing tests its name."""
+
+    name: str
+    run: Method
+    summary: str = ""  # one line for --method's help
+    # Its classes are independent: shard i of n computes exactly those classes of the whole run
+    # (``--workers``, ``--classes``; ``_shards.py``).
+    shardable: bool = False
+    # It learns through a ``cfg.model`` embedding that sees many classes in one batch (DM's loop):
+    # with a BatchNorm model the batch statistics tie the classes, so a class shard would differ.
+    matches_embeddings: bool = False
+    # CondenseConfig fields that only some methods read, with the part each adds to the default
+    # output name when set away from its default (``{"factor": "f{}"}``: ``-f2``), in name order.
+    # A method is refused a field that other methods declare and it does not.
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    def __call__(
+        self, problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report: Reporter | None
+    ) -> MethodResult:
+        return self.run(problem, cfg, ckpt, report)
+
+    def name_part(self, cfg: CondenseConfig) -> str:
+        """What ``cfg``'s method options add to the default output name ("" at their defaults)."""
+        defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+        return "".join(
+            f"-{part.format(getattr(cfg, k))}" for k, part in self.options.items() if getattr(cfg, k) != defaults[k]
+        )
+
+
+CONDENSERS: Registry[Condenser] = Registry("condensation method")
+
+
+def register_method(
+    name: str,
+    *,
+    summary: str = "",
+    shardable: bool = False,
+    matches_embeddings: bool = False,
+    options: Mapping[str, str] | None = None,
+) -> Callable[[Method], Method]:
+    """Decorator: register a method function under ``name`` with its traits (see ``Condenser``);
+    ``proxynas condense --method name`` runs it. Returns the function unchanged."""
+
+    def decorator(run: Method) -> Method:
+        CONDENSERS.add(name, Condenser(name, run, summary, shardable, matches_embeddings, dict(options or {})))
+        return run
+
+    return decorator
+
+
+def describe_methods() -> str:
+    """The registered methods and their summaries, for --method's help."""
+    return "; ".join(f"{name}: {CONDENSERS.get(name).summary}" for name in CONDENSERS)
 
 
 # Settings a resumed run may change: no method schedules anything by the iteration count,
@@ -262,6 +452,8 @@ RESUMABLE_CHANGES = frozenset({"iterations", "checkpoint_every", "checkpoint_min
 class Checkpoint:
     """The resumable state of an iterative method, saved atomically beside the output."""
 
+    saves_on_interrupt = True  # Ctrl-C or SIGTERM saves the iteration reached (ResumableLoop)
+
     def __init__(self, path: Path, cfg: CondenseConfig) -> None:
         self.path = path
         self.cfg = cfg
@@ -269,8 +461,10 @@ class Checkpoint:
 
     def due(self, done: int, total: int) -> bool:
         """Save after iteration ``done`` of ``total``? Every ``checkpoint_every`` iterations, or
-        once ``checkpoint_minutes`` have passed since the last save; never after the last one."""
-        return done < total and (
+        once ``checkpoint_minutes`` have passed since the last save, and after the last one: the
+        final save (``run.condense``) may then fail (a full disk) and lose nothing, since a
+        ``--resume`` finds every iteration done. ``condense`` removes the checkpoint once the set is written."""
+        return done == total or (
             done % self.cfg.checkpoint_every == 0
             or time.monotonic() - self._saved_at >= 60 * self.cfg.checkpoint_minutes
         )
@@ -290,7 +484,8 @@ class Checkpoint:
         tensors, header = read_safetensors(self.path)
         if header.get("format") != FORMAT + "+checkpoint":
             raise ArtifactError(f"{self.path} is not a proxynas checkpoint; delete it or choose another --out")
-        saved, now = json.loads(header["config"]), self.cfg.to_dict()
+        # both through JSON, so that a tuple (--classes) compares equal to the list it was saved as
+        saved, now = json.loads(header["config"]), json.loads(json.dumps(self.cfg.to_dict()))
         diff = sorted(k for k in saved if saved[k] != now.get(k) and k not in RESUMABLE_CHANGES)
         if diff:
             raise UsageError(

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from proxynas.core.condense._base import CONDENSERS, Checkpoint, CondenseConfig, MethodResult, Problem, Reporter
+from proxynas.core.condense._base import Checkpoint, CondenseConfig, MethodResult, Problem, Reporter, register_method
 from proxynas.core.condense._sampling import sample_per_class
 from proxynas.core.networks import build
 from proxynas.runtime.seeding import derive_seed, generator
@@ -25,7 +25,7 @@ def _result(problem: Problem, chosen: torch.Tensor) -> MethodResult:
     return MethodResult(problem.real_images(chosen), {"selected_indices": chosen.tolist()})
 
 
-@CONDENSERS.register("random")
+@register_method("random", summary="a coreset of real images drawn uniformly per class", shardable=True)
 def condense_random(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report: Reporter | None) -> MethodResult:
     # the same draw as DM's init=real, so "random" is exactly DM's starting point
     chosen = sample_per_class(problem.pools, cfg.ipc, generator(cfg.seed, "init-real"))[problem.classes]
@@ -74,6 +74,6 @@ def select_in_embedding(
     return _result(problem, torch.stack(rows))
 
 
-@CONDENSERS.register("herding")
+@register_method("herding", summary="a coreset of real images chosen by herding", shardable=True)
 def condense_herding(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report: Reporter | None) -> MethodResult:
     return select_in_embedding(problem, cfg, report, herd)

@@ -15,8 +15,8 @@ the network in chunks of any size, and the real images (which need no graph) in 
 of any size, and the result is the same as one forward per class; the two sizes, the
 memory layout and whether to compile are measured on the device at start-up
 (``_plan.py``). With BatchNorm, real images of all classes form one batch and synthetic
-images another, so BN statistics come from the whole batch (one chunk). bf16 autocast is
-the default on CUDA (``amp=None``); ``amp=False`` keeps fp32.
+images another, so BN statistics come from the whole batch (one chunk). The embedding passes
+run in ``--precision`` (auto: bf16 where it is measured faster, ``proxynas.runtime.precision``).
 
 ``match`` is this loop with the loss on the embeddings as a parameter, for DM's
 successors that change only the loss (``_m3d.py``: kernel MMD); with ``factor`` > 1 it
@@ -28,16 +28,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
-from torch import nn
 
 from proxynas.core import augment
-from proxynas.core.condense._base import CONDENSERS, Checkpoint, CondenseConfig, MethodResult, Problem, Reporter
+from proxynas.core.condense._base import Checkpoint, CondenseConfig, MethodResult, Problem, Reporter, register_method
 from proxynas.core.condense._factor import check_factor, decode, encode
+from proxynas.core.condense._loop import ResumableLoop
 from proxynas.core.condense._memory import class_chunks
 from proxynas.core.condense._plan import (
     TUNE_MIN_ITERATIONS,
@@ -50,8 +49,9 @@ from proxynas.core.condense._plan import (
     search,
 )
 from proxynas.core.condense._sampling import sample_per_class
-from proxynas.core.networks import build, uses_batch_stats
+from proxynas.core.networks import Net, build, uses_batch_stats
 from proxynas.runtime.devices import synchronize, warn_if_slow_bf16
+from proxynas.runtime.precision import resolve_precision
 from proxynas.runtime.seeding import derive_seed, generator
 
 LOG_EVERY = 10  # iterations between progress reports (each one is a host sync)
@@ -71,13 +71,13 @@ def dm_loss(real: torch.Tensor, syn: torch.Tensor) -> torch.Tensor:
     return ((real.mean(1) - syn.mean(1)) ** 2).sum()
 
 
-def dm_loss_per_class(net: nn.Module, real: torch.Tensor, syn: torch.Tensor, num_classes: int) -> torch.Tensor:
+def dm_loss_per_class(net: Embedding, real: torch.Tensor, syn: torch.Tensor, num_classes: int) -> torch.Tensor:
     """The reference code's formulation of the same loss: one forward per class, graph kept.
 
     Kept as the yardstick for tests and ``bench/dm_step.py``; ``dm_loss`` is what runs.
     """
     loss = torch.zeros((), device=syn.device)
-    for r, s in zip(real.chunk(num_classes), syn.chunk(num_classes)):
+    for r, s in zip(real.chunk(num_classes), syn.chunk(num_classes), strict=True):
         loss = loss + ((net.embed(r).mean(0) - net.embed(s).mean(0)) ** 2).sum()
     return loss
 
@@ -135,7 +135,7 @@ def real_embeddings(
     """φ(A(real)) of the train images ``idx`` (their DSA groups ``groups``), fp32, without a graph,
     ``per_forward`` images a forward (None: all at once)."""
     parts = []
-    for i, g in zip(idx.split(per_forward or len(idx)), groups.split(per_forward or len(idx))):
+    for i, g in zip(idx.split(per_forward or len(idx)), groups.split(per_forward or len(idx)), strict=True):
         x = augment.apply(problem.real_images(i), params, g)
         with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             parts.append(net.embed(x).float())
@@ -145,7 +145,7 @@ def real_embeddings(
 def plan_step(
     problem: Problem,
     cfg: CondenseConfig,
-    probe: nn.Module,
+    probe: Net,
     syn: torch.Tensor,
     batch_real: int,
     strategy: str,
@@ -168,6 +168,8 @@ def plan_step(
         if batch_stats
         else class_chunks(probe, info, batch_real, cfg.ipc, len(classes), device, cfg.memory_budget)[0].stop
     )
+    if problem.coupling is not None:  # the ranks must run the same forwards in lockstep: none times its own
+        return StepPlan(limit), {"source": "memory rule (batch statistics shared over ranks)"}
     key = cache_key(
         device,
         model=cfg.model,
@@ -206,7 +208,18 @@ def default_lr(ipc: int) -> float:
     return 1.0 if ipc <= 50 else 10.0
 
 
-@CONDENSERS.register("dm")
+# What DM's loop reads beyond the settings every method reads (``Condenser.options``): the
+# methods that run ``match`` declare these with their own.
+MATCH_OPTIONS = {"factor": "f{}"}
+
+
+@register_method(
+    "dm",
+    summary="Distribution Matching (the paper)",
+    shardable=True,
+    matches_embeddings=True,
+    options=MATCH_OPTIONS,
+)
 def condense_dm(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report: Reporter | None) -> MethodResult:
     return match(problem, cfg, ckpt, report, dm_loss, {})
 
@@ -233,60 +246,44 @@ def match(
     strategy = cfg.dsa_strategy if cfg.dsa_strategy is not None else info.dsa_strategy
     batch_real = min(cfg.batch_real, problem.smallest_pool)
     classes = torch.tensor(problem.classes)
-    make_net = lambda it: build(
-        cfg.model,
-        info.channels,
-        info.num_classes,
-        info.image_size,  # noqa: E731
-        seed=derive_seed(cfg.seed, "dm-net", it),
-    )
+
+    def make_net(it: int) -> Net:
+        return build(
+            cfg.model, info.channels, info.num_classes, info.image_size, seed=derive_seed(cfg.seed, "dm-net", it)
+        )
 
     syn = initial_images(problem, cfg).to(device).requires_grad_(True)  # (K*ipc, C, H/factor, W/factor)
     opt = torch.optim.SGD([syn], lr=cfg.lr_img or default_lr(cfg.ipc), momentum=cfg.momentum)
-    losses = torch.zeros(iterations, device=device)  # on the device: recording a loss never syncs
-    start, elapsed = ckpt.restore(syn, opt, losses)
+    loop = ResumableLoop(syn, opt, iterations, ckpt)
 
-    amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
+    precision = resolve_precision(cfg.precision, device)
+    amp = precision == "bf16"
     if amp:
         warn_if_slow_bf16(device)
     probe = make_net(0).to(device)
     plan, plan_record = plan_step(
         problem, cfg, probe, syn, batch_real, strategy, amp, iterations, loss=loss, decode=unpack, variant=variant
     )
-    embedder = Embedder(probe, plan)
+    embedder = Embedder(probe if problem.coupling is None else problem.coupling.share_batch_stats(probe), plan)
 
-    def save(done: int) -> None:
-        ckpt.save_state(done, syn, opt, losses, elapsed + time.perf_counter() - t0)
+    def step(it: int) -> torch.Tensor:
+        g = generator(cfg.seed, "dm-iter", it)
+        net = embedder.load(make_net(it).to(device).train())
+        # Draws for every dataset class, then this run's rows: a shard draws what the whole run draws.
+        idx = sample_per_class(problem.pools, batch_real, g)[classes]  # (K, B)
+        params = augment.sample_params(strategy, info.num_classes, (info.image_size, info.image_size), g)
+        params = params.to(device)
+        opt.zero_grad(set_to_none=True)
+        total = dm_step(net, problem, syn, classes, idx, params, plan, amp, loss=loss, decode=unpack)
+        opt.step()
+        return total
 
-    t0, done = time.perf_counter(), start
-    if report is not None:
-        report(start, iterations, None)  # the steps start now: a progress display times them from here
-    try:
-        for it in range(start, iterations):
-            g = generator(cfg.seed, "dm-iter", it)
-            net = embedder.load(make_net(it).to(device).train())
-            # Draws for every dataset class, then this run's rows: a shard draws what the whole run draws.
-            idx = sample_per_class(problem.pools, batch_real, g)[classes]  # (K, B)
-            params = augment.sample_params(strategy, info.num_classes, (info.image_size, info.image_size), g)
-            params = params.to(device)
-            opt.zero_grad(set_to_none=True)
-            total = dm_step(net, problem, syn, classes, idx, params, plan, amp, loss=loss, decode=unpack)
-            losses[it] = total
-            opt.step()
-            done = it + 1
-            if report is not None and (done % LOG_EVERY == 0 or done in (start + 1, iterations)):
-                report(done, iterations, float(losses[it]))
-            if ckpt.due(done, iterations):
-                save(done)
-    except KeyboardInterrupt:
-        save(done)  # an iteration cut short is redone on resume
-        raise
-    elapsed += time.perf_counter() - t0
+    loop.run(step, report, every=LOG_EVERY)
     images = syn.detach() if unpack is None else unpack(syn.detach())
     if cfg.factor > 1:  # what a candidate trains on, against the pixels learned (_factor.py)
         variant["decoded_images_per_class"] = cfg.ipc
         variant["learned_images_per_class"] = cfg.ipc / cfg.factor**2
-    return MethodResult(
+    return loop.result(
         images,
         {
             **variant,
@@ -295,10 +292,8 @@ def match(
             "lr_img": opt.param_groups[0]["lr"],
             "dsa_strategy": strategy,
             "embedding_uses_batch_stats": uses_batch_stats(probe),
-            "amp": amp,
+            "precision": precision,
             "step_plan": {**dataclasses.asdict(plan), **plan_record},
-            "loss_curve": losses.tolist(),
-            "condense_seconds": elapsed,
         },
     )
 

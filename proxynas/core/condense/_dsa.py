@@ -33,7 +33,7 @@ run where that matters.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Sequence
 from itertools import pairwise
 
 import torch
@@ -41,8 +41,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from proxynas.core import augment
-from proxynas.core.condense._base import CONDENSERS, Checkpoint, CondenseConfig, MethodResult, Problem, Reporter
+from proxynas.core.condense._base import Checkpoint, CondenseConfig, MethodResult, Problem, Reporter, register_method
 from proxynas.core.condense._dm import initial_images
+from proxynas.core.condense._loop import ResumableLoop
 from proxynas.core.condense._sampling import sample_per_class
 from proxynas.core.networks import _BATCH_NORMS, build, uses_batch_stats
 from proxynas.exceptions import UsageError
@@ -75,7 +76,7 @@ def loops(ipc: int) -> tuple[int, int]:
     return min(ipc, anchors[-1][0]), round(y0 + (y1 - y0) * (x - x0) / (x1 - x0))
 
 
-def gradient_distance(g_real: list[Tensor], g_syn: list[Tensor]) -> Tensor:
+def gradient_distance(g_real: Sequence[Tensor], g_syn: Sequence[Tensor]) -> Tensor:
     """Σ over layers, Σ over output neurons of ``1 - cos(g_real row, g_syn row)``.
 
     A weight gradient of shape (out, ...) is viewed as (out, fan_in): conv (O, I, kH, kW)
@@ -85,7 +86,7 @@ def gradient_distance(g_real: list[Tensor], g_syn: list[Tensor]) -> Tensor:
     if len(g_real) != len(g_syn):
         raise ValueError(f"got {len(g_real)} real and {len(g_syn)} synthetic gradients; pass one per parameter")
     total = g_syn[0].new_zeros(())
-    for gr, gs in zip(g_real, g_syn):
+    for gr, gs in zip(g_real, g_syn, strict=True):
         if gr.ndim < 2:
             continue
         gr, gs = gr.flatten(1), gs.flatten(1)  # (out, fan_in)
@@ -148,12 +149,12 @@ def train_on_synthetic(
             opt.step()
 
 
-@CONDENSERS.register("dsa")
+@register_method("dsa", summary="gradient matching with Differentiable Siamese Augmentation")
 def condense_dsa(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report: Reporter | None) -> MethodResult:
-    if cfg.amp:
+    if cfg.precision == "bf16":  # auto means fp32 here
         raise UsageError(
-            "--amp is not supported by --method dsa (gradient matching differentiates "
-            "through gradients in float32); drop --amp"
+            "--precision bf16 is not supported by --method dsa (gradient matching differentiates "
+            "through gradients in float32); use --precision fp32 or auto"
         )
     info, device = problem.dataset.info, problem.device
     iterations = cfg.iterations if cfg.iterations is not None else ITERATIONS
@@ -173,46 +174,31 @@ def condense_dsa(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report
 
     syn = initial_images(problem, cfg).to(device).requires_grad_(True)  # (K*ipc, C, H, W)
     opt = torch.optim.SGD([syn], lr=lr_img, momentum=cfg.momentum)
-    losses = torch.zeros(iterations, device=device)  # on the device: recording a loss never syncs
-    start, elapsed = ckpt.restore(syn, opt, losses)
+    loop = ResumableLoop(syn, opt, iterations, ckpt)
     batch_stats = uses_batch_stats(make_net(0))
 
-    def save(done: int) -> None:
-        ckpt.save_state(done, syn, opt, losses, elapsed + time.perf_counter() - t0)
+    def iteration(it: int) -> Tensor:
+        net = make_net(it).to(device).train()
+        net_opt = torch.optim.SGD(net.parameters(), lr=LR_NET, momentum=NET_MOMENTUM)  # kept across outer steps
+        total = torch.zeros((), device=device)
+        for step in range(outer):
+            if batch_stats:
+                bn_idx = sample_per_class(problem.pools, bn_per_class, generator(cfg.seed, "dsa-bn", it, step))
+                freeze_batch_norm(net, problem.real_images(bn_idx))
+            g = generator(cfg.seed, "dsa-match", it, step)
+            idx = sample_per_class(problem.pools, batch_real, g)[classes]  # (K, B)
+            params = augment.sample_params(strategy, info.num_classes, size, g).to(device)
+            opt.zero_grad(set_to_none=True)
+            total += match_step(net, problem, syn, classes, idx, params)
+            opt.step()
+            if step < outer - 1:  # the last step's network would be thrown away
+                train_on_synthetic(
+                    net, net_opt, syn.detach(), labels, inner, strategy, generator(cfg.seed, "dsa-inner", it, step)
+                )
+        return total / outer  # Σ over classes, mean over outer steps: shards' curves add up
 
-    t0, done = time.perf_counter(), start
-    if report is not None:
-        report(start, iterations, None)  # the steps start now: a progress display times them from here
-    try:
-        for it in range(start, iterations):
-            net = make_net(it).to(device).train()
-            net_opt = torch.optim.SGD(net.parameters(), lr=LR_NET, momentum=NET_MOMENTUM)  # kept across outer steps
-            total = torch.zeros((), device=device)
-            for step in range(outer):
-                if batch_stats:
-                    bn_idx = sample_per_class(problem.pools, bn_per_class, generator(cfg.seed, "dsa-bn", it, step))
-                    freeze_batch_norm(net, problem.real_images(bn_idx))
-                g = generator(cfg.seed, "dsa-match", it, step)
-                idx = sample_per_class(problem.pools, batch_real, g)[classes]  # (K, B)
-                params = augment.sample_params(strategy, info.num_classes, size, g).to(device)
-                opt.zero_grad(set_to_none=True)
-                total += match_step(net, problem, syn, classes, idx, params)
-                opt.step()
-                if step < outer - 1:  # the last step's network would be thrown away
-                    train_on_synthetic(
-                        net, net_opt, syn.detach(), labels, inner, strategy, generator(cfg.seed, "dsa-inner", it, step)
-                    )
-            losses[it] = total / outer  # Σ over classes, mean over outer steps: shards' curves add up
-            done = it + 1
-            if report is not None:  # every iteration: its outer loop dwarfs the host sync
-                report(done, iterations, float(losses[it]))
-            if ckpt.due(done, iterations):
-                save(done)
-    except KeyboardInterrupt:
-        save(done)  # a cut iteration is redone
-        raise
-    elapsed += time.perf_counter() - t0
-    return MethodResult(
+    loop.run(iteration, report)  # a report every iteration: its outer loop dwarfs the host sync
+    return loop.result(
         syn.detach(),
         {
             "iterations": iterations,
@@ -224,7 +210,6 @@ def condense_dsa(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report
             "net_momentum": NET_MOMENTUM,
             "dsa_strategy": strategy,
             "matching_net_uses_batch_stats": batch_stats,
-            "loss_curve": losses.tolist(),
-            "condense_seconds": elapsed,
+            "precision": "fp32",
         },
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from proxynas.core.condense._base import CONDENSERS, Checkpoint, CondenseConfig, MethodResult, Problem, Reporter
+from proxynas.core.condense._base import Checkpoint, CondenseConfig, MethodResult, Problem, Reporter, register_method
 from proxynas.core.condense._coreset import select_in_embedding
 from proxynas.exceptions import UsageError
 
@@ -39,6 +39,6 @@ def kcenter(features: torch.Tensor, k: int) -> torch.Tensor:
     return torch.tensor(chosen)
 
 
-@CONDENSERS.register("kcenter")
+@register_method("kcenter", summary="a coreset of real images chosen by greedy k-center", shardable=True)
 def condense_kcenter(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report: Reporter | None) -> MethodResult:
     return select_in_embedding(problem, cfg, report, kcenter)

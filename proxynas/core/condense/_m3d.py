@@ -39,12 +39,14 @@ paper's factor-and-upsample parametrisation (``_factor.py``). Choices made here:
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from proxynas.core.condense._base import CONDENSERS, Checkpoint, CondenseConfig, MethodResult, Problem, Reporter
-from proxynas.core.condense._dm import match
+from proxynas.core.condense._base import Checkpoint, CondenseConfig, MethodResult, Problem, Reporter, register_method
+from proxynas.core.condense._dm import MATCH_OPTIONS, match
 from proxynas.runtime.registry import Registry
 
 BANDWIDTHS = (0.25, 0.5, 1.0, 2.0, 4.0)  # 2σ² as multiples of the mean pairwise squared distance
@@ -76,7 +78,12 @@ def gaussian_kernel(
     with torch.no_grad():  # the pooled set's off-diagonal mean, (K, 1, 1)
         pairs = blocks[0].sum((1, 2)) + 2 * blocks[1].sum((1, 2)) + blocks[2].sum((1, 2))
         h = (pairs / (n * n - n)).clamp_min(torch.finfo(real.dtype).tiny).view(-1, 1, 1)
-    return tuple(sum((m * h / 2) * torch.exp(-d / (m * h)) for m in multipliers) / len(multipliers) for d in blocks)
+
+    def mean_kernel(d: torch.Tensor) -> torch.Tensor:
+        terms = ((m * h / 2) * torch.exp(-d / (m * h)) for m in multipliers)
+        return functools.reduce(operator.add, terms) / len(multipliers)
+
+    return mean_kernel(blocks[0]), mean_kernel(blocks[1]), mean_kernel(blocks[2])
 
 
 def mmd2(real: torch.Tensor, syn: torch.Tensor, kernel: Kernel) -> torch.Tensor:
@@ -90,10 +97,16 @@ def mmd_loss(real: torch.Tensor, syn: torch.Tensor, kernel: Kernel = gaussian_ke
     return mmd2(real, syn, kernel).sum()
 
 
-@CONDENSERS.register("m3d")
+@register_method(
+    "m3d",
+    summary="DM matching a Gaussian-kernel MMD instead of means (M3D)",
+    shardable=True,
+    matches_embeddings=True,
+    options={"mmd_kernel": "{}", **MATCH_OPTIONS},
+)
 def condense_m3d(problem: Problem, cfg: CondenseConfig, ckpt: Checkpoint, report: Reporter | None) -> MethodResult:
     loss = functools.partial(mmd_loss, kernel=KERNELS.get(cfg.mmd_kernel))
-    variant = {"loss": f"mmd-{cfg.mmd_kernel}"}
+    variant: dict[str, Any] = {"loss": f"mmd-{cfg.mmd_kernel}"}
     if cfg.mmd_kernel == "gaussian":
         variant["mmd_bandwidths"] = list(BANDWIDTHS)
     return match(problem, cfg, ckpt, report, loss, variant)

@@ -12,12 +12,12 @@ from __future__ import annotations
 import os
 
 import torch
-from torch import nn
 
 from proxynas.core.data import DatasetInfo
+from proxynas.core.networks import Net
 
 
-def activation_bytes(net: nn.Module, info: DatasetInfo, device: torch.device) -> tuple[int, int]:
+def activation_bytes(net: Net, info: DatasetInfo, device: torch.device) -> tuple[int, int]:
     """Bytes of activations for one image: (largest single activation, sum of all).
 
     A forward without a graph holds about two activations at a time; one that keeps
@@ -49,7 +49,7 @@ def default_budget(device: torch.device) -> int:
 
 
 def class_chunks(
-    net: nn.Module,
+    net: Net,
     info: DatasetInfo,
     batch_real: int,
     ipc: int,
@@ -58,8 +58,13 @@ def class_chunks(
     budget: int | None,
 ) -> list[slice]:
     """Consecutive slices of the run's classes, each fitting the memory budget."""
+    size = max(1, (budget or default_budget(device)) // class_bytes(net, info, batch_real, ipc, device))
+    return [slice(s, min(s + size, num_classes)) for s in range(0, num_classes, size)]
+
+
+def class_bytes(net: Net, info: DatasetInfo, batch_real: int, ipc: int, device: torch.device) -> int:
+    """The activation memory one class takes in a chunk: its real batch through the network
+    without a graph, its synthetic images with theirs (and the images themselves)."""
     peak, total = activation_bytes(net, info, device)
     image = info.channels * info.image_size * info.image_size * 4
-    per_class = batch_real * (2 * peak + 2 * image) + ipc * (2 * total + 2 * image)
-    size = max(1, (budget or default_budget(device)) // per_class)
-    return [slice(s, min(s + size, num_classes)) for s in range(0, num_classes, size)]
+    return batch_real * (2 * peak + 2 * image) + ipc * (2 * total + 2 * image)

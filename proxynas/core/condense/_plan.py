@@ -6,15 +6,14 @@ network together (their graph kept for the backward), and the real images per fo
 (no graph; with InstanceNorm each image is normalised alone, so any split gives the same
 features). Layout (channels_last), in-place activations and compilation (``torch.compile``
 fuses norm, activation and pooling) are the other knobs; every plan computes the same
-loss. Which is fastest depends on the machine. On one 2-core CPU one class per forward
-beat all ten at once by 1.3x when the two batch sizes were one, because the real
-activations of 2,600 images (1.2 GB a layer) stream from memory while those of 266 stay
-nearer the cores; but then the synthetic images went through in batches of ten, three
-times slower per image than all hundred at once. Another machine ranked them the other
-way. So the plan is measured, not guessed: a few real steps per candidate at start-up,
-the fastest kept, and the answer cached per device, network, shapes and precision in
-``$PROXYNAS_CACHE/dm_plans.json`` (a second run on the same machine pays nothing) and
-recorded in the proxy set.
+loss. Which is fastest depends on the machine: fewer classes per forward keep the real
+activations nearer the cores (all ten classes' 2,600 images make 1.2 GB a layer), but send
+the synthetic images through in smaller batches, slower per image; once the step is
+compiled, the convolutions dominate (see BENCHMARKS.md, 'DM step against the reference').
+Two machines have ranked the plans in opposite orders. So the plan is measured, not
+guessed: a few real steps per candidate at start-up, the fastest kept, and the answer
+cached per device, network, shapes and precision in ``$PROXYNAS_CACHE/dm_plans.json`` (a
+second run on the same machine pays nothing) and recorded in the proxy set.
 
 The search is greedy, one knob at a time: real images per forward (with every class's
 synthetic images together, up to what the memory budget allows), then classes per
@@ -45,6 +44,7 @@ import torch
 from torch import nn
 
 from proxynas.core.data import default_cache_dir
+from proxynas.core.networks import Net
 from proxynas.runtime.outputs import write_json
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class Embedder:
     """The embedding network a plan runs: one persistent copy that each iteration's fresh
     weights are copied into, so a compiled graph is built once for the whole run."""
 
-    def __init__(self, probe: nn.Module, plan: StepPlan) -> None:
+    def __init__(self, probe: Net, plan: StepPlan) -> None:
         self.plan = plan
         self.net = copy.deepcopy(probe).requires_grad_(False)
         if plan.channels_last:

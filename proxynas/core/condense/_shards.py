@@ -1,12 +1,11 @@
-"""One condensation spread over several processes or GPUs: class shards, then one merge.
+"""``condense --workers N``: one condensation over N processes on this machine, launched here.
 
-DM's loss (and M3D's) is a sum over classes and every draw is made for all dataset classes
-before a shard takes its rows (``_dm.py``), so shard i of n (``--classes i/n``) computes exactly
-its classes of the whole run; the coresets select class by class. ``condense_sharded``
-starts one process per shard, each on its device (round-robin over ``devices``), each
-checkpointing its own part file as any run does, and merges the parts into ``out``.
-An interrupted or failed run leaves its parts and checkpoints: the same command with
-``resume`` continues every shard where it stopped.
+A thin launcher over the process-group path of ``torchrun`` (``distributed.py``): it spawns N
+ranks on 127.0.0.1, each on its device (round-robin over ``devices``), which condense their
+shares of the classes, checkpoint them, and merge them into ``out`` as torchrun's ranks do. This
+process checks that they fit in memory, shows their progress, and stops them all when one fails.
+An interrupted or failed run leaves its parts and checkpoints: the same command with ``resume``
+continues every shard where it stopped.
 """
 
 from __future__ import annotations
@@ -14,67 +13,81 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from proxynas.core.condense._base import EMBEDDING_MATCHERS, CondenseConfig, Reporter, SyntheticSet, config_path
-from proxynas.core.condense.run import condense, merge, parse_classes
-from proxynas.core.data import load_dataset
-from proxynas.core.networks import build, uses_batch_stats
-from proxynas.exceptions import OutputExistsError, ProxyNASError, UsageError
+from proxynas.core.condense._base import CONDENSERS, CondenseConfig, Reporter, SyntheticSet
+from proxynas.core.condense._memory import class_bytes, default_budget
+from proxynas.core.condense.distributed import Ranks, check_split, condense_distributed, part_path
+from proxynas.core.data import DatasetInfo, load_dataset
+from proxynas.core.networks import build
+from proxynas.exceptions import STORAGE_FAILURES, OutputExistsError, ProxyNASError
 from proxynas.runtime import processes
 from proxynas.runtime.outputs import check_output
-
-# Methods whose classes are independent. DSA is not: its inner loop trains the network on
-# every synthetic class, so a shard would see other synthetic images than the whole run.
-SHARDABLE = EMBEDDING_MATCHERS | {"random", "herding", "kcenter"}
+from proxynas.runtime.resources import WORKER_BASE_BYTES, gib, plan_workers
 
 
-def part_path(out: Path, i: int, n: int) -> Path:
-    return out.with_name(f"{out.stem}.part{i}of{n}{out.suffix}")
+def shard_bytes(
+    cfg: CondenseConfig, info: DatasetInfo, workers: int, devices: Sequence[torch.device]
+) -> tuple[int, str]:
+    """(bytes one shard process takes at its peak, what they are made of, for a message).
 
-
-def check_shardable(cfg: CondenseConfig, channels: int, num_classes: int, image_size: int, workers: int) -> None:
-    if workers > num_classes:
-        raise UsageError(
-            f"--workers {workers} is more than the {num_classes} classes to shard; use --workers {num_classes} or fewer"
+    Python and torch (``resources.WORKER_BASE_BYTES``), the shard's synthetic images with their
+    gradient and momentum, and on a CPU the activations of its chunk of classes: all its classes
+    (``_memory.class_bytes``) or the memory budget a chunk is held to, whichever is less. The
+    dataset is memory-mapped from the cache, so the shards share it.
+    """
+    classes = -(-info.num_classes // workers)
+    images = 3 * classes * cfg.ipc * info.channels * info.image_size**2 * 4
+    total, parts = WORKER_BASE_BYTES + images, [f"{gib(WORKER_BASE_BYTES)} for Python and torch"]
+    if CONDENSERS.get(cfg.method).matches_embeddings and any(torch.device(d).type == "cpu" for d in devices):
+        cpu = torch.device("cpu")
+        net = build(cfg.model, info.channels, info.num_classes, info.image_size)
+        need = min(
+            cfg.memory_budget or default_budget(cpu), classes * class_bytes(net, info, cfg.batch_real, cfg.ipc, cpu)
         )
-    if cfg.classes is not None:
-        raise UsageError("--workers shards the whole run itself; drop --classes (or run one shard per command)")
-    if cfg.method not in SHARDABLE:
-        raise UsageError(
-            f"--method {cfg.method} cannot be split into class shards (its classes interact); "
-            f"use --workers 1, or one of: {', '.join(sorted(SHARDABLE))}"
-        )
-    if cfg.method in EMBEDDING_MATCHERS and uses_batch_stats(build(cfg.model, channels, num_classes, image_size)):
-        raise UsageError(
-            f"--model {cfg.model} normalises with batch statistics over all classes, so class "
-            "shards would differ from one run; use --workers 1 or a model without BatchNorm"
-        )
+        total += need
+        parts.append(f"{gib(need)} of activations for its {classes} classes on the CPU")
+    return total, ", ".join(parts)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _shard_main(
     cfg: CondenseConfig,
-    part: str,
+    out: str,
     device: str,
     threads: int,
     resume: bool,
-    index: int,
+    ranks: Ranks,
+    backend: str | None,
+    port: int,
     updates: multiprocessing.Queue,
     parent_pid: int,
+    command: str | None,
 ) -> None:
 
+    index = ranks.rank
     try:
         processes.worker_init(parent_pid)
         torch.set_num_threads(threads)  # shards share the CPU cores instead of oversubscribing them
-        condense(
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        condense_distributed(
             cfg,
-            part,
+            out,
+            ranks,
             resume=resume,
             device=device,
             report=lambda done, total, loss: updates.put((index, done, total, loss)),
+            command=command,
+            backend=backend,
         )
     except ProxyNASError as e:
         updates.put((index, "error", str(e), None))
@@ -98,7 +111,9 @@ def condense_sharded(
 
     out = check_output(out)
     info = load_dataset(cfg.dataset, cfg.data_path).info
-    check_shardable(cfg, info.channels, info.num_classes, info.image_size, workers)
+    check_split(cfg, info.num_classes, workers, f"--workers {workers}")
+    where = [devices[i % len(devices)] for i in range(workers)]
+    plan_workers(workers, lambda: shard_bytes(cfg, info, workers, where), where)  # they fit in memory, or one line
     if out.exists() and not resume:
         raise OutputExistsError(f"{out} already exists; pass --resume to finish it, or choose another --out")
     if out.exists():
@@ -114,19 +129,25 @@ def condense_sharded(
     ctx = multiprocessing.get_context("spawn")
     updates = ctx.Queue()
     threads = max(1, torch.get_num_threads() // workers)
+    # nccl takes one GPU per rank; ranks that share a device talk through gloo
+    backend = "gloo" if len(set(where)) < workers else None
+    port = _free_port()
     procs = [
         ctx.Process(
             target=_shard_main,
             name=f"proxynas-shard-{i + 1}",
             args=(
-                CondenseConfig(**{**cfg.to_dict(), "classes": parse_classes(f"{i + 1}/{workers}", info.num_classes)}),
-                str(parts[i]),
-                str(devices[i % len(devices)]),
+                cfg,
+                str(out),
+                str(where[i]),
                 threads,
                 resume,
-                i,
+                Ranks(i, workers, i, 0),
+                backend,
+                port,
                 updates,
                 os.getpid(),
+                command,
             ),
         )
         for i in range(workers)
@@ -152,29 +173,28 @@ def condense_sharded(
             if report is not None and len(progress) == workers:
                 # the shards run the same iterations: the slowest one is the run's progress, and the
                 # loss (a sum over classes) is the sum of their latest losses
-                losses = [p[2] for p in progress.values()]
+                losses = [p[2] for p in progress.values() if p[2] is not None]
                 report(
                     min(p[0] for p in progress.values()),
                     max(p[1] for p in progress.values()),
-                    None if None in losses else sum(losses),
+                    sum(losses) if len(losses) == workers else None,
                 )
             for proc in procs:
                 proc.join(timeout=poll / workers)
+            if any(proc.exitcode not in (None, 0) for proc in procs):
+                processes.stop(procs)  # the others would wait for the failed rank at their next collective
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: each shard saves its checkpoint on the SIGTERM stop sends
         processes.stop(procs)
         raise
     drain()
     failed = [i for i, proc in enumerate(procs) if proc.exitcode != 0]
     if failed:
-        i = failed[0]
+        i = next((j for j in failed if j in errors), failed[0])  # the cause, not a rank stopped for it
         why = errors.get(i, f"exit code {procs[i].exitcode}")
-        raise ProxyNASError(
+        # a full disk or a read-only file system keeps its exit code
+        kind = next((k for k in STORAGE_FAILURES if k.exit_code == procs[i].exitcode), ProxyNASError)
+        raise kind(
             f"shard {i + 1} of {workers} failed: {why} (finished shards are kept; fix the cause "
             "and run the same command with --resume)"
         )
-    merged = merge(parts, out, command=command)
-    for p in parts:
-        p.unlink()
-        p.with_suffix(".png").unlink(missing_ok=True)
-        config_path(p).unlink(missing_ok=True)
-    return merged
+    return SyntheticSet.load(out)  # rank 0 merged the parts into it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,20 +12,22 @@ from torchvision.utils import save_image
 
 from proxynas.core.condense._base import (
     CONDENSERS,
-    EMBEDDING_MATCHERS,
     Checkpoint,
     CondenseConfig,
+    Coupling,
     Problem,
     Reporter,
     SyntheticSet,
     class_pools,
+    config_path,
 )
 from proxynas.core.data import Dataset, load_dataset
 from proxynas.core.networks import build, uses_batch_stats
-from proxynas.exceptions import ArtifactError, OutputExistsError, UsageError
+from proxynas.exceptions import ArtifactError, OutputExistsError, ProxyNASError, UsageError
 from proxynas.runtime.allocator import hot_loop_memory
 from proxynas.runtime.devices import resolve_device
-from proxynas.runtime.outputs import check_output
+from proxynas.runtime.failures import classify
+from proxynas.runtime.outputs import atomic_write, check_output
 from proxynas.runtime.provenance import versions
 
 
@@ -60,10 +63,13 @@ def condense(
     report: Reporter | None = None,
     dataset: Dataset | None = None,
     command: str | None = None,
+    coupling: Coupling | None = None,
 ) -> SyntheticSet:
     """Condense ``cfg.dataset`` with ``cfg.method`` and write the proxy set to ``out``.
 
     ``command``: the command line that asked for it, recorded in the set and its config file.
+    ``coupling``: other processes condense the other classes in lockstep (``distributed.py``),
+    so a ``cfg.classes`` shard of a model with batch statistics is one run's share.
 
     Refuses an existing ``out`` unless ``resume`` (then the finished set is returned).
     Iterative methods checkpoint to ``out + '.ckpt'``; ``resume`` continues from it.
@@ -76,7 +82,7 @@ def condense(
                 f"{out} already exists; pass --resume to continue or finish it, or choose another --out"
             )
         return SyntheticSet.load(out)
-    ckpt = Checkpoint(checkpoint_path(out), cfg)
+    ckpt = Checkpoint(checkpoint_path(out), cfg) if coupling is None else coupling.checkpoint(checkpoint_path(out), cfg)
     if ckpt.path.exists() and not resume:
         raise OutputExistsError(
             f"a checkpoint of an interrupted run exists at {ckpt.path}; pass --resume "
@@ -86,7 +92,8 @@ def condense(
     info = dataset.info
     classes = list(cfg.classes) if cfg.classes is not None else list(range(info.num_classes))
     if (
-        cfg.method in EMBEDDING_MATCHERS
+        method.matches_embeddings
+        and coupling is None
         and len(classes) < info.num_classes
         and uses_batch_stats(build(cfg.model, info.channels, info.num_classes, info.image_size))
     ):
@@ -96,7 +103,7 @@ def condense(
             "without BatchNorm"
         )
     pools, split = class_pools(dataset, cfg.val_fraction, cfg.split_seed)
-    problem = Problem(dataset, classes, pools, resolve_device(device), split)
+    problem = Problem(dataset, classes, pools, resolve_device(device), split, coupling)
     if cfg.ipc > problem.smallest_pool:
         raise UsageError(
             f"--ipc {cfg.ipc} is larger than the smallest class ({problem.smallest_pool} images); "
@@ -104,8 +111,13 @@ def condense(
         )
 
     started = time.perf_counter()
-    with hot_loop_memory(problem.device):
-        result = method(problem, cfg, ckpt, report)
+    try:
+        with hot_loop_memory(problem.device):
+            result = method(problem, cfg, ckpt, report)
+    except Exception as e:  # a checkpoint that could not be written: the previous one is whole
+        if (failure := _write_failure(e, ckpt.path, ckpt)) is not None:
+            raise failure from None
+        raise
     labels = torch.tensor(classes).repeat_interleave(cfg.ipc)
     meta = {
         "dataset": {
@@ -134,13 +146,37 @@ def condense(
         **result.extra,
     }
     syn = SyntheticSet(result.images.detach().cpu(), labels, meta)
-    syn.save(out)
-    save_grid(syn, out.with_suffix(".png"))
+    save_set(syn, out, ckpt)  # the last iteration's checkpoint is on disk (Checkpoint.due): a failure loses nothing
     ckpt.remove()
     return syn
 
 
-def merge(parts: list[str | Path], out: str | Path, command: str | None = None) -> SyntheticSet:
+def save_set(syn: SyntheticSet, out: Path, ckpt: Checkpoint | None = None, again: str = "--resume") -> None:
+    """Write the set, its config and its image grid: all three, or none of them (each is written whole,
+    and those written are removed when a later one fails). A full disk or a read-only file system is
+    raised as one line that says to run the same command with ``again`` ("--resume"; "" for a command
+    that needs no flag to start over) and that ``ckpt`` (the checkpoint a resumed run continues from) is kept."""
+    made = (out, config_path(out), out.with_suffix(".png"))
+    try:
+        syn.save(out)
+        save_grid(syn, out.with_suffix(".png"))
+    except BaseException as e:
+        for path in made:
+            path.unlink(missing_ok=True)
+        if isinstance(e, Exception) and (failure := _write_failure(e, out, ckpt, again)) is not None:
+            raise failure from None
+        raise
+
+
+def _write_failure(e: Exception, where: Path, ckpt: Checkpoint | None, again: str = "--resume") -> ProxyNASError | None:
+    """``e`` as a DiskFull or StorageReadOnly error whose fix is to run the command again (with
+    ``again``), or None for other errors."""
+    kept = f" (it continues from the checkpoint {ckpt.path})" if ckpt is not None and ckpt.path.exists() else ""
+    rerun = f"run the same command with {again}" if again else "run the same command again"
+    return classify(e, where=where, fix=f"free space there (or move the files), then {rerun}{kept}")
+
+
+def merge(parts: Sequence[str | Path], out: str | Path, command: str | None = None) -> SyntheticSet:
     """Join shards of one run (same settings, disjoint classes) into one proxy set (``command``: as condense)."""
     out = check_output(out)
     if out.exists():
@@ -151,8 +187,13 @@ def merge(parts: list[str | Path], out: str | Path, command: str | None = None) 
         raise ArtifactError("the parts were condensed with different settings; merge only shards of one run")
     if any(s.meta["dataset"].get("fingerprint") != sets[0].meta["dataset"].get("fingerprint") for s in sets):
         raise ArtifactError("the parts were condensed from different data; merge only shards of one run")
+    if len(precisions := sorted({str(s.meta.get("precision")) for s in sets})) > 1:  # auto chose per device
+        raise ArtifactError(
+            f"the parts were condensed in different precisions ({', '.join(precisions)}); condense the shards "
+            "again with one --precision (fp32 or bf16)"
+        )
     owner: dict[int, str] = {}
-    for p, s in zip(parts, sets):
+    for p, s in zip(parts, sets, strict=True):
         for c in s.meta["classes"]:
             if c in owner:
                 raise ArtifactError(f"class {c} is in both {owner[c]} and {p}; merge disjoint shards only")
@@ -173,11 +214,10 @@ def merge(parts: list[str | Path], out: str | Path, command: str | None = None) 
     if "loss_curve" in meta:  # the loss is a sum over classes, so the parts' curves add up
         meta["loss_curve"] = torch.tensor([s.meta["loss_curve"] for s in sets]).sum(0).tolist()
     if "selected_indices" in meta:
-        rows = {c: row for s in sets for c, row in zip(s.meta["classes"], s.meta["selected_indices"])}
+        rows = {c: row for s in sets for c, row in zip(s.meta["classes"], s.meta["selected_indices"], strict=True)}
         meta["selected_indices"] = [rows[c] for c in sorted(rows)]
     merged = SyntheticSet(images[perm], labels[perm], meta)
-    merged.save(out)
-    save_grid(merged, out.with_suffix(".png"))
+    save_set(merged, out, again="")  # the parts are kept: a merge starts over
     return merged
 
 
@@ -189,4 +229,4 @@ def save_grid(syn: SyntheticSet, path: str | Path, max_per_class: int = 10) -> N
     rows = [syn.images[syn.labels == c][:max_per_class] for c in syn.labels.unique()]
     per_row = max(len(r) for r in rows)
     grid = torch.cat(rows) * std + mean
-    save_image(grid.clamp(0, 1), str(path), nrow=per_row, padding=1)
+    atomic_write(path, lambda tmp: save_image(grid.clamp(0, 1), tmp, nrow=per_row, padding=1, format="png"))

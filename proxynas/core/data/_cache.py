@@ -9,8 +9,8 @@ Writes are atomic: every file goes to a temporary name and is ``os.replace``-d i
 place, and ``meta.json`` (shapes, dtypes, byte sizes, checksums) comes last, after
 the old one was deleted, so an interrupted build leaves no manifest and is rebuilt.
 A load recomputes each file's crc32 (the whole file up to ``FULL_CHECKSUM_MAX_BYTES``,
-~0.03 s for CIFAR-10's 184 MB; above it, ``_SAMPLED_CHUNKS`` evenly spaced chunks,
-so a 15.7 GB ImageNet-64 cache opens in well under a second) and checks shapes
+as for CIFAR-10's 184 MB: BENCHMARKS.md, 'Loading CIFAR-10'; above it, ``_SAMPLED_CHUNKS``
+evenly spaced chunks, so a 15.7 GB ImageNet-64 cache opens without being read whole) and checks shapes
 against the manifest; any mismatch logs a warning and the caller rebuilds.
 Images are opened with ``mmap_mode="c"`` (copy-on-write): never read whole into
 memory, writable without touching the file, so ``torch.from_numpy`` does not warn.
@@ -32,6 +32,7 @@ import numpy as np
 
 from proxynas.core.data._types import DatasetInfo
 from proxynas.exceptions import DatasetError
+from proxynas.runtime.outputs import cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ _META = "meta.json"
 
 def default_cache_dir() -> Path:
     """``$PROXYNAS_CACHE``, else ``~/.cache/proxynas``."""
-    return Path(os.environ.get("PROXYNAS_CACHE") or "~/.cache/proxynas").expanduser()
+    return cache_dir()
 
 
 def cache_key(name: str, stamps: tuple[Path, ...], params: dict[str, Any]) -> dict[str, Any]:

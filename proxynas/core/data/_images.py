@@ -22,7 +22,7 @@ import io
 import os
 import tarfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -38,6 +38,7 @@ _GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 _RESAMPLE = Image.Resampling.BICUBIC
 
 Listing = dict[str, dict[str, list[str]]]  # split folder -> class -> member names
+Members = Generator[tuple[str, bytes], None, None]  # (member, encoded bytes); a generator, so a reader can stop early
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class ImageTree:
     location: str  # the folder or tarball, for messages
     classes: tuple[str, ...]  # class folder names, sorted; label = position
     splits: dict[str, list[tuple[str, int]]]  # "train"/"test" -> [(member, label)], (class, file) order
-    read: Callable[[], Iterator[tuple[str, bytes]]]  # (member, encoded bytes) of every listed image
+    read: Callable[[], Members]  # every listed image
 
 
 def _is_image(name: str) -> bool:
@@ -89,7 +90,7 @@ def _read_file(path: Path) -> bytes:
 def _folder_tree(root: Path, listing: Listing) -> ImageTree:
     classes, splits = _index(str(root), listing)
 
-    def read() -> Iterator[tuple[str, bytes]]:
+    def read() -> Members:
         for entries in splits.values():
             for member, _ in entries:
                 yield member, _read_file(root / member)
@@ -126,13 +127,14 @@ def folder_stamps(root: Path) -> tuple[Path, ...]:
     return (root, *splits, *(Path(c.path) for s in splits for c in _class_dirs(s)))
 
 
-def _tar_members(path: Path, wanted: set[str] | None = None) -> Iterator[tuple[str, bytes]]:
+def _tar_members(path: Path, wanted: set[str] | None = None) -> Members:
     """Stream a tarball's regular files: every name (with b"") when ``wanted`` is None, else the wanted ones' bytes."""
     try:
         with tarfile.open(path, "r|*") as tar:
             for member in tar:
                 if member.isfile() and (wanted is None or member.name in wanted):
-                    yield member.name, b"" if wanted is None else tar.extractfile(member).read()
+                    file = None if wanted is None else tar.extractfile(member)  # a file: member.isfile()
+                    yield member.name, b"" if file is None else file.read()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise DatasetError(f"cannot read tarball {path} ({e}); pass a .tar or .tar.gz of an ImageFolder tree") from None
 
@@ -176,9 +178,9 @@ def tinyimagenet_stamps(root: Path) -> tuple[Path, ...]:
 def decode_image(data: bytes, where: str, size: int, mode: str) -> np.ndarray:
     """Encoded bytes -> uint8 (C, size, size) in ``mode`` ("L" or "RGB")."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.draft(mode, (size, size))  # JPEG only: smallest DCT scale that still covers size
-            img = img.convert(mode)
+        with Image.open(io.BytesIO(data)) as encoded:
+            encoded.draft(mode, (size, size))  # JPEG only: smallest DCT scale that still covers size
+            img = encoded.convert(mode)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise DatasetError(f"cannot read image {where} ({e}); remove or replace the file") from None
     if img.size != (size, size):
@@ -198,10 +200,11 @@ def probe(tree: ImageTree) -> tuple[int, str]:
         raise DatasetError(f"cannot read image {member} in {tree.location} ({e}); remove or replace the file") from None
 
 
-def decode_tree(tree: ImageTree, writer: CacheWriter, size: int, mode: str) -> dict[str, np.ndarray]:
+def decode_tree(tree: ImageTree, writer: CacheWriter, size: int, mode: str) -> dict[str, np.memmap]:
     """Decode every image of ``tree`` into the writer's memmaps; returns them by split."""
     channels = 1 if mode == "L" else 3
-    out, slots = {}, {}
+    out: dict[str, np.memmap] = {}
+    slots: dict[str, tuple[str, int]] = {}  # member -> (split, row)
     for split, entries in tree.splits.items():
         out[split] = writer.empty(f"{split}_images", (len(entries), channels, size, size), np.uint8)
         writer.put(f"{split}_labels", np.array([label for _, label in entries], dtype=np.int64))

@@ -149,7 +149,7 @@ _TORCHVISION = {
 
 
 def _torchvision(spec: _TorchvisionSpec, root: Path, download: bool, kwargs: Mapping[str, Any]) -> Any:
-    from torchvision import datasets  # imported lazily: ~1 s, and a cache hit never needs it
+    from torchvision import datasets  # imported lazily: slow to import, and a cache hit never needs it
 
     try:
         return getattr(datasets, spec.title)(root, download=download, **kwargs)
@@ -165,7 +165,7 @@ def _torchvision(spec: _TorchvisionSpec, root: Path, download: bool, kwargs: Map
 
 def _build_torchvision(spec: _TorchvisionSpec, root: Path, writer: CacheWriter) -> DatasetInfo:
     images = {}
-    for split, kwargs in zip(("train", "test"), spec.split_kwargs):
+    for split, kwargs in zip(("train", "test"), spec.split_kwargs, strict=True):
         data = _torchvision(spec, root, False, kwargs)
         images[split] = _TO_NCHW[spec.layout](np.asarray(data.data))
         writer.put(f"{split}_images", images[split])
