@@ -38,7 +38,7 @@ from proxynas.exceptions import StudyError, UsageError
 from proxynas.nas.kinds import PROXY
 from proxynas.nas.notes import INSTALL_DASHBOARD, REPORT_ATTR, dashboard_module, save_study_note
 from proxynas.nas.results import study_frame
-from proxynas.nas.study import WorkerGrpcStorage, _retry, _sqlite_path, open_storage
+from proxynas.nas.study import WorkerGrpcStorage, _retry, open_storage, sqlite_path
 from proxynas.runtime.outputs import atomic_write
 
 __all__ = [
@@ -64,7 +64,7 @@ def artifact_dir(storage_url: str, given: str | Path | None = None) -> Path | No
     """
     if given is not None:
         return Path(given)
-    path = _sqlite_path(storage_url) if storage_url.startswith("sqlite") else None
+    path = sqlite_path(storage_url) if storage_url.startswith("sqlite") else None
     return path.with_name(f"{path.stem}-artifacts") if path is not None else None
 
 
@@ -229,13 +229,13 @@ def open_served(given: str | None, defaults: Mapping[str, str], artifacts: str |
     except ImportError:
         raise UsageError(f"optuna-dashboard is not installed; {INSTALL_DASHBOARD}") from None
     if given is None:
-        paths = {url: _sqlite_path(url) for url in defaults}
+        paths = {url: sqlite_path(url) for url in defaults}
         given = next((url for url, path in paths.items() if path is None or path.exists()), None)
         if given is None:
             listing = " or ".join(str(p) for p in paths.values())
             how = "; ".join(f"{command} writes {paths[url]}" for url, command in defaults.items())
             raise StudyError(f"no study database at {listing} ({how}); run one of those, or give --storage")
-    elif given.startswith("sqlite") and (path := _sqlite_path(given)) is not None and not path.exists():
+    elif given.startswith("sqlite") and (path := sqlite_path(given)) is not None and not path.exists():
         raise StudyError(
             f"no study database at {path}; create it with 'proxynas search --proxy FILE --study NAME "
             f"--storage {given}' (or 'proxynas quickstart'), or give the --storage a search wrote to"

@@ -30,7 +30,7 @@ from optuna.trial import TrialState
 
 from proxynas.nas.kinds import ACCURACY_METRIC, kind_of
 from proxynas.nas.outages import retry
-from proxynas.nas.study import CONFIG_KEY, _stable_api
+from proxynas.nas.study import CONFIG_KEY, stable_api
 
 __all__ = [
     "BEST_SHOWN",
@@ -64,7 +64,7 @@ def dashboard_module() -> ModuleType | None:
 def set_metric_name(study: optuna.Study, name: str) -> None:
     """Name the study's objective (the dashboard's axis labels and columns), replacing "Objective 0"."""
     if study.metric_names != [name]:
-        with _stable_api():  # experimental since Optuna 3.2, as heartbeats; relied on on purpose
+        with stable_api():  # experimental since Optuna 3.2, as heartbeats; relied on on purpose
             retry(functools.partial(study.set_metric_names, [name]))
 
 

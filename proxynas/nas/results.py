@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 
 from proxynas.core.networks import NetConfig
 from proxynas.exceptions import StudyError, UsageError
-from proxynas.nas.study import CONFIG_KEY, WorkerGrpcStorage, _sqlite_path, open_storage, open_study
+from proxynas.nas.study import CONFIG_KEY, WorkerGrpcStorage, open_storage, open_study, sqlite_path
 
 __all__ = [
     "CONFIG_COLUMNS",
@@ -61,7 +61,7 @@ def open_existing(storage: str | RDBStorage | WorkerGrpcStorage) -> RDBStorage |
     """The storage behind a URL; a missing SQLite file is an error, not a new empty database."""
     if not isinstance(storage, str):
         return storage
-    if storage.startswith("sqlite") and (path := _sqlite_path(storage)) is not None and not path.exists():
+    if storage.startswith("sqlite") and (path := sqlite_path(storage)) is not None and not path.exists():
         raise StudyError(f"no database at {path}; give the --storage the searches wrote to")
     return open_storage(storage)
 

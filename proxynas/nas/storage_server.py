@@ -39,7 +39,7 @@ from optuna.storages import RDBStorage, fail_stale_trials, run_grpc_proxy_server
 from optuna.storages._cached_storage import _CachedStorage
 
 from proxynas.exceptions import StudyError, UsageError
-from proxynas.nas.study import GRPC_SCHEME, HEARTBEAT_ATTR, HeartbeatSettings, _stable_api, open_storage
+from proxynas.nas.study import GRPC_SCHEME, HEARTBEAT_ATTR, HeartbeatSettings, open_storage, stable_api
 from proxynas.runtime.options import option
 from proxynas.runtime.outputs import check_port
 
@@ -90,7 +90,7 @@ class _HeartbeatRelay(_CachedStorage):
 
 def sweep(storage: optuna.storages.BaseStorage) -> None:
     """Fail the stale trials of every study in ``storage`` and re-enqueue them (what a worker does on RDB)."""
-    with _stable_api():
+    with stable_api():
         for frozen in storage.get_all_studies():
             fail_stale_trials(optuna.load_study(study_name=frozen.study_name, storage=storage))
 
@@ -122,7 +122,7 @@ def serve(cfg: ServerConfig, on_ready: Callable[[], None] = lambda: None) -> Non
     ).start()
     on_ready()
     try:
-        with _stable_api():
+        with stable_api():
             run_grpc_proxy_server(storage, host=cfg.host, port=cfg.port, thread_pool=ThreadPoolExecutor(cfg.threads))
     except RuntimeError as e:  # "Failed to bind": the port was taken after the check above
         raise UsageError(f"cannot listen on {cfg.host}:{cfg.port} ({e}); give another --port or --host") from None

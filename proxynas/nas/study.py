@@ -82,7 +82,7 @@ def check_storage_url(url: str) -> None:
     SQLite: the database's folder must be a folder (or creatable) and writable, since
     SQLite writes its journal and proxynas its queue lock file beside the database.
     """
-    if not url.startswith("sqlite") or (path := _sqlite_path(url)) is None:
+    if not url.startswith("sqlite") or (path := sqlite_path(url)) is None:
         return
     above = nearest_existing(path.parent)
     if not above.is_dir():
@@ -116,7 +116,7 @@ def open_storage(
         return open_grpc_storage(url, wait=wait, grace=heartbeat.grace_period)
     check_storage_url(url)
     is_sqlite = url.startswith("sqlite")
-    if is_sqlite and (path := _sqlite_path(url)) is not None:
+    if is_sqlite and (path := sqlite_path(url)) is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:  # /proc and the like: os.access may call a folder writable that is not
@@ -141,7 +141,7 @@ def open_storage(
             "keepalives_count": 3,
         }
     try:
-        with _stable_api():
+        with stable_api():
             storage = _retry(
                 lambda: ResilientRDBStorage(
                     url,
@@ -233,7 +233,7 @@ def open_grpc_storage(
     if not parts.hostname or port is None or parts.path not in ("", "/") or parts.query:
         raise StudyError(f"{url!r} is not a storage-server address; give grpc://host:port, e.g. grpc://127.0.0.1:13000")
     try:
-        with _stable_api():
+        with stable_api():
             storage = WorkerGrpcStorage(url, parts.hostname, port, grace)
         storage.wait_server_ready(timeout=wait)
     except ImportError as e:
@@ -249,14 +249,15 @@ def open_grpc_storage(
 
 
 @contextlib.contextmanager
-def _stable_api() -> Iterator[None]:
+def stable_api() -> Iterator[None]:
     """Heartbeats have been 'experimental' in Optuna since v2.8; we rely on them on purpose."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         yield
 
 
-def _sqlite_path(url: str) -> Path | None:
+def sqlite_path(url: str) -> Path | None:
+    """The file an SQLite URL names (None: an in-memory database, or no path)."""
     database = sqlalchemy.engine.make_url(url).database
     return Path(database) if database and database != ":memory:" else None
 
@@ -279,7 +280,7 @@ def _begin_immediate(engine: sqlalchemy.engine.Engine) -> None:
 def _exclusive(storage: RDBStorage | WorkerGrpcStorage, name: str) -> Iterator[None]:
     """Serialise queue building: a file lock beside an SQLite file, an advisory lock on PostgreSQL."""
     url = storage.url
-    if url.startswith("sqlite") and (path := _sqlite_path(url)) is not None:
+    if url.startswith("sqlite") and (path := sqlite_path(url)) is not None:
         with open(path.with_name(path.name + ".lock"), "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             yield
@@ -455,7 +456,7 @@ def run_worker(
     """
     start, done = time.monotonic(), 0
     while (n_trials is None or done < n_trials) and (timeout is None or time.monotonic() - start < timeout):
-        with _stable_api():
+        with stable_api():
             _retry(lambda: fail_stale_trials(study))
         trial = claim_waiting(study)
         if trial is None and not queue_only:
@@ -507,7 +508,7 @@ def _run_trial(study: optuna.Study, trial: Trial, objective: Callable[[Trial], f
         except BaseException:
             # Interrupted (Ctrl-C, SIGTERM): back to the queue at once, not after the grace period.
             _retry(lambda: study.tell(trial, state=TrialState.FAIL))
-            with _stable_api():
+            with stable_api():
                 retry = RetryHeartbeatStaleTrialCallback()
             _retry(lambda: retry(study, study._storage.get_trial(trial._trial_id)))
             raise
