@@ -35,7 +35,6 @@ from typing import Any
 
 import optuna
 import pandas as pd
-import sqlalchemy
 from optuna.storages import RDBStorage
 
 from proxynas.analysis.plots import plot_correlations, plot_top
@@ -53,6 +52,7 @@ from proxynas.nas.results import (
     trials_frame,
 )
 from proxynas.nas.study import WorkerGrpcStorage, open_study
+from proxynas.runtime.failures import shown_url
 from proxynas.runtime.outputs import staged_folder, write_json
 from proxynas.runtime.provenance import versions
 
@@ -148,7 +148,7 @@ def build_report(
         "extra": list(extra),
         "top": top,
         "k": k,
-        "storage": _safe_url(rdb),
+        "storage": shown_url(rdb.url),
         "whole_training": whole_reference(frames[WHOLE], tops[WHOLE], budgets[whole]),
         "dataset": next((s.user_attrs["dataset"] for s in studies.values() if "dataset" in s.user_attrs), None),
     }
@@ -235,16 +235,11 @@ def _check_equal_cost(
         )
 
 
-def _safe_url(storage: RDBStorage | WorkerGrpcStorage) -> str:
-    """The storage URL with its password hidden, fit to print or to write into a file."""
-    return sqlalchemy.engine.make_url(storage.url).render_as_string(hide_password=True)
-
-
 def _baseline_command(study: optuna.Study, storage: RDBStorage | WorkerGrpcStorage, kind: str) -> str:
     """The command a baseline study was filled with (recorded without --configs), else the generic one."""
     base = study.user_attrs.get("command")
     if base is None:  # a study filled some other way (its password hidden, not printed)
-        url = _safe_url(storage)
+        url = shown_url(storage.url)
         dataset = study.user_attrs.get("dataset")
         base = shlex.join(
             [

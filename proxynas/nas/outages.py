@@ -38,6 +38,7 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import TrialState
 
 from proxynas.exceptions import StorageUnavailable
+from proxynas.runtime.failures import shown_url
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def retry(fn: Callable[[], T], budget: float = CONTENTION_BUDGET, storage: str |
             if failed is None:
                 log.info(
                     "storage %s not answering (%s); retrying for up to %g s",
-                    _shown(storage) or "",
+                    shown_url(storage or ""),
                     first_line(e),
                     budget,
                 )
@@ -126,7 +127,7 @@ def retry(fn: Callable[[], T], budget: float = CONTENTION_BUDGET, storage: str |
             delay = min(2 * delay, MAX_DELAY)
             continue
         if failed is not None:
-            log.info("storage %s answers again after %.1f s", _shown(storage) or "", time.monotonic() - start)
+            log.info("storage %s answers again after %.1f s", shown_url(storage or ""), time.monotonic() - start)
         return result
 
 
@@ -144,7 +145,7 @@ def first_line(e: BaseException) -> str:
 
 def unavailable_message(storage: str | None, budget: float, e: BaseException) -> str:
     """One line: which storage did not answer, for how long, why, and what to do."""
-    shown = _shown(storage)
+    shown = shown_url(storage) if storage else None
     what = f"the storage {shown}" if shown else "the storage"
     return f"{what} did not answer for {budget:g} s (--grace): {first_line(e)}; {_fix(storage)}"
 
@@ -160,16 +161,6 @@ def _fix(storage: str | None) -> str:
     if storage and storage.startswith("sqlite"):
         return f"another process holds the database locked: stop it or wait for it, {again}"
     return f"check that the database server runs and is reachable from this machine, {again}"
-
-
-def _shown(storage: str | None) -> str | None:
-    """A storage URL without its password."""
-    if not storage or storage.startswith("grpc://"):
-        return storage
-    try:
-        return sqlalchemy.engine.make_url(storage).render_as_string(hide_password=True)
-    except sqlalchemy.exc.ArgumentError:
-        return storage
 
 
 def resilient(cls: S) -> S:

@@ -23,10 +23,11 @@ a gRPC status code), whichever of them is installed.
 from __future__ import annotations
 
 import errno
-import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+
+import sqlalchemy
 
 from proxynas.exceptions import DiskFull, ProxyNASError, StorageDamaged, StorageReadOnly, StorageUnavailable
 
@@ -159,8 +160,13 @@ def _first_line(text: str) -> str:
 
 
 def shown_url(url: str) -> str:
-    """A storage URL without its password (user:***@host)."""
-    return re.sub(r"(//[^:/@]+):[^@/]*@", r"\1:***@", url)
+    """A storage URL without its password (user:***@host), fit to print or to write into a file."""
+    if url.startswith("grpc://"):  # a storage server's address: host and port, no credentials
+        return url
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:  # not a URL SQLAlchemy reads: nothing it could hide either
+        return url
 
 
 def _message(
