@@ -320,11 +320,12 @@ def count_trials(pg: PrivatePostgres, study: str, state: TrialState) -> int:
         return conn.execute(query, (study, state.name)).fetchone()[0]
 
 
-def completed_once(pg: PrivatePostgres, study: str) -> collections.Counter:
-    counts = collections.Counter(
-        t.user_attrs[CONFIG_KEY] for t in trials(pg.url, study) if t.state == TrialState.COMPLETE
-    )
-    assert len(counts) == 4 and set(counts.values()) == {1}, counts
+def completed_once(pg: PrivatePostgres, study: str, err: str = "") -> collections.Counter:
+    """Each of the 4 configurations COMPLETE exactly once; else every trial's state and the command's stderr."""
+    found = trials(pg.url, study)
+    counts = collections.Counter(t.user_attrs[CONFIG_KEY] for t in found if t.state == TrialState.COMPLETE)
+    states = [(t.number, t.user_attrs.get(CONFIG_KEY), t.state.name, t.user_attrs.get("error")) for t in found]
+    assert len(counts) == 4 and set(counts.values()) == {1}, f"{counts}\n{states}\n{err}"
     return counts
 
 
@@ -342,7 +343,7 @@ def test_a_search_outlives_a_killed_storage_server_and_a_postgresql_restart(pg, 
         _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "not answering" in err and "answers again" in err
-    completed_once(pg, "served")
+    completed_once(pg, "served", err)
 
 
 def test_a_storage_server_down_past_grace_is_one_line_and_a_rerun_reclaims_its_trials(pg, files, tmp_path):
@@ -393,7 +394,7 @@ def test_a_search_on_postgresql_itself_outlives_its_restart(pg, files, mode):
     pg.start()
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0 and "Traceback" not in err, err
-    completed_once(pg, study)
+    completed_once(pg, study, err)
 
 
 @pytest.mark.slow
@@ -407,7 +408,7 @@ def test_trials_whose_heartbeats_lapsed_in_an_outage_are_requeued_and_still_comp
         server.start()
         _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0 and "Traceback" not in err, err
-    completed_once(pg, "lapsed")
+    completed_once(pg, "lapsed", err)
     found = trials(pg.url, "lapsed")
     failed = [t for t in found if t.state == TrialState.FAIL]
     # whichever came first after the restart, the server's sweep (a stale trial failed, re-queued, its own

@@ -90,6 +90,23 @@ def test_without_a_queue_lock_the_earliest_trial_not_failed_runs_whoever_claims_
     assert [t.number for t in trials if t.state == TrialState.COMPLETE] == [0, 1, 4]
 
 
+def test_a_trial_claimed_before_the_server_restarted_takes_its_params_after(tmp_path):
+    """A restarted server's cache does not know the running trials: suggest_* must still reach the database."""
+    db = f"sqlite:///{tmp_path / 'served.db'}"
+    with storage_server(db, heartbeat=1, grace=30) as address:
+        study = open_study(open_storage(address), "restarted")
+        enqueue_configs(study._storage, study, {"a": {"x": 2}})
+        trial = claim_waiting(study)
+        assert trial is not None
+    with storage_server(db, heartbeat=1, grace=30) as address:  # the same database, a new server process
+        study = open_study(open_storage(address), "restarted")
+        trial = Trial(study, trial._trial_id)
+        assert x_objective(trial) == 2.0
+        study.tell(trial, 2.0)
+    (done,) = optuna.load_study(study_name="restarted", storage=db).get_trials()
+    assert done.state == TrialState.COMPLETE and done.params == {"x": 2}
+
+
 def test_a_grpc_study_is_read_like_any_other(server):
     address, db = server
     storage = open_storage(address)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution
 from optuna.storages import RDBStorage, fail_stale_trials, run_grpc_proxy_server
 from optuna.storages._cached_storage import _CachedStorage
 
@@ -86,6 +87,18 @@ class _HeartbeatRelay(_CachedStorage):
             self.record_heartbeat(trial_id)
         else:
             super().set_trial_system_attr(trial_id, key, value)
+
+    def set_trial_param(
+        self, trial_id: int, param_name: str, param_value_internal: float, distribution: BaseDistribution
+    ) -> None:
+        """A trial claimed before this server (re)started is not in its cache, whose own method then
+        raises KeyError (the worker's ``suggest_*`` would fail the candidate): the database sets it."""
+        with self._lock:
+            cached = trial_id in self._trial_id_to_study_id_and_number
+        if cached:
+            super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
+        else:
+            self._backend.set_trial_param(trial_id, param_name, param_value_internal, distribution)
 
 
 def sweep(storage: optuna.storages.BaseStorage) -> None:
