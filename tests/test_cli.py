@@ -20,7 +20,7 @@ import torch
 
 from proxynas.cli import COMMANDS, build_parser, main
 from proxynas.core.condense import SyntheticSet, checkpoint_path
-from proxynas.exceptions import UsageError
+from proxynas.exceptions import StudyError, UsageError
 from proxynas.version import __version__
 from tests.conftest import TINY_MODEL, assert_one_line_error, ctrl_c_default, run_cli
 
@@ -198,6 +198,8 @@ def test_kill_9_then_resume_completes_with_the_uninterrupted_result(tmp_path):
         "8",
         "--checkpoint-every",
         "10",
+        "--tune",  # both runs take the memory rule: a timed race could pick plans apart in the last float bits
+        "no",
         "--quiet",
         "--device",
         "cpu",
@@ -323,6 +325,71 @@ def test_repeats_and_devices_are_checked_before_any_study_exists(
     assert code == UsageError.exit_code
     assert_one_line_error(err, *fragments)
     assert not db.exists()
+
+
+@pytest.mark.parametrize(
+    "url,meant",
+    [
+        ("sqlite:{path}", "sqlite:///{path}"),  # one slash before an absolute path: four were meant
+        ("{path}", "sqlite:///{path}"),  # a bare path
+        ("sqlite://host{path}", None),  # SQLite has no host; SQLAlchemy would refuse it only later, in many lines
+    ],
+)
+@pytest.mark.parametrize("command", ["search", "baseline", "report"])
+def test_a_malformed_storage_url_is_one_line_with_the_url_meant(capsys, tmp_path, proxy, command, url, meant):
+    db = tmp_path / "x" / "studies.db"
+    url, meant = url.format(path=db), meant and meant.format(path=db)
+    argv = {
+        "search": ["--proxy", proxy, "--study", "s", "--device", "cpu", "--quiet"],
+        "baseline": ["--kind", "whole", "--dataset", "digits", "--study", "s", "--device", "cpu", "--quiet"],
+        "report": ["--proxy-studies", "dm", "--whole", "whole", "--out-dir", tmp_path / "report"],
+    }[command]
+    code, _, err = run_cli(capsys, command, *argv, "--storage", url)
+    assert code == StudyError.exit_code
+    fix = [f"give {meant};"] if meant else ["names no host"]
+    assert_one_line_error(err, f"{url!r} is not a usable SQLAlchemy URL", *fix, "sqlite:////absolute/path")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "report").exists()
+
+
+def test_the_dashboard_hint_stays_on_one_line_in_a_redirected_log(capsys, tmp_path):
+    """A storage path longer than any terminal is wide: the command is still one line, to paste whole."""
+    folder = tmp_path / ("a" * 200) / ("b" * 200)  # wider than the console (140 columns where output is a file)
+    url = f"sqlite:///{folder / 'studies.db'}"
+    restrict = "depth=1;width=32;act=relu;norm=none;pool=avg"  # one candidate, scored without training
+    code, out, _ = run_cli(
+        capsys, "score", "--dataset", "digits", "--metrics", "params", "--restrict", restrict, "--device", "cpu",
+        "--storage", url, "--quiet",
+    )  # fmt: skip
+    assert code == 0
+    (line,) = [line for line in out.splitlines() if "view it with" in line]
+    assert line == f"study 'params' in {url}: 1 trials complete; view it with: proxynas dashboard --storage {url}"
+
+
+def test_matplotlib_says_nothing_when_it_builds_its_font_cache(tmp_path):
+    """A first plot on a new machine builds matplotlib's font cache, which it logs at INFO; proxynas shows
+    only its own INFO lines. A report in a fresh MPLCONFIGDIR builds the cache."""
+    import optuna
+    from optuna.trial import create_trial
+
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    ids = ["d1-w8-relu-none-avg", "d1-w8-relu-instancenorm-avg", "d1-w16-relu-none-avg"]
+    for name, kind, accs in (("dm", "proxy", [0.4, 0.3, 0.2]), ("whole", "whole", [0.9, 0.7, 0.8])):
+        study = optuna.create_study(storage=url, study_name=name, direction="maximize")
+        study.set_user_attr("kind", kind)
+        for cid, acc in zip(ids, accs, strict=True):
+            study.add_trial(create_trial(value=acc, user_attrs={"config_id": cid, "val_acc": acc, "test_acc": acc}))
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "MPLCONFIGDIR": str(tmp_path / "mpl")}
+    argv = ["report", "--storage", url, "--proxy-studies", "dm", "--whole", "whole", "--top", "2", "--k", "2"]
+    done = subprocess.run(
+        [sys.executable, "-m", "proxynas", *argv, "--out-dir", str(tmp_path / "report")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert list((tmp_path / "mpl").glob("fontlist-*.json")), "the font cache was not built: nothing was tested"
+    assert "fontManager" not in done.stderr + done.stdout
 
 
 def test_help_states_the_device_rule(capsys):
@@ -577,3 +644,12 @@ def test_a_command_without_resume_never_advises_it(capsys, monkeypatch):
     monkeypatch.setattr(networks, "describe_many", interrupt)
     code, _, err = run_cli(capsys, "networks")
     assert code == 130 and "--resume" not in err and "interrupted" in err
+
+
+def test_the_quickstart_says_where_its_time_went():
+    from proxynas.cli import stage_times
+
+    starts = {"condense dm": 10.0, "condense random": 75.4, "report": 200.0}
+    assert stage_times(starts, 201.2) == (
+        "0:03:11 in all: condense dm 0:01:05, condense random 0:02:05, report 0:00:01"
+    )

@@ -66,7 +66,7 @@ def test_batched_and_per_class_formulations_agree_for_instancenorm():
 
 
 def test_dm_loss_decreases_on_a_small_problem(tiny, tmp_path):
-    cfg = CondenseConfig(ipc=2, model=TINY_MODEL, iterations=150, batch_real=16, init="noise", seed=0)
+    cfg = CondenseConfig(ipc=2, model=TINY_MODEL, iterations=150, batch_real=16, init="noise", seed=0, tune="no")
     syn = condense(cfg, tmp_path / "p.safetensors", dataset=tiny, device="cpu")
     curve = torch.tensor(syn.meta["loss_curve"])
     assert len(curve) == 150

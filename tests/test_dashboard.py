@@ -8,6 +8,7 @@ headless Chromium; set PROXYNAS_SCREENSHOTS=docs/dashboard to keep its screensho
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ from proxynas.core.condense import SyntheticSet, save_grid
 from proxynas.core.train import TrainConfig
 from proxynas.exceptions import StudyError
 from proxynas.nas import notes
-from proxynas.nas.search import SearchConfig, prepare, run_search
+from proxynas.nas.search import SearchConfig, launch, prepare, run_search
 from proxynas.nas.search_space import load_space
 from proxynas.nas.study import enqueue_configs, open_storage
 from tests.conftest import TINY_SPACE, assert_one_line_error, config, run_cli
@@ -127,7 +128,7 @@ def test_the_note_says_what_the_study_is_and_its_best_configurations_with_their_
                 },
             )
         )
-    notes.save_study_note(study)
+    notes.save_study_note(study, url)
     note = od.get_note(study)
     assert note == notes.study_note(study)
     for fragment in (
@@ -238,6 +239,23 @@ def test_a_report_is_attached_to_each_proxy_study_as_artifacts_a_figure_and_a_no
     assert "whole-dataset test accuracy 90.00%" in note
 
 
+def test_the_scatter_ticks_tell_a_point_wide_range_apart_and_its_title_fits():
+    import pandas as pd
+
+    ids = ["a", "b", "c", "d"]
+    proxy = pd.DataFrame({"config_id": ids, "val_acc": [0.320, 0.324, 0.328, 0.332]})  # 1.2 points
+    whole = pd.DataFrame({"config_id": ids, "val_acc": [0.5, 0.7, 0.6, 0.8]})  # 30 points
+    figure = dashboard.scatter_figure("dm", proxy, whole, ["d"], {"selected": "d", "spearman_top": None})
+    # ticks about a tenth of the span apart: 0.12 points want one decimal ("32.0% 32.2%", not "32% 32%")
+    assert (figure.layout.xaxis.tickformat, figure.layout.yaxis.tickformat) == (".1%", ".0%")
+    assert figure.layout.title.text.split("<br>") == [
+        "dm proxy against whole-dataset training",
+        "<sup>Spearman over its top set undefined (n=1)</sup>",
+    ]
+    for values, expected in (([0.3, 0.3006], ".3%"), ([0.3, 0.306], ".2%"), ([0.1, 0.2], ".0%"), ([0.5], ".1%")):
+        assert dashboard.percent_format(pd.Series(values)) == expected, values
+
+
 def test_a_postgresql_storage_needs_an_artifact_folder(caplog):
     assert dashboard.artifact_dir("sqlite:///results/proxynas.db") == Path("results/proxynas-artifacts")
     assert dashboard.artifact_dir("postgresql+psycopg://u@h/db") is None
@@ -258,16 +276,89 @@ def test_without_optuna_dashboard_notes_are_skipped_with_one_log_line(proxy, spa
         with caplog.at_level(logging.INFO, logger="proxynas.nas.notes"):
             url = sqlite(tmp_path)
             study = prepare(config(proxy, space_file, url)).study
-            notes.save_study_note(study)
+            notes.save_study_note(study, url)
     finally:
         monkeypatch.undo()
         notes.dashboard_module.cache_clear()
     skipped = [r.getMessage() for r in caplog.records if r.name == "proxynas.nas.notes"]
-    assert skipped == [
-        "optuna-dashboard notes and figures skipped (optuna_dashboard is not installed; "
-        "pip install 'proxynas[dashboard]')"
+    assert skipped == [  # once, with the commands that write the notes later
+        "optuna-dashboard notes and figures skipped (the dashboard extra is not installed); pip install "
+        f"'proxynas[dashboard]', then 'proxynas dashboard --storage {url}' writes them from what the studies record"
     ]
     assert od.get_note(study) == "" and study.metric_names == ["val_acc"]  # metric names need only Optuna
+
+
+def test_studies_run_without_the_extra_get_their_notes_when_the_dashboard_opens(
+    proxy, space_file, tmp_path, monkeypatch, capsys
+):
+    """The README's order: the runs first, the dashboard extra installed after; ``proxynas dashboard`` then
+    writes every study's note from what the study records, with no run repeated."""
+    url = sqlite(tmp_path)
+    whole = SearchConfig(
+        study="w", baseline="whole", dataset="digits", storage=url, space=str(space_file), device="cpu", repeats=1
+    )
+    zero_cost = dataclasses.replace(whole, study="z", baseline=None, zero_cost="naswot", train=TrainConfig(epochs=0))
+    with monkeypatch.context() as m:  # the extra missing while the studies run
+        m.setattr(notes, "dashboard_module", lambda: None)
+        run_search(config(proxy, space_file, url, study="p"))
+        run_search(dataclasses.replace(whole, train=TrainConfig(epochs=1, batch_size=250)))
+        prepare(zero_cost)
+    notes.dashboard_module.cache_clear()
+    storage = open_storage(url)
+    optuna.create_study(storage=storage, study_name="other")  # another tool's study: no kind, left alone
+    studies = {n: optuna.load_study(study_name=n, storage=storage) for n in ("p", "w", "z", "other")}
+    assert {n: od.get_note(s) for n, s in studies.items()} == dict.fromkeys(studies, "")
+
+    served = []
+    monkeypatch.setattr(od, "run_server", lambda storage, **kw: served.append(kw))
+    code, _, _ = run_cli(capsys, "dashboard", "--storage", url, "--port", _free_port())
+    assert code == 0 and len(served) == 1
+    written = {n: od.get_note(s) for n, s in studies.items()}
+    assert written == {n: notes.study_note(studies[n]) for n in ("p", "w", "z")} | {"other": ""}
+    assert "## w: whole study" in written["w"] and "4 of 4 configurations complete" in written["w"]
+    assert "## p: proxy study" in written["p"] and "| 1 | `d1-" in written["p"]
+    metrics = {n: studies[n].metric_names for n in ("p", "w", "z")}
+    assert metrics == {"p": ["val_acc"], "w": ["val_acc"], "z": ["naswot"]}
+
+    assert notes.refresh_notes(storage) == []  # up to date: nothing rewritten
+    studies["z"].add_trial(create_trial(value=7.0, user_attrs={"config_id": "d1-w8-relu-none-avg", "score": 7.0}))
+    od.save_note(studies["p"], "my own words")  # a note written in the dashboard in place of proxynas's
+    assert notes.refresh_notes(storage) == ["z"]  # out of date: rewritten
+    assert "| 1 | `d1-w8-relu-none-avg` | 4 | 7 |" in od.get_note(studies["z"])  # after its 4 queued trials
+    assert od.get_note(studies["p"]) == "my own words"
+
+
+@pytest.mark.parametrize("launched", [False, True], ids=["in-process", "launched"])
+def test_a_search_ends_with_its_results_in_the_note(proxy, space_file, tmp_path, launched):
+    url = sqlite(tmp_path)
+    cfg = config(proxy, space_file, url)
+    if launched:  # one worker process; the launcher writes the note
+        launch(cfg, 1)
+    else:
+        run_search(cfg)
+    study = optuna.load_study(study_name="s", storage=url)
+    assert "4 of 4 configurations complete" in od.get_note(study) and od.get_note(study) == notes.study_note(study)
+
+
+def test_a_report_writes_the_note_of_every_study_the_whole_dataset_one_included(proxy, tmp_path, capsys):
+    url = sqlite(tmp_path, "studies.db")
+    report_studies(url, proxy)  # written without notes, as by runs before the extra was installed
+    argv = ["--proxy-studies", "dm", "--whole", "whole", "--extra", "zc", "--top", "2", "--k", "2"]
+    code, _, _ = run_cli(capsys, "report", "--storage", url, *argv, "--out-dir", tmp_path / "report")
+    assert code == 0
+    for name, kind in (("dm", "proxy"), ("zc", "zero-cost"), ("whole", "whole")):
+        study = optuna.load_study(study_name=name, storage=url)
+        note = od.get_note(study)
+        assert note == notes.study_note(study) and f"## {name}: {kind} study" in note, name
+        assert "4 of ? configurations complete" in note, name  # these studies record no space
+    assert "Against whole-dataset training" in od.get_note(optuna.load_study(study_name="dm", storage=url))
+
+
+def test_dashboard_refuses_a_malformed_storage_url_in_one_line(capsys, tmp_path):
+    db = tmp_path / "studies.db"
+    code, _, err = run_cli(capsys, "dashboard", "--storage", f"sqlite:{db}")
+    assert code == StudyError.exit_code
+    assert_one_line_error(err, f"'sqlite:{db}' is not a usable SQLAlchemy URL", f"give sqlite:///{db};")
 
 
 def test_dashboard_refuses_a_missing_database_without_creating_it(capsys, tmp_path, monkeypatch):

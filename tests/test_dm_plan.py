@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import shutil
 
@@ -15,11 +16,14 @@ from proxynas.core.condense import CondenseConfig, condense, dm_loss_per_class
 from proxynas.core.condense._base import Problem, class_pools
 from proxynas.core.condense._dm import dm_step
 from proxynas.core.condense._plan import (
+    CACHE_FILE,
+    QUICK_MIN_ITERATIONS,
     Embedder,
     StepPlan,
     cache_key,
     cached,
     measure,
+    quick,
     real_sizes_to_try,
     remember,
     search,
@@ -145,6 +149,18 @@ def test_search_with_batch_statistics_keeps_all_classes_in_one_forward():
     assert plan == StepPlan(4, compiled=True)
 
 
+@pytest.mark.parametrize(
+    "compiled_time,winner", [(0.3, StepPlan(5, channels_last=True, compiled=True)), (math.inf, StepPlan(5))]
+)
+def test_the_quick_race_is_the_rule_against_itself_compiled(compiled_time, winner):
+    plan, record = quick(lambda plans: {p: compiled_time if p.compiled else 1.0 for p in plans}, limit=5)
+    assert plan == winner
+    assert record["seconds_per_step"] == {
+        "5 classes/forward": 1.0,
+        "5 classes/forward, channels_last, compiled": compiled_time,
+    }
+
+
 def test_cache_round_trip_and_unreadable_cache(tmp_path):
     path = tmp_path / "plans.json"
     key = cache_key(torch.device("cpu"), model="ConvNet", ipc=10)
@@ -181,11 +197,34 @@ def test_condense_measures_once_then_reads_the_cache(tiny, tmp_path, monkeypatch
 
 def test_short_runs_use_the_memory_rule_without_timing(tiny, tmp_path):
     syn = condense(
-        CondenseConfig(dataset="tiny", ipc=2, iterations=1, batch_real=4), tmp_path / "c.safetensors", dataset=tiny
+        CondenseConfig(dataset="tiny", ipc=2, iterations=QUICK_MIN_ITERATIONS - 1, batch_real=4),
+        tmp_path / "c.safetensors",
+        dataset=tiny,
     )
     plan = syn.meta["step_plan"]
     assert plan["source"].startswith("memory rule") and plan["classes_per_forward"] == 3
     assert syn.meta["precision"] == "fp32"  # the default, whatever auto would measure here
+
+
+def test_runs_too_short_to_search_race_the_rule_against_compiling_it(tiny, tmp_path, monkeypatch):
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)  # the compiled plan fails over to the rule
+    monkeypatch.setenv("PROXYNAS_CACHE", str(tmp_path / "cache"))
+    cfg = CondenseConfig(
+        dataset="tiny", ipc=2, iterations=QUICK_MIN_ITERATIONS, batch_real=4, model="d1-w8-relu-instancenorm-avg"
+    )
+    plan = condense(cfg, tmp_path / "q.safetensors", dataset=tiny).meta["step_plan"]
+    assert plan["source"] == f"quick race ({QUICK_MIN_ITERATIONS} iterations)"
+    assert (plan["classes_per_forward"], plan["compiled"], plan["channels_last"]) == (3, False, False)
+    assert plan["seconds_per_step"]["3 classes/forward, channels_last, compiled"] == math.inf
+    # a resumed or repeated short run takes the same plan; a long one still searches
+    again = condense(cfg, tmp_path / "r.safetensors", dataset=tiny).meta["step_plan"]
+    assert again["source"] == "cache (quick race)" and again["classes_per_forward"] == 3
+    searched = condense(dataclasses.replace(cfg, tune="yes"), tmp_path / "s.safetensors", dataset=tiny)
+    assert searched.meta["step_plan"]["source"] == "measured"
+    assert len(json.loads((tmp_path / "cache" / CACHE_FILE).read_text())) == 2
 
 
 @pytest.mark.skipif(

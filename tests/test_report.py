@@ -14,9 +14,9 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from proxynas.analysis import rankings
-from proxynas.analysis.plots import plot_correlations, plot_top
+from proxynas.analysis.plots import padded, plot_correlations, plot_top
 from proxynas.analysis.report import Report, build_report, write_report
-from proxynas.analysis.statistics import SUMMARY_COLUMNS
+from proxynas.analysis.statistics import SUMMARY_COLUMNS, top_advice
 from proxynas.core.networks import NetConfig
 from proxynas.exceptions import StudyError, UsageError
 from proxynas.nas import results
@@ -174,10 +174,12 @@ def test_correlations_with_ties_match_hand_computation(storage):
         and report.fill_commands == []
         and report.notes
         == [
-            "dm: top-10 overlap over only 4 shared configs, so divided by 4",
-            "random: top-10 overlap over only 4 shared configs, so divided by 4",
+            f"{m}: --k 10 is more than the 4 configs shared with the whole-dataset study, so k is capped at 4, "
+            "where the top-k overlap is 1 whatever the ranking; give a smaller k, e.g. --k 2"
+            for m in ("dm", "random")
         ]
     )
+    assert dm.topk_overlap == rnd.topk_overlap == 1  # the capped k takes every configuration: 1 by construction
 
 
 def test_top_set_is_the_methods_own_top_fraction(storage):
@@ -202,6 +204,64 @@ def test_topk_overlap(storage):
     assert row(build_report(storage, ["dm"], "w", k=3), "dm").topk_overlap == pytest.approx(2 / 3)
     assert row(build_report(storage, ["dm"], "w", k=1), "dm").topk_overlap == 1
     assert row(build_report(storage, ["dm"], "w", k=2), "dm").topk_overlap == pytest.approx(1 / 2)
+
+
+def test_a_slice_at_the_default_top_and_k_gets_one_line_each_naming_what_works(storage, capsys):
+    from proxynas.cli import ReportCommand
+
+    ids = IDS[:4]
+    add_study(storage, "dm", dict(zip(ids, (0.4, 0.3, 0.2, 0.1), strict=True)))
+    add_study(storage, "random", dict(zip(ids, (0.1, 0.3, 0.2, 0.4), strict=True)))
+    add_study(storage, "w", dict(zip(ids, (0.9, 0.7, 0.8, 0.6), strict=True)), kind="whole")
+    report = build_report(storage, ["dm", "random"], "w")  # the defaults: top 5% (1 of 4), k 10
+    advice = (
+        "dm, random: the top 5% of 4 configurations selects 1, and Spearman needs 2, so Spearman over the top "
+        "set is undefined; ask for more with a count, e.g. --top 4 (all 4)"
+    )
+    capped = (
+        "{}: --k 10 is more than the 4 configs shared with the whole-dataset study, so k is capped at 4, where "
+        "the top-k overlap is 1 whatever the ranking; give a smaller k, e.g. --k 2"
+    )
+    # one line for both methods, in place of each one's "Spearman over the top 5% undefined (1 config ...)"
+    assert report.notes == [advice, capped.format("dm"), capped.format("random")]
+    dm = row(report, "dm")
+    assert math.isnan(dm.spearman_top) and dm.n_top == 1 and dm.topk_overlap == 1
+    ReportCommand.show(report, "slice", {})
+    shown = " ".join(capsys.readouterr().out.split())  # as one line, wherever the terminal wrapped it
+    assert f"note: {advice}" in shown and f"note: {capped.format('random')}" in shown
+
+    # what the notes suggest works, silently. dm ranks (1, 2, 3, 4), whole (1, 3, 2, 4): rho = 1 - 6 * 2 / 60;
+    # random ranks (4, 2, 3, 1): the exact reverse of whole. Top 2: dm {0, 1}, random {3, 1}, whole {0, 2}
+    fixed = build_report(storage, ["dm", "random"], "w", top=4, k=2)
+    assert fixed.notes == []
+    assert (row(fixed, "dm").spearman_top, row(fixed, "dm").topk_overlap) == (pytest.approx(0.8), 0.5)
+    assert (row(fixed, "random").spearman_top, row(fixed, "random").topk_overlap) == (pytest.approx(-1), 0)
+    # a k of every shared configuration is not capped, but measures nothing either
+    assert build_report(storage, ["dm"], "w", top=4, k=4).notes == [
+        "dm: --k 4 takes all 4 configs shared with the whole-dataset study, where the top-k overlap is 1 whatever "
+        "the ranking; give a smaller k, e.g. --k 2"
+    ]
+
+
+def test_top_advice_suggests_the_papers_share_of_a_space_where_it_is_enough():
+    why = "the top {} of {} configuration{} selects 1, and Spearman needs 2, so Spearman over the top set is undefined"
+    assert top_advice(1, {"dm": 720, "random": 720, "naswot": 4}) == [
+        f"dm, random: {why.format(1, 720, 's')}; ask for more with a count, e.g. --top 36 (the top 5%)",
+        f"naswot: {why.format(1, 4, 's')}; ask for more with a count, e.g. --top 4 (all 4)",
+    ]
+    assert top_advice(0.05, {"dm": 1}) == [
+        f"dm: {why.format('5%', 1, '')}; no --top can help: search more configurations"
+    ]
+    assert top_advice(0.05, {"dm": 40, "empty": 0}) == []  # 5% of 40 is 2; an empty study has its own note
+
+
+def test_the_top_advice_counts_the_studys_whole_space(storage):
+    add_study(storage, "dm", descending(IDS[:4]), space={"size": 720})
+    add_study(storage, "w", descending(IDS[:4]), kind="whole")
+    notes = build_report(storage, ["dm"], "w", top=0.001, k=2).notes  # 0.1% of 720 is 1 (of 4 it would be too)
+    assert notes[0].startswith("dm: the top 0.1% of 720 configurations selects 1") and notes[0].endswith(
+        "--top 36 (the top 5%)"
+    )
 
 
 def test_missing_whole_results_are_listed_with_a_fill_command(storage):
@@ -576,17 +636,28 @@ def test_plots_have_titles_shared_axes_identity_and_labelled_bars(storage):
     add_study(storage, "dm", descending(IDS[:6]))
     add_study(storage, "random", {c: 0.5 + 0.01 * i for i, c in enumerate(IDS[:6])})
     add_study(storage, "syn", descending(IDS[:6], start=3e9, step=1e8), kind="zero-cost", method="synflow")
-    add_study(storage, "w", descending(IDS[:6], start=0.8), kind="whole")
+    add_study(storage, "w", descending(IDS[:6], start=0.9), kind="whole")
     report = build_report(storage, ["dm", "random"], "w", extra=["syn"], top=4)
     fig = top_plot(report)
     assert "whole-dataset training" in fig.get_suptitle() and "cifar10" in fig.get_suptitle()
     dm_ax, random_ax, syn_ax = [ax for ax in fig.axes if ax.get_visible()]
     assert dm_ax.get_shared_y_axes().joined(dm_ax, syn_ax)  # every panel: whole-dataset validation accuracy
-    assert dm_ax.get_shared_x_axes().joined(dm_ax, random_ax)  # accuracies share x; a score does not
-    assert not dm_ax.get_shared_x_axes().joined(dm_ax, syn_ax)
-    identity = [line for line in dm_ax.get_lines() if line.get_label() == "y = x"]
-    assert identity and list(identity[0].get_xdata()) == list(identity[0].get_ydata())
-    assert not [line for line in syn_ax.get_lines() if line.get_label() == "y = x"]  # a score is no accuracy
+    # each proxy its own x: a proxy a point wide is not squeezed into a range shared with another
+    assert not dm_ax.get_shared_x_axes().joined(dm_ax, random_ax)
+    assert dm_ax.get_xlim() == pytest.approx((0.867, 0.903)) and random_ax.get_xlim() == pytest.approx((0.517, 0.553))
+
+    def identity(ax):
+        return [list(line.get_xdata()) for line in ax.get_lines() if line.get_label() == "y = x"]
+
+    # y: the top sets' whole-dataset accuracies, 0.85-0.90 padded to 0.845-0.905. y = x runs over the part of
+    # dm's panel where the ranges meet, 0.867-0.903; it misses random's, and a score is no accuracy
+    assert identity(dm_ax) == [pytest.approx([0.867, 0.903])] and identity(random_ax) == identity(syn_ax) == []
+    assert [line.get_ydata() for line in dm_ax.get_lines()] == [pytest.approx([0.867, 0.903])]
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
+        "top-set configuration",
+        "selected",
+        "y = x",
+    ]
     # the selected configuration is a labelled star: dm selects IDS[0]
     assert [t.get_text() for t in dm_ax.texts] == [row(report, "dm").selected] == [IDS[0]]
     bars = plot_correlations(report.summary).axes[0]
@@ -597,3 +668,42 @@ def test_plots_have_titles_shared_axes_identity_and_labelled_bars(storage):
     ]
     shown = {t.get_text() for t in bars.texts}
     assert f"{row(report, 'dm').spearman_all:.2f}" in shown and f"{row(report, 'random').kendall_all:.2f}" in shown
+
+
+def test_the_top_scatter_gives_each_axis_its_own_padded_range(storage):
+    ids = IDS[:4]
+    add_study(storage, "dm", dict(zip(ids, (0.330, 0.327, 0.324, 0.320), strict=True)))  # a point wide
+    add_study(storage, "w", dict(zip(ids, (0.70, 0.66, 0.68, 0.62), strict=True)), kind="whole")
+    ax = next(a for a in top_plot(build_report(storage, ["dm"], "w", top=4)).axes if a.get_visible())
+    # each range widened by a tenth of itself on either side, so no point sits on an edge
+    assert ax.get_xlim() == pytest.approx((0.320 - 0.001, 0.330 + 0.001))
+    assert ax.get_ylim() == pytest.approx((0.62 - 0.008, 0.70 + 0.008))
+    assert not [line for line in ax.get_lines() if line.get_label() == "y = x"]  # the ranges do not meet
+    assert padded(pd.Series([3e9, math.nan, 1e9])) == pytest.approx((0.8e9, 3.2e9))  # a score; NaN ignored
+    assert padded(pd.Series([], dtype=float)) is None
+
+
+def test_one_configuration_sits_mid_panel_with_its_label_inside_and_clear_of_the_title(storage):
+    add_study(storage, "dm", {IDS[0]: 0.33})
+    add_study(storage, "w", {IDS[0]: 0.65}, kind="whole")
+    fig = top_plot(build_report(storage, ["dm"], "w"))
+    ax = next(a for a in fig.axes if a.get_visible())
+    assert ax.get_xlim() == pytest.approx((0.297, 0.363)) and ax.get_ylim() == pytest.approx((0.585, 0.715))
+    fig.draw_without_rendering()  # lays the figure out, so that the texts have their places
+    label, panel, title = ax.texts[0].get_window_extent(), ax.get_window_extent(), ax.title.get_window_extent()
+    assert ax.texts[0].get_text() == IDS[0]
+    assert panel.x0 < label.x0 < label.x1 < panel.x1 and panel.y0 < label.y0 < label.y1 < panel.y1
+    assert not label.overlaps(title)
+    suptitle = next(t for t in fig.texts if t.get_text() == fig.get_suptitle()).get_window_extent()
+    assert 0 <= suptitle.x0 < suptitle.x1 <= fig.bbox.x1  # wrapped: one panel is narrower than the title
+
+
+def test_a_panel_without_whole_dataset_results_says_so(storage):
+    add_study(storage, "dm", descending(IDS[:2]))
+    add_study(storage, "herding", descending(IDS[2:4]))
+    add_study(storage, "w", descending(IDS[:2]), kind="whole")
+    dm_ax, herding_ax = [
+        a for a in top_plot(build_report(storage, ["dm", "herding"], "w", top=2)).axes if a.get_visible()
+    ]
+    assert [t.get_text() for t in herding_ax.texts] == ["no configuration of its top set\nhas a whole-dataset result"]
+    assert [t.get_text() for t in dm_ax.texts] == [IDS[0]]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -158,3 +161,21 @@ def test_compiled_training_gives_the_weights_of_plain_training():
     plain = trained("d1-w4-relu-batchnorm-avg", "sequential")
     fast = trained("d1-w4-relu-batchnorm-avg", "sequential", dataclasses.replace(CFG, compile=True))
     assert_same_nets(plain, fast)
+
+
+def test_compiling_on_a_machine_without_cuda_does_not_warn_of_cuda_home(tmp_path):
+    """A CUDA toolkit beside no CUDA GPU makes torch.utils.cpp_extension warn as inductor imports it."""
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "CUDA_HOME": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
+
+    def stderr_of(code: str) -> str:
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    warning = f"No CUDA runtime is found, using CUDA_HOME='{tmp_path}'"
+    assert warning in stderr_of("import torch.utils.cpp_extension")  # what inductor's import says unasked
+    assert "No CUDA runtime" not in stderr_of(
+        "from proxynas.core.stacked import quiet_compile_imports\n"
+        "quiet_compile_imports()\n"
+        "import torch.utils.cpp_extension"
+    )

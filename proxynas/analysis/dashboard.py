@@ -1,10 +1,11 @@
 """What optuna-dashboard shows of a report, and ``proxynas dashboard`` itself.
 
 Every study names its metric and carries a note (``nas.notes``: written by the search,
-baseline or score run that fills it). A report adds, for each proxy study it compares:
-the report files (CSVs and plots) and the proxy set's image grid as Optuna artifacts,
-its accuracies against whole-dataset training as a plotly figure
-(``save_plotly_graph_object``), and its summary row, which the note then shows.
+baseline or score run that fills it, and by ``report`` and ``dashboard`` where it is missing
+or out of date, as for studies run before the dashboard extra was installed). A report
+adds, for each proxy study it compares: the report files (CSVs and plots) and the proxy
+set's image grid as Optuna artifacts, its accuracies against whole-dataset training as a
+plotly figure (``save_plotly_graph_object``), and its summary row, which the note then shows.
 
 Artifacts are files in an ``optuna.artifacts.FileSystemArtifactStore``: a folder next to
 an SQLite database (``results/proxynas.db`` -> ``results/proxynas-artifacts/``), found
@@ -36,7 +37,7 @@ from proxynas.analysis.rankings import WHOLE
 from proxynas.analysis.report import Report
 from proxynas.exceptions import StudyError, UsageError
 from proxynas.nas.kinds import PROXY
-from proxynas.nas.notes import INSTALL_DASHBOARD, REPORT_ATTR, dashboard_module, save_study_note
+from proxynas.nas.notes import INSTALL_DASHBOARD, REPORT_ATTR, dashboard_module, refresh_notes, save_study_note
 from proxynas.nas.results import study_frame
 from proxynas.nas.study import WorkerGrpcStorage, _retry, open_storage, sqlite_path
 from proxynas.runtime.outputs import atomic_write
@@ -47,6 +48,7 @@ __all__ = [
     "artifact_dir",
     "attach_report",
     "open_served",
+    "percent_format",
     "scatter_figure",
     "serve",
     "upload",
@@ -117,6 +119,7 @@ def attach_report(
 ) -> list[str]:
     """Attach a report to each proxy study it compares: files as artifacts, a plotly scatter, a note section.
 
+    Every other study's note is written where missing or out of date (``notes.refresh_notes``).
     ``paths``: the files ``report.write_report`` wrote into ``out``; ``artifacts``: the
     artifact folder (default: beside an SQLite database; for another database without
     it, the files are skipped with one log line). Returns the studies attached to.
@@ -147,8 +150,9 @@ def attach_report(
         if (od := dashboard_module()) is not None:
             figure = scatter_figure(method, study_frame(storage, name), whole, report.top.get(method, []), row)
             _retry(functools.partial(od.save_plotly_graph_object, study, figure, graph_object_id=GRAPH_ID))
-        save_study_note(study)
+        save_study_note(study, storage_url)
         attached.append(name)
+    refresh_notes(storage)  # the other studies too: those run before the dashboard extra was installed
     return attached
 
 
@@ -199,14 +203,25 @@ def scatter_figure(method: str, frame: Any, whole: Any, top: Sequence[str], summ
         )
     rho = summary.get("spearman_top")
     fig.update_layout(
-        title=f"{method} proxy against whole-dataset training: Spearman over its top set "
-        f"{'undefined' if rho is None else f'{rho:.2f}'} (n={int(in_top.sum())})",
+        # two short lines: one long line is cut off at the width of the dashboard's plot panel
+        title=f"{method} proxy against whole-dataset training<br><sup>Spearman over its top set "
+        f"{'undefined' if rho is None else f'{rho:.2f}'} (n={int(in_top.sum())})</sup>",
         xaxis_title=f"{method} proxy: validation accuracy",
         yaxis_title="whole dataset: validation accuracy",
-        xaxis_tickformat=".0%",
-        yaxis_tickformat=".0%",
+        xaxis_tickformat=percent_format(shared.val_acc),
+        yaxis_tickformat=percent_format(shared.val_acc_whole),
     )
     return fig
+
+
+def percent_format(values: Any, ticks: int = 10) -> str:
+    """A plotly tick format in percent with the decimals that tell ``ticks`` ticks across ``values`` apart:
+    ".0%" over 10 points or more, ".1%" over 1 to 10 (where whole percents would print "33% 33% 33%")."""
+    span = float(values.max() - values.min()) if len(values) else 0.0
+    if not span > 0:  # one value: plotly draws a few points around it
+        return ".1%"
+    step = 100 * span / ticks  # in percentage points
+    return f".{min(3, max(0, math.ceil(-math.log10(step) - 1e-9)))}%"
 
 
 @dataclass(frozen=True)
@@ -248,8 +263,12 @@ def open_served(given: str | None, defaults: Mapping[str, str], artifacts: str |
 
 
 def serve(served: Served, host: str, port: int) -> None:
-    """Run optuna-dashboard (blocks until Ctrl-C)."""
+    """Run optuna-dashboard (blocks until Ctrl-C), first writing the notes missing or out of date.
+
+    Studies run before the dashboard extra was installed get theirs then (``notes.refresh_notes``).
+    """
     from optuna_dashboard import run_server
 
+    refresh_notes(served.storage)
     store = AtomicArtifactStore(served.artifacts) if served.artifacts is not None else None
     run_server(served.storage, host=host, port=port, artifact_store=store)

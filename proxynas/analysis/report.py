@@ -39,7 +39,14 @@ from optuna.storages import RDBStorage
 
 from proxynas.analysis.plots import plot_correlations, plot_top
 from proxynas.analysis.rankings import WHOLE, method_names, ranking_table
-from proxynas.analysis.statistics import SUMMARY_COLUMNS, compare, whole_reference
+from proxynas.analysis.statistics import (
+    DEFAULT_TOP,
+    SUMMARY_COLUMNS,
+    compare,
+    space_size,
+    top_advice,
+    whole_reference,
+)
 from proxynas.exceptions import StudyError, UsageError
 from proxynas.nas.kinds import Measure, kind_of
 from proxynas.nas.results import (
@@ -82,7 +89,7 @@ def build_report(
     whole: str,
     early_stop: str | None = None,
     extra: Sequence[str] = (),
-    top: float | int = 0.05,
+    top: float | int = DEFAULT_TOP,
     k: int = 10,
 ) -> Report:
     """Compare each method's study (proxies, early stopping, any extra) with the whole-dataset study.
@@ -114,6 +121,10 @@ def build_report(
         _check_equal_cost(studies, budgets, proxy_studies, early_stop, rdb, notes)
     if (kind := studies[whole].user_attrs.get("kind", WHOLE)) != WHOLE:
         notes.append(f"the whole-dataset study {whole!r} has kind {kind!r}, not {WHOLE!r}")
+    # before the methods' own notes: on a slice, it explains the undefined Spearman over the top set of them all
+    notes += top_advice(
+        top, {m: space_size(frames[m], planned_size(studies[s])) for m, s in methods.items() if m != WHOLE}
+    )
     rows, missing, finish = [], {}, {}
     tops = {WHOLE: top_configs(frames[WHOLE], top, of=planned_size(studies[whole]))}
     for m, frame in frames.items():
@@ -300,7 +311,7 @@ def write_report(report: Report, out_dir: str | Path, command: str | None = None
             report.summary,
             report.top,
             report.measures,
-            report.settings.get("top", 0.05),
+            report.settings.get("top", DEFAULT_TOP),
             report.settings.get("dataset"),
         ).savefig(paths["scatter_top"], dpi=120)
         plot_correlations(report.summary).savefig(paths["correlations"], dpi=120)

@@ -27,21 +27,38 @@ study's:
   (NaN where nothing records a spread: zero-cost scores, studies from before repeats).
 
 A correlation that is undefined (fewer than two configurations, or constant accuracies)
-is NaN, and a note says why: nothing is dropped silently.
+is NaN, and a note says why: nothing is dropped silently. Where the top set itself is
+too small for Spearman (a slice of a few configurations at the default 5%),
+``top_advice`` says so once for the methods it concerns, with a ``--top`` that works,
+and a k above the shared configurations is capped with a note giving both numbers.
 """
 
 from __future__ import annotations
 
+import collections
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pandas as pd
 from scipy import stats
 
-from proxynas.nas.results import top_configs, top_label
+from proxynas.nas.results import top_configs, top_count, top_label
 
-__all__ = ["SUMMARY_COLUMNS", "TEST_TEST", "VAL_VAL", "compare", "whole_reference"]
+__all__ = [
+    "DEFAULT_TOP",
+    "MIN_PAIRS",
+    "SUMMARY_COLUMNS",
+    "TEST_TEST",
+    "VAL_VAL",
+    "compare",
+    "space_size",
+    "top_advice",
+    "whole_reference",
+]
+
+DEFAULT_TOP = 0.05  # the paper's top set: 5% of the space (36 of 720)
+MIN_PAIRS = 2  # the fewest configurations a rank correlation is defined on
 
 SUMMARY_COLUMNS = (
     "method",
@@ -89,6 +106,8 @@ def compare(
     shared = frame.merge(whole[["config_id", "val_acc", "test_acc"]], on="config_id", suffixes=("", "_whole"))
     shared["test_acc"] = shared[test_side]  # what ranks against test_acc_whole
     top_ids = top_configs(frame, top, of=planned)
+    # a top set too small for Spearman is explained once for every method by top_advice, not again here
+    top_notes = [] if top_count(top, space_size(frame, planned)) < MIN_PAIRS else notes
     in_top = shared[shared.config_id.isin(top_ids)]
     label = top_label(top)
     if len(in_top) < len(top_ids):
@@ -100,17 +119,17 @@ def compare(
     whole_test = whole.set_index("config_id").test_acc
     top_where, all_where = "with whole-dataset results", "shared with the whole-dataset study"
 
-    def correlations(fn: Callable, pairs: pd.DataFrame, what: str, where: str) -> tuple[float, float]:
+    def correlations(fn: Callable, pairs: pd.DataFrame, what: str, where: str, noted: list[str]) -> tuple[float, float]:
         """(val-val, test-test) of ``fn``; the test-test one notes only what the val-val one did not."""
-        val = _correlation(fn, pairs, VAL_VAL, f"{method}: {what}", where, method, notes)
+        val = _correlation(fn, pairs, VAL_VAL, f"{method}: {what}", where, method, noted)
         test = _correlation(
-            fn, pairs, TEST_TEST, f"{method}: test-accuracy {what}", where, method, [] if math.isnan(val) else notes
+            fn, pairs, TEST_TEST, f"{method}: test-accuracy {what}", where, method, [] if math.isnan(val) else noted
         )
         return val, test
 
-    spearman_top = correlations(stats.spearmanr, in_top, f"Spearman over the {label}", top_where)
-    spearman_all = correlations(stats.spearmanr, shared, "Spearman over all shared configs", all_where)
-    kendall_all = correlations(stats.kendalltau, shared, "Kendall's tau over all shared configs", all_where)
+    spearman_top = correlations(stats.spearmanr, in_top, f"Spearman over the {label}", top_where, top_notes)
+    spearman_all = correlations(stats.spearmanr, shared, "Spearman over all shared configs", all_where, notes)
+    kendall_all = correlations(stats.kendalltau, shared, "Kendall's tau over all shared configs", all_where, notes)
     row = {
         "method": method,
         "spearman_top": spearman_top[0],
@@ -142,7 +161,7 @@ def _correlation(
     with a warning and no reason.
     """
     x, y, n = pairs[columns[0]], pairs[columns[1]], len(pairs)
-    if n < 2:
+    if n < MIN_PAIRS:
         why = f"{n} config{'' if n == 1 else 's'} {where}"
     elif x.nunique() == 1 or y.nunique() == 1:
         who = method if x.nunique() == 1 else "whole-dataset"
@@ -154,14 +173,58 @@ def _correlation(
 
 
 def _overlap(shared: pd.DataFrame, k: int, method: str, notes: list[str]) -> float:
-    """|top-k(method) ∩ top-k(whole)| / k over the shared configurations; k shrinks to their number."""
-    if shared.empty:
+    """|top-k(method) ∩ top-k(whole)| / k over the shared configurations; k is capped at their number, with a note.
+
+    A k that takes every shared configuration makes both top-k sets the same, so the
+    overlap is 1 whatever the ranking: the note says so and gives a k that measures something.
+    """
+    n = len(shared)
+    if n == 0:
         notes.append(f"{method}: top-{k} overlap undefined (no configs shared with the whole-dataset study)")
         return _NAN
-    if len(shared) < k:
-        notes.append(f"{method}: top-{k} overlap over only {len(shared)} shared configs, so divided by {len(shared)}")
-    kk = min(k, len(shared))
+    if k >= n:
+        configs = f"{n} config{'' if n == 1 else 's'}"
+        took = f"--k {k} is more than the {configs}" if k > n else f"--k {k} takes all {configs}"
+        capped = f", so k is capped at {n}" if k > n else ""
+        smaller = f"; give a smaller k, e.g. --k {n // 2}" if n >= MIN_PAIRS else ""
+        notes.append(
+            f"{method}: {took} shared with the whole-dataset study{capped}, where the top-k overlap is 1 "
+            f"whatever the ranking{smaller}"
+        )
+    kk = min(k, n)
     return len(set(top_configs(shared, kk)) & set(top_configs(shared, kk, by="val_acc_whole"))) / kk
+
+
+def space_size(frame: pd.DataFrame, planned: int | None) -> int:
+    """How many configurations a top set is counted against: the study's space, else what it finished."""
+    return len(frame) if planned is None else planned
+
+
+def top_advice(top: float | int, spaces: Mapping[str, int]) -> list[str]:
+    """One note per space size where ``top`` selects too few configurations for Spearman, naming a --top that works.
+
+    ``spaces``: method -> the configurations its top set is counted against (``space_size``).
+    The --top it suggests is the paper's 5% as a count, or all ``n`` where that still
+    selects too few (a slice of a few configurations): Spearman over the top set is then
+    Spearman over all, the most a slice can say.
+    """
+    too_few = collections.defaultdict(list)
+    for method, n in spaces.items():
+        if n and top_count(top, n) < MIN_PAIRS:
+            too_few[n].append(method)
+    notes = []
+    for n, methods in too_few.items():
+        why = (
+            f"{', '.join(methods)}: the {top_label(top)} of {n} configuration{'' if n == 1 else 's'} selects "
+            f"{top_count(top, n)}, and Spearman needs {MIN_PAIRS}, so Spearman over the top set is undefined"
+        )
+        if n < MIN_PAIRS:
+            notes.append(f"{why}; no --top can help: search more configurations")
+            continue
+        paper = top_count(DEFAULT_TOP, n)
+        fix = f"--top {paper} (the {top_label(DEFAULT_TOP)})" if paper >= MIN_PAIRS else f"--top {n} (all {n})"
+        notes.append(f"{why}; ask for more with a count, e.g. {fix}")
+    return notes
 
 
 def whole_reference(whole: pd.DataFrame, top: list[str], budget: dict[str, float]) -> dict[str, Any]:

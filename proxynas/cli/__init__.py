@@ -15,6 +15,7 @@ import logging
 import shlex
 import shutil
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,7 +28,7 @@ from proxynas.exceptions import ProxyNASError, Terminated, UsageError
 from proxynas.runtime.failures import classify
 from proxynas.runtime.options import add_argument, add_options, default_of, from_args
 from proxynas.runtime.processes import sigterm_interrupts
-from proxynas.runtime.progress import StageDisplay, finished, progress_bar, search_display, use_lines
+from proxynas.runtime.progress import StageDisplay, clock_text, finished, progress_bar, search_display, use_lines
 from proxynas.version import __version__
 
 if TYPE_CHECKING:  # the commands import the library lazily, so that --help stays fast
@@ -148,7 +149,8 @@ def _run_study(cfg: SearchConfig, placement: Placement, devices: list | None, qu
     complete = len(prepared.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     out.print(
         f"study {cfg.study!r} in {cfg.storage}: {complete} trials complete; "
-        f"view it with: proxynas dashboard --storage {cfg.storage}"
+        f"view it with: proxynas dashboard --storage {cfg.storage}",
+        soft_wrap=True,  # one line whatever the width, so the command pastes whole from a redirected log
     )
 
 
@@ -292,12 +294,15 @@ class CondenseCommand(Command):
             syn = merge(args.parts, args.merge_out, command=command)
             out.print(f"merged {len(args.parts)} parts ({len(syn.labels)} images) into {args.merge_out}")
             return 0
+        ranks = Ranks.from_environment()
+        if ranks is not None and ranks.rank != 0:  # a terminal gets rank 0's lines, not one of each per rank
+            logging.getLogger().setLevel(logging.WARNING)
         data = load_dataset(args.dataset, args.data_path, download=args.download)
         classes = parse_classes(args.classes, data.info.num_classes) if args.classes else None
         cfg = from_args(CondenseConfig, args, classes=classes)
         target = args.out or Path("results") / default_name(cfg)
         placement = from_args(Placement, args)
-        if (ranks := Ranks.from_environment()) is not None:
+        if ranks is not None:
             return _condense_as_rank(args, cfg, target, placement, ranks, data, command)
         with progress_bar(console, f"condense {cfg.method}", args.quiet) as report:
             if placement.workers == 1 and placement.devices is None:
@@ -331,14 +336,15 @@ def _condense_as_rank(
     data: Dataset,
     command: str,
 ) -> int:
-    """One rank of ``torchrun -m proxynas condense``: its share of the classes; rank 0 reports its progress."""
+    """One rank of ``torchrun -m proxynas condense`` (or of srun's tasks): its share of the classes; rank 0
+    reports its progress, the other ranks only their warnings and errors."""
     from proxynas.core.condense import config_path
     from proxynas.core.condense.distributed import condense_distributed
 
     if placement.workers != 1 or placement.devices is not None:
         raise UsageError(
-            "under torchrun every process is one rank on its own device: drop --workers and --devices "
-            "(torchrun's --nproc-per-node sets how many)"
+            "under torchrun or srun every process is one rank on its own device: drop --workers and --devices "
+            "(torchrun's --nproc-per-node or srun's --ntasks sets how many)"
         )
     with progress_bar(console, f"condense {cfg.method} (rank 0's classes)", args.quiet) as report:
         syn = condense_distributed(
@@ -797,8 +803,18 @@ class ReportCommand(Command):
         out.print("wrote " + ", ".join(str(p) for p in paths.values()), soft_wrap=True)
 
 
+def stage_times(starts: dict[str, float], end: float) -> str:
+    """``starts`` (stage -> start time, in order) as "H:MM:SS in all: name H:MM:SS, ...".
+
+    A stage resumed after an interruption counts only this run's part of it.
+    """
+    names, times = list(starts), [*starts.values(), end]
+    parts = ", ".join(f"{name} {clock_text(b - a)}" for name, a, b in zip(names, times, times[1:], strict=False))
+    return f"{clock_text(end - times[0])} in all: {parts}"
+
+
 class QuickstartCommand(Command):
-    name, help = "quickstart", "the whole pipeline on the embedded digits dataset (a few minutes on a CPU)"
+    name, help = "quickstart", "the whole pipeline on the embedded digits dataset (minutes on a CPU: see BENCHMARKS.md)"
     examples = ("proxynas quickstart", "proxynas quickstart --out-dir results/qs --device cpu --quiet")
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
@@ -814,9 +830,11 @@ class QuickstartCommand(Command):
         # one bar per stage, in one rich display (rich allows one live display at a time)
         display = StageDisplay(console, use_lines(console, args.quiet))
         current: list = []
+        starts: dict[str, float] = {}  # stage -> when it started: the summary says where the time went
 
         def stage(name: str) -> None:
             display.note(name)
+            starts[name] = time.monotonic()
             current[:] = [display.stage(name, metric="loss" if name.startswith("condense") else "best val acc")]
 
         def condense_progress(done: int, total: int, value: float | None) -> None:
@@ -832,6 +850,7 @@ class QuickstartCommand(Command):
         finally:
             display.stop()
         ReportCommand.show(report, f"quickstart: proxies against whole-dataset training (top {plan.top})", paths)
+        out.print(f"stages took {stage_times(starts, time.monotonic())}", soft_wrap=True)
         out.print(
             f"studies: {plan.storage}; open them with: proxynas dashboard --storage {plan.storage}", soft_wrap=True
         )
@@ -909,7 +928,8 @@ class StorageServerCommand(Command):
         serve(
             cfg,
             lambda: out.print(
-                f"serving {args.storage} at {cfg.address}; run workers with --storage {cfg.address} (Ctrl-C to stop)"
+                f"serving {args.storage} at {cfg.address}; run workers with --storage {cfg.address} (Ctrl-C to stop)",
+                soft_wrap=True,
             ),
         )
         return 0
@@ -974,6 +994,8 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # INFO is for our own lines; matplotlib's ("generated new fontManager", on its first plot) says nothing to act on
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own display says what Optuna would log
     argv = sys.argv[1:] if argv is None else argv
     # no command named (--help, --version, a typo): the top-level parser needs no command's flags

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import logging
 import os
 import shutil
 import time
@@ -131,11 +132,25 @@ _COMPILER: dict[str, Callable[[], bool]] = {
 _last_compiled: str | None = None
 
 
+def quiet_compile_imports() -> None:
+    """Import ``torch.utils.cpp_extension`` (inductor's C++ builder does, at its first compilation) with its
+    logger raised: the import warns "No CUDA runtime is found, using CUDA_HOME=..." wherever a CUDA toolkit
+    sits on a machine without a CUDA GPU, which says nothing about a CPU run. Call it before ``torch.compile``."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        import torch.utils.cpp_extension  # noqa: F401  (said once, at import: imported now, never said)
+    finally:
+        logger.setLevel(level)
+
+
 def compiled(net: nn.Module, device: torch.device) -> Callable[[Tensor], Tensor]:
     """``torch.compile(net)`` where a compiler works on ``device``, else ``net`` itself."""
     global _last_compiled
     if not _COMPILER.get(device.type, lambda: False)():
         return net
+    quiet_compile_imports()
     if _last_compiled != repr(net):
         torch.compiler.reset()
         _last_compiled = repr(net)

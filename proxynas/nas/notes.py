@@ -13,7 +13,9 @@ run writes there:
   with whole-dataset training (``REPORT_ATTR``; ``analysis.dashboard.attach_report``).
 
 optuna-dashboard is the ``dashboard`` extra; without it the note is skipped with one
-log line. Metric names need only Optuna.
+log line. Metric names need only Optuna. The note is built only from what the study
+records, so ``refresh_notes`` writes it later for studies run before the extra was
+installed: ``proxynas dashboard`` and ``proxynas report`` call it on their storage.
 """
 
 from __future__ import annotations
@@ -26,17 +28,20 @@ from types import ModuleType
 from typing import Any
 
 import optuna
+from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from proxynas.nas.kinds import ACCURACY_METRIC, kind_of
 from proxynas.nas.outages import retry
-from proxynas.nas.study import CONFIG_KEY, stable_api
+from proxynas.nas.study import CONFIG_KEY, WorkerGrpcStorage, stable_api
+from proxynas.runtime.failures import shown_url
 
 __all__ = [
     "BEST_SHOWN",
     "INSTALL_DASHBOARD",
     "REPORT_ATTR",
     "dashboard_module",
+    "refresh_notes",
     "save_study_note",
     "set_metric_name",
     "study_note",
@@ -51,14 +56,24 @@ INSTALL_DASHBOARD = "pip install 'proxynas[dashboard]'"
 
 @functools.cache
 def dashboard_module() -> ModuleType | None:
-    """optuna_dashboard, or None (said once per process): notes and figures are then skipped."""
+    """optuna_dashboard, or None where the dashboard extra is missing: notes and figures are then skipped."""
     try:
         import optuna_dashboard
         import plotly  # noqa: F401  (save_plotly_graph_object needs it; optuna-dashboard does not require it)
-    except ImportError as e:
-        log.info("optuna-dashboard notes and figures skipped (%s is not installed; %s)", e.name, INSTALL_DASHBOARD)
+    except ImportError:
         return None
     return optuna_dashboard
+
+
+@functools.cache
+def _say_skipped(storage: str) -> None:
+    """Once per storage and process: notes are skipped, and the commands that write them later."""
+    log.info(
+        "optuna-dashboard notes and figures skipped (the dashboard extra is not installed); %s, then "
+        "'proxynas dashboard --storage %s' writes them from what the studies record",
+        INSTALL_DASHBOARD,
+        storage,
+    )
 
 
 def set_metric_name(study: optuna.Study, name: str) -> None:
@@ -120,7 +135,7 @@ def study_note(study: optuna.Study, best: int = BEST_SHOWN) -> str:
     if "command" in a:
         rows.append(("command", f"`{a['command']}`"))
     lines = [
-        f"## {study.study_name}: {kind} study",
+        f"{_heading(study)} {kind} study",
         "",
         "| | |",
         "|---|---|",
@@ -131,6 +146,11 @@ def study_note(study: optuna.Study, best: int = BEST_SHOWN) -> str:
     if REPORT_ATTR in a:
         lines += ["", *_report_section(a[REPORT_ATTR])]
     return "\n".join(lines) + "\n"
+
+
+def _heading(study: optuna.Study) -> str:
+    """How every note proxynas writes opens: how ``refresh_notes`` tells it from one a person wrote."""
+    return f"## {study.study_name}:"
 
 
 def _results(study: optuna.Study, metric: str, best: int) -> list[str]:
@@ -201,9 +221,37 @@ def _report_section(report: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def save_study_note(study: optuna.Study) -> None:
-    """Write ``study_note(study)`` as the study's note (skipped, said once, without optuna-dashboard)."""
+def save_study_note(study: optuna.Study, storage: str) -> None:
+    """Write ``study_note(study)`` as the note of the study (in ``storage``, a URL), unless it is that already.
+
+    Without optuna-dashboard it is skipped, said once per storage with the command that writes it later.
+    """
     if (od := dashboard_module()) is None:
+        _say_skipped(shown_url(storage))
         return
     note = study_note(study)
-    retry(functools.partial(od.save_note, study, note))
+    if retry(functools.partial(od.get_note, study)) != note:  # unchanged: no new note version
+        retry(functools.partial(od.save_note, study, note))
+
+
+def refresh_notes(storage: RDBStorage | WorkerGrpcStorage) -> list[str]:
+    """Write the note of each proxynas study in ``storage`` (one with a ``kind``) that lacks it or is out of
+    date; returns their names. Nothing is written without optuna-dashboard.
+
+    A note someone wrote in the dashboard in place of proxynas's (one that does not open with the
+    study's heading) is kept: only an empty note or one proxynas wrote is replaced.
+    """
+    if (od := dashboard_module()) is None:
+        return []
+    written = []
+    for frozen in retry(storage.get_all_studies):
+        if "kind" not in frozen.user_attrs:  # another tool's study in a shared database
+            continue
+        study = optuna.load_study(study_name=frozen.study_name, storage=storage)
+        old, note = retry(functools.partial(od.get_note, study)), study_note(study)
+        if old != note and (not old or old.startswith(_heading(study))):
+            retry(functools.partial(od.save_note, study, note))
+            written.append(study.study_name)
+    if written:
+        log.info("notes written from what the studies record: %s", ", ".join(written))
+    return written

@@ -302,7 +302,7 @@ def prepare(cfg: SearchConfig) -> Prepared:
         enqueue_configs(storage, study, {c.id: {a: getattr(c, a) for a in space.varying()} for c in configs})
         done = {t.user_attrs.get(CONFIG_KEY) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
         total = len(done | {c.id for c in configs})  # a baseline study grows as --configs adds to it
-    save_study_note(study)  # what the study is, for the dashboard while it runs; launch adds the results
+    save_study_note(study, cfg.storage)  # what the study is, for the dashboard while it runs; the end adds results
     return Prepared(storage, study, space, source, total, run)
 
 
@@ -341,7 +341,7 @@ def run_search(cfg: SearchConfig, prepared: Prepared | None = None) -> int:
     p = prepared or prepare(cfg)
     objective = make_objective(cfg, p.source, p.space)
     try:
-        return run_worker(
+        done = run_worker(
             p.study,
             objective,
             queue_only=cfg.sampler == "exhaustive",
@@ -351,6 +351,9 @@ def run_search(cfg: SearchConfig, prepared: Prepared | None = None) -> int:
         )
     finally:
         end_run(p.study, p.run, [os.getpid()])
+    if prepared is None:  # this process was the whole run (a launched worker's launcher writes the note once)
+        save_study_note(p.study, cfg.storage)
+    return done
 
 
 def _worker_main(
@@ -443,6 +446,7 @@ def launch(
     if on_progress is not None:
         on_progress({**summary(p.study), "total": p.total, "started": started})
     _check_outcome(p, procs, reported, before)
+    save_study_note(p.study, cfg.storage)  # its results, beside what prepare wrote (after a failure: by the next run)
     return p
 
 

@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "sqlite:///results/proxynas.db"
 CONFIG_KEY = "config_id"  # user attribute holding a trial's configuration id
+SQLITE_FORMS = "sqlite:///relative/path or sqlite:////absolute/path"  # SQLAlchemy's two forms of an SQLite file
 GRPC_SCHEME = "grpc://"  # a `proxynas storage-server` address, grpc://host:port
 HEARTBEAT_ATTR = "proxynas:heartbeat"  # the trial system attribute a heartbeat travels as to a storage server
 T = TypeVar("T")
@@ -133,7 +134,7 @@ def open_storage(
         if is_sqlite
         else {"pool_pre_ping": True, "pool_size": connections, "max_overflow": 0}
     )
-    if sqlalchemy.engine.make_url(url).drivername in ("postgresql", "postgresql+psycopg", "postgresql+psycopg2"):
+    if parse_url(url).drivername in ("postgresql", "postgresql+psycopg", "postgresql+psycopg2"):
         kwargs["connect_args"] = {
             "keepalives": 1,
             "keepalives_idle": 30,
@@ -256,9 +257,29 @@ def stable_api() -> Iterator[None]:
         yield
 
 
+def parse_url(url: str) -> sqlalchemy.engine.URL:
+    """``url`` as SQLAlchemy reads it; one it cannot read, or an SQLite URL naming a host, is refused in one
+    line that gives the URL meant where it can tell (``sqlite:/x.db``, one slash, means ``sqlite:////x.db``)."""
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        parsed = None
+    if parsed is not None and not (parsed.get_backend_name() == "sqlite" and parsed.host):
+        return parsed
+    scheme, colon, rest = url.partition(":")
+    path = rest if scheme.startswith("sqlite") else "" if colon else url  # a file meant: too few slashes, or bare
+    if parsed is not None:  # sqlite://host/path: SQLite has no host
+        fix = f"an SQLite URL names no host: {SQLITE_FORMS}"
+    elif path:
+        fix = f"give {scheme if colon else 'sqlite'}:///{path}; an SQLite URL is {SQLITE_FORMS}"
+    else:
+        fix = "e.g. sqlite:///results/proxynas.db or postgresql+psycopg://user@host/db"
+    raise StudyError(f"{url!r} is not a usable SQLAlchemy URL; {fix}")
+
+
 def sqlite_path(url: str) -> Path | None:
     """The file an SQLite URL names (None: an in-memory database, or no path)."""
-    database = sqlalchemy.engine.make_url(url).database
+    database = parse_url(url).database
     return Path(database) if database and database != ":memory:" else None
 
 

@@ -22,6 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from proxynas.core.condense._plan import QUICK_MIN_ITERATIONS, TUNE_MIN_ITERATIONS
 from proxynas.core.data import Dataset, train_val_split
 from proxynas.exceptions import ArtifactError, DatasetError, UsageError
 from proxynas.runtime.options import option, options_of
@@ -138,13 +139,14 @@ class CondenseConfig:
             help="memory for one chunk of classes, in GiB (default: auto)",
         ),
     )
-    tune: str = field(  # DM step plan: "yes" measure now, "no" memory rule only, "auto" cached or measured on long runs
+    tune: str = field(  # DM step plan: "yes" measure now, "no" memory rule only, "auto" by the run's length
         default="auto",
         metadata=option(
             "--tune",
             choices=TUNE_CHOICES,
-            help="time DM step plans (classes per forward, layout, compilation) on this device: yes, no (memory "
-            "rule only), auto (cached, else measured for 500+ iterations)",
+            help=f"time DM step plans (classes per forward, layout, compilation) on this device: yes, no (memory "
+            f"rule only), auto (cached; else measured for {TUNE_MIN_ITERATIONS}+ iterations, a quick race of "
+            f"the rule against compiling it for {QUICK_MIN_ITERATIONS}+)",
         ),
     )
     checkpoint_every: int = field(  # iterations between checkpoints ...

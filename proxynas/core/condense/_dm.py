@@ -39,12 +39,14 @@ from proxynas.core.condense._factor import check_factor, decode, encode
 from proxynas.core.condense._loop import ResumableLoop
 from proxynas.core.condense._memory import class_chunks
 from proxynas.core.condense._plan import (
+    QUICK_MIN_ITERATIONS,
     TUNE_MIN_ITERATIONS,
     Embedder,
     StepPlan,
     cache_key,
     cached,
     measure,
+    quick,
     remember,
     search,
 )
@@ -184,8 +186,14 @@ def plan_step(
     )
     if cfg.tune != "yes" and (plan := cached(key)) is not None:
         return plan, {"source": "cache"}
-    if cfg.tune == "no" or (cfg.tune == "auto" and iterations < TUNE_MIN_ITERATIONS):
+    if cfg.tune == "no" or (cfg.tune == "auto" and iterations < QUICK_MIN_ITERATIONS):
         return StepPlan(limit), {"source": f"memory rule (not tuned: tune={cfg.tune}, {iterations} iterations)"}
+    short = cfg.tune == "auto" and iterations < TUNE_MIN_ITERATIONS
+    # a quick race's winner has a key of its own: a resumed run takes the plan it started with, and a
+    # later long run still searches
+    quick_key = cache_key(device, race="quick", shape=key)
+    if short and (plan := cached(quick_key)) is not None:
+        return plan, {"source": "cache (quick race)"}
 
     g = generator(cfg.seed, "dm-tune")  # its own stream: tuning never shifts the run's draws
     idx = sample_per_class(problem.pools, batch_real, g)[classes]
@@ -199,7 +207,12 @@ def plan_step(
         trial.grad = None
         dm_step(embedders[plan], problem, trial, classes, idx, params, plan, amp, loss=loss, decode=decode)
 
-    plan, record = search(measure(step, functools.partial(synchronize, device)), limit, batch_stats, batch_real)
+    sync = functools.partial(synchronize, device)
+    if short:
+        plan, record = quick(measure(step, sync, rounds=1), limit)
+        remember(quick_key, plan, record)
+        return plan, {"source": f"quick race ({iterations} iterations)", **record}
+    plan, record = search(measure(step, sync), limit, batch_stats, batch_real)
     remember(key, plan, record)
     return plan, {"source": "measured", **record}
 
