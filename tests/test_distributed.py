@@ -1,11 +1,12 @@
-"""``torchrun -m proxynas condense``: ranks condense their classes, rank 0 writes the set a single
-process writes (bitwise with InstanceNorm, to float tolerance with BatchNorm shared over ranks),
-and a group restarted after a rank is killed resumes from the ranks' checkpoints."""
+"""``torchrun -m proxynas condense`` (and srun's tasks): ranks condense their classes, rank 0 writes
+the set a single process writes (bitwise with InstanceNorm, to float tolerance with BatchNorm shared
+over ranks), and a group restarted after a rank is killed resumes from the ranks' checkpoints."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,19 +17,35 @@ import pytest
 import torch
 
 from proxynas.core.condense import CondenseConfig, SyntheticSet, condense, condense_sharded
-from proxynas.core.condense.distributed import Ranks, condense_distributed
+from proxynas.core.condense.distributed import (
+    SLURM_PORTS,
+    Ranks,
+    condense_distributed,
+    expand_nodelist,
+    launch_environment,
+    rank_device,
+)
 from proxynas.exceptions import UsageError
 from tests.conftest import TINY_MODEL, assert_one_line_error, run_cli
 
 BN_MODEL = "d2-w8-relu-batchnorm-avg"
 FLAGS = ["--dataset", "digits", "--ipc", "2", "--real-batch-size", "16", "--exclude-split", "0.1", "--device", "cpu"]
-FLAGS += ["--precision", "fp32"]  # "auto" measures on each process, and the test process has more threads
+# "auto" measures on each process, and the test process has more threads: what each run measures must not decide
+FLAGS += ["--precision", "fp32", "--tune", "no"]
 
 
 def _cfg(**kw) -> CondenseConfig:
     """The CondenseConfig FLAGS (and ``kw``) give the command line."""
     return CondenseConfig(
-        **{"dataset": "digits", "ipc": 2, "batch_real": 16, "val_fraction": 0.1, "precision": "fp32", **kw}
+        **{
+            "dataset": "digits",
+            "ipc": 2,
+            "batch_real": 16,
+            "val_fraction": 0.1,
+            "precision": "fp32",
+            "tune": "no",
+            **kw,
+        }
     )
 
 
@@ -76,8 +93,79 @@ def test_ranks_come_from_torchruns_environment():
     env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "node0"}
     assert Ranks.from_environment(env) == Ranks(3, 4, 1, 0)
     assert Ranks.from_environment(env | {"TORCHELASTIC_RESTART_COUNT": "2"}) == Ranks(3, 4, 1, 2)
-    with pytest.raises(UsageError, match="must be integers; launch with torchrun"):
+    with pytest.raises(UsageError, match="RANK is 'x', not an integer; launch with torchrun or srun"):
         Ranks.from_environment(env | {"RANK": "x"})
+
+
+@pytest.mark.parametrize(
+    "nodelist, hosts",
+    [
+        ("gpu5", ["gpu5"]),
+        ("node[01-03,07],gpu5", ["node01", "node02", "node03", "node07", "gpu5"]),
+        ("a[8-11]", ["a8", "a9", "a10", "a11"]),  # no padding written, none kept
+        ("n[098-101]", ["n098", "n099", "n100", "n101"]),
+        ("r[1-2]-n[3,5]", ["r1-n3", "r1-n5", "r2-n3", "r2-n5"]),
+        ("x1,y[2],z", ["x1", "y2", "z"]),
+    ],
+)
+def test_slurm_node_lists_expand_as_scontrol_show_hostnames_does(nodelist, hosts):
+    assert expand_nodelist(nodelist) == hosts
+
+
+@pytest.mark.parametrize("nodelist", ["", "node[01-03", "node]1", "node[3-1]", "node[a-b]", "a,,b", "n[1-]"])
+def test_a_slurm_node_list_it_cannot_read_names_itself_and_the_fix(nodelist):
+    with pytest.raises(UsageError, match="cannot read the SLURM node list .*set MASTER_ADDR"):
+        expand_nodelist(nodelist)
+
+
+SRUN_TASK = {  # what srun sets in task 3 of a 4-task step on gpu07 and gpu08 (the job also holds gpu09)
+    "SLURM_PROCID": "3",
+    "SLURM_NTASKS": "4",
+    "SLURM_LOCALID": "1",
+    "SLURM_JOB_ID": "123456",
+    "SLURM_STEP_ID": "0",
+    "SLURM_STEP_NODELIST": "gpu[07-08]",
+    "SLURM_NODELIST": "cpu1,gpu[07-09]",
+}
+
+
+def test_an_srun_task_is_a_rank_in_torchruns_terms():
+    group = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "gpu07", "MASTER_PORT": "23456"}
+    assert launch_environment(SRUN_TASK) == group  # the port: 20000 + 123456 % 10000
+    assert Ranks.from_environment(SRUN_TASK) == Ranks(3, 4, 1, 0)
+    step_less = {k: v for k, v in SRUN_TASK.items() if k != "SLURM_STEP_NODELIST"}
+    assert launch_environment(step_less) == group | {"MASTER_ADDR": "cpu1"}  # the job's first node
+    chosen = {"MASTER_ADDR": "gpu07-ib", "MASTER_PORT": "4000"}
+    assert launch_environment(SRUN_TASK | chosen) == group | chosen
+    torchrun = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "h", "MASTER_PORT": "1"}
+    assert launch_environment(SRUN_TASK | torchrun) == torchrun  # torchrun under srun: torchrun's ranks
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        SRUN_TASK | {"SLURM_NTASKS": "1"},  # a one-task step is one process
+        {k: v for k, v in SRUN_TASK.items() if k != "SLURM_STEP_ID"},  # the batch script, not a task srun started
+        {k: v for k, v in SRUN_TASK.items() if not k.endswith("NODELIST")},
+        SRUN_TASK | {"RANK": "0"},  # part of torchrun's variables: neither launcher's group
+    ],
+)
+def test_no_group_without_a_task_of_an_srun_step_of_several(env):
+    assert launch_environment(env) is None and Ranks.from_environment(env) is None
+
+
+def test_an_srun_variable_that_is_no_integer_is_named():
+    with pytest.raises(UsageError, match="SLURM_PROCID is 'x', not an integer; launch with torchrun or srun"):
+        Ranks.from_environment(SRUN_TASK | {"SLURM_PROCID": "x"})
+
+
+@pytest.mark.parametrize("visible, local_rank, index", [(4, 1, 1), (1, 3, 0)])
+def test_a_rank_takes_its_gpu_among_those_it_sees(monkeypatch, visible, local_rank, index):
+    """All the node's GPUs (torchrun, srun --gpus-per-node): the local rank's; one (srun --gpus-per-task 1): it."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    assert rank_device("cuda", local_rank) == torch.device("cuda", index)
+    assert rank_device("cuda:2", local_rank) == torch.device("cuda", 2)  # an index given is kept
 
 
 @pytest.mark.parametrize(
@@ -101,7 +189,7 @@ def test_runs_ranks_cannot_split_are_refused_before_joining_a_group(tmp_path, cf
 @pytest.mark.parametrize(
     "argv, fragments",
     [
-        (["--workers", "2"], ["under torchrun every process is one rank", "drop --workers and --devices"]),
+        (["--workers", "2"], ["under torchrun or srun every process is one rank", "drop --workers and --devices"]),
         (["--method", "dsa"], ["--method dsa cannot be split into class shards", "run it in one process"]),
     ],
 )
@@ -139,6 +227,55 @@ def test_two_ranks_write_the_set_one_process_writes(tmp_path, one_thread):
     assert one.meta["embedding_uses_batch_stats"] and two.meta["embedding_uses_batch_stats"]
     assert (two.images - one.images).abs().max() <= 1e-5  # BatchNorm over both ranks: one batch
     torch.testing.assert_close(torch.tensor(two.meta["loss_curve"]), torch.tensor(one.meta["loss_curve"]))
+
+
+def _free_slurm_job_id() -> int:
+    """A job id whose port (``launch_environment``) nothing on this machine listens on."""
+    for port in SLURM_PORTS:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port - SLURM_PORTS.start + len(SLURM_PORTS)
+    raise AssertionError("no free port in SLURM_PORTS")
+
+
+def test_srun_tasks_without_torchrun_write_the_set_one_process_writes_and_only_rank_0_reports(tmp_path, one_thread):
+    """Two tasks as ``srun --ntasks 2 python -m proxynas condense`` starts them (SLURM_*, no RANK) on two
+    nodes, each with its own dataset cache; rank 0's node list entry is this machine."""
+    out = tmp_path / "srun.safetensors"
+    job = str(_free_slurm_job_id())
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    env.pop("MASTER_PORT", None)
+    argv = [sys.executable, "-m", "proxynas", "condense", *FLAGS, "--iterations", "5", "--model", TINY_MODEL]
+    tasks = [
+        subprocess.Popen(
+            [*argv, "--out", str(out)],
+            env=env
+            | {
+                "OMP_NUM_THREADS": "1",
+                "SLURM_PROCID": str(i),
+                "SLURM_NTASKS": "2",
+                "SLURM_LOCALID": "0",
+                "SLURM_JOB_ID": job,
+                "SLURM_STEP_ID": "0",
+                "SLURM_STEP_NODELIST": "127.0.0.[1-2]",
+                "PROXYNAS_CACHE": str(tmp_path / f"cache-node{i}"),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    rank0, rank1 = (_finish(task) for task in tasks)
+    one = condense(_cfg(iterations=5, model=TINY_MODEL), tmp_path / "one.safetensors")
+    two = SyntheticSet.load(out)
+    assert torch.equal(two.images, one.images) and torch.equal(two.labels, one.labels)
+    assert "decoding" in rank0 and "5/5 (100%)" in rank0 and "from 2 ranks" in rank0
+    # rank 1 decoded its node's cache and ran every iteration too, and said nothing of it
+    assert "decoding" not in rank1 and "condense" not in rank1 and "wrote" not in rank1, rank1
 
 
 def test_workers_launch_the_same_group_so_batchnorm_shards_too(tmp_path, one_thread):

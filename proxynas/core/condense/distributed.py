@@ -1,9 +1,11 @@
 """One condensation over a torch.distributed process group: ``torchrun -m proxynas condense ...``.
 
-Each process of the group (launched by torchrun, or by srun running torchrun on every node) is one
-rank: it condenses its share of the classes, shard ``rank + 1`` of ``world`` as ``--classes i/n``
-would, on its local device, and checkpoints that share in its own part file beside ``out``. After a
-barrier, rank 0 merges the parts into ``out``. DM's draws cover every dataset class (``_dm.py``),
+Each process of the group is one rank, launched by torchrun (alone, or one torchrun a node under
+srun), or by srun itself, one task a rank (``srun python -m proxynas condense ...``), whose
+``SLURM_*`` variables give the same places (``launch_environment``). A rank condenses its share
+of the classes, shard ``rank + 1`` of ``world`` as ``--classes i/n`` would, on its local device,
+and checkpoints that share in its own part file beside ``out``. After a barrier, rank 0 merges the
+parts into ``out``. DM's draws cover every dataset class (``_dm.py``),
 so with an InstanceNorm embedding every rank computes exactly its classes of a single-process run.
 
 A BatchNorm embedding couples the classes: the single process normalises all classes' images as
@@ -13,13 +15,16 @@ lockstep, so they checkpoint at iterations they agree on and never on an interru
 group resumes at the one iteration every rank saved.
 
 Elastic: under ``torchrun --max-restarts``, a restarted group (``TORCHELASTIC_RESTART_COUNT`` > 0)
-resumes from the ranks' checkpoints without ``--resume``.
+resumes from the ranks' checkpoints without ``--resume``. srun does not restart a group: a
+requeued job resumes with ``--resume``.
 """
 
 from __future__ import annotations
 
 import datetime
+import itertools
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,9 +53,91 @@ from proxynas.runtime.precision import resolve_precision
 
 # What torchrun (and torch.distributed.run's API) sets in every process it starts.
 ENVIRONMENT = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")
+# What srun sets in every task it starts. SLURM_STEP_ID is the mark of a task: the batch script
+# itself has the job's SLURM_NTASKS and SLURM_PROCID 0 too, and is one process however many tasks
+# the job asks for, not rank 0 of them (which would wait for ever for ranks never started).
+SLURM_ENVIRONMENT = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_ID", "SLURM_STEP_ID")
+SLURM_NODELISTS = ("SLURM_STEP_NODELIST", "SLURM_NODELIST")  # the step's nodes, else the job's
+# Where an srun group's rank 0 listens without MASTER_PORT: a port a job's id picks in this range,
+# below Linux's ephemeral ports (32768 on), so that jobs sharing a first node rarely collide.
+SLURM_PORTS = range(20000, 30000)
 # How long a rank waits for the others: joining, and at each collective (a slow peer's checkpoint
 # or merge included) before it gives up and the launcher restarts or stops the group.
 GROUP_TIMEOUT = datetime.timedelta(minutes=30)
+
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    """The host names of SLURM's compact node list, in order: ``node[01-03,07],gpu5`` gives node01,
+    node02, node03, node07 and gpu5 (zero padding kept; several bracket groups in one name expand
+    as their product), as ``scontrol show hostnames`` prints them."""
+    # names separated by commas outside brackets
+    names = re.findall(r"(?:[^,\[]|\[[^\]]*\])+", nodelist)
+    if not nodelist or ",".join(names) != nodelist:
+        raise UsageError(
+            f"cannot read the SLURM node list {nodelist!r}; set MASTER_ADDR to the address of rank 0's node"
+        )
+    hosts: list[str] = []
+    for name in names:
+        parts = re.split(r"\[([^\]]*)\]", name)  # text, ranges, text, ranges, ..., text
+        if any("[" in t or "]" in t for t in parts[::2]):
+            raise UsageError(
+                f"cannot read the SLURM node list {nodelist!r}: unbalanced brackets; set MASTER_ADDR "
+                "to the address of rank 0's node"
+            )
+        choices = [[t] if i % 2 == 0 else _expand_ranges(t, nodelist) for i, t in enumerate(parts)]
+        hosts += ["".join(p) for p in itertools.product(*choices)]
+    return hosts
+
+
+def _expand_ranges(ranges: str, nodelist: str) -> list[str]:
+    """``01-03,07`` -> 01, 02, 03, 07: the numbers inside one pair of brackets, padded as written."""
+    out: list[str] = []
+    for item in ranges.split(","):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", item)
+        if m is None or (m[2] is not None and int(m[2]) < int(m[1])):
+            raise UsageError(
+                f"cannot read the SLURM node list {nodelist!r}: {item!r} is not a number or a rising range "
+                "of them; set MASTER_ADDR to the address of rank 0's node"
+            )
+        low, high = m[1], m[2] or m[1]
+        out += [str(n).zfill(len(low)) for n in range(int(low), int(high) + 1)]
+    return out
+
+
+def launch_environment(env: Mapping[str, str] = os.environ) -> dict[str, str] | None:
+    """The group this process was launched in, in torchrun's names (RANK, WORLD_SIZE, LOCAL_RANK,
+    MASTER_ADDR, and MASTER_PORT where known); None outside one.
+
+    torchrun's variables as they are; else those of a task srun started in a step of more than one
+    task: rank SLURM_PROCID, world SLURM_NTASKS, local rank SLURM_LOCALID, and rank 0's address the
+    first node of the step (where srun's block and cyclic distributions both place task 0), its
+    port one SLURM_JOB_ID picks; MASTER_ADDR and MASTER_PORT in the environment win over both.
+    """
+    if all(name in env for name in ENVIRONMENT):
+        return {name: env[name] for name in (*ENVIRONMENT, "MASTER_PORT") if name in env}
+    torchrun_part = any(name in env for name in ENVIRONMENT[:3])  # not srun's, and not a whole group either
+    if torchrun_part or not all(name in env for name in SLURM_ENVIRONMENT):
+        return None
+    nodelist = next((env[name] for name in SLURM_NODELISTS if name in env), None)
+    if nodelist is None or _integer(env, "SLURM_NTASKS") < 2:
+        return None
+    return {
+        "RANK": str(_integer(env, "SLURM_PROCID")),
+        "WORLD_SIZE": env["SLURM_NTASKS"],
+        "LOCAL_RANK": str(_integer(env, "SLURM_LOCALID")),
+        "MASTER_ADDR": env.get("MASTER_ADDR") or expand_nodelist(nodelist)[0],
+        "MASTER_PORT": env.get("MASTER_PORT")
+        or str(SLURM_PORTS.start + _integer(env, "SLURM_JOB_ID") % len(SLURM_PORTS)),
+    }
+
+
+def _integer(env: Mapping[str, str], name: str) -> int:
+    try:
+        return int(env[name])
+    except ValueError:
+        raise UsageError(
+            f"{name} is {env[name]!r}, not an integer; launch with torchrun or srun, which set it"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -64,20 +151,16 @@ class Ranks:
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str] = os.environ) -> Ranks | None:
-        """The group torchrun started this process in; None outside one."""
-        if not all(name in env for name in ENVIRONMENT):
+        """The group torchrun or srun started this process in (``launch_environment``); None outside one."""
+        group = launch_environment(env)
+        if group is None:
             return None
-        try:
-            return cls(
-                int(env["RANK"]),
-                int(env["WORLD_SIZE"]),
-                int(env["LOCAL_RANK"]),
-                int(env.get("TORCHELASTIC_RESTART_COUNT", "0")),
-            )
-        except ValueError:
-            raise UsageError(
-                "RANK, WORLD_SIZE and LOCAL_RANK must be integers; launch with torchrun, which sets them"
-            ) from None
+        return cls(
+            _integer(group, "RANK"),
+            _integer(group, "WORLD_SIZE"),
+            _integer(group, "LOCAL_RANK"),
+            int(env.get("TORCHELASTIC_RESTART_COUNT", "0")),
+        )
 
 
 def part_path(out: Path, i: int, n: int) -> Path:
@@ -86,10 +169,11 @@ def part_path(out: Path, i: int, n: int) -> Path:
 
 
 def rank_device(device: str, local_rank: int) -> torch.device:
-    """``--device`` for one rank: a CUDA device without an index means this node's GPU ``local_rank``."""
+    """``--device`` for one rank: a CUDA device without an index means this node's GPU ``local_rank``,
+    counted among the GPUs the rank sees (``srun --gpus-per-task 1`` shows each task its own as cuda:0)."""
     resolved = resolve_device(device)
     if resolved.type == "cuda" and resolved.index is None:
-        return torch.device("cuda", local_rank)
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
     return resolved
 
 
@@ -262,12 +346,13 @@ def _join_group(backend: str, ranks: Ranks, env: Mapping[str, str] = os.environ)
     """Join the group through the launcher's store at MASTER_ADDR:MASTER_PORT (torchrun's agent
     hosts it; without one, rank 0 does). Keys carry the restart count: a restarted group that read
     the addresses its dead predecessor left there would wait for ever to connect to them."""
+    group = launch_environment(env) or env  # condense --workers sets MASTER_ADDR and MASTER_PORT alone
     try:
-        port = int(env.get("MASTER_PORT", "29500"))
+        port = int(group.get("MASTER_PORT", "29500"))
     except ValueError:
         raise UsageError("MASTER_PORT must be a port number; launch with torchrun, which sets it") from None
     store = dist.TCPStore(
-        env["MASTER_ADDR"],
+        group["MASTER_ADDR"],
         port,
         ranks.world,
         is_master=ranks.rank == 0 and env.get("TORCHELASTIC_USE_AGENT_STORE") != "True",
