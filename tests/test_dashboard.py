@@ -8,6 +8,7 @@ headless Chromium; set PROXYNAS_SCREENSHOTS=docs/dashboard to keep its screensho
 from __future__ import annotations
 
 import builtins
+import contextlib
 import dataclasses
 import json
 import logging
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -182,6 +184,31 @@ def report_studies(url: str, proxy_file: Path) -> None:
             study.add_trial(create_trial(value=acc, user_attrs={"config_id": cid, "val_acc": acc, "test_acc": acc}))
 
 
+REPORT_POINTS = {  # configuration -> (dm, whole) validation accuracy, as report_studies writes them
+    "d1-w8-relu-none-avg": (0.4, 0.9),
+    "d1-w8-relu-instancenorm-avg": (0.3, 0.7),
+    "d1-w16-relu-none-avg": (0.2, 0.8),
+    "d1-w16-relu-instancenorm-avg": (0.1, 0.6),
+}
+
+
+def stored_figure(storage, study: optuna.Study) -> dict | None:
+    """The report's scatter on the study, read back from the system attributes optuna-dashboard writes it to."""
+    attrs = storage.get_study_system_attrs(study._study_id)
+    prefix = f"dashboard:plot_data:{dashboard.GRAPH_ID}:"
+    chunks = [attrs[f"{prefix}{i}"] for i in range(len([k for k in attrs if k.startswith(prefix)]))]
+    return json.loads("".join(chunks)) if chunks else None
+
+
+def scatter_points(figure: dict) -> dict[str, tuple[float, float]]:
+    """Configuration -> (proxy, whole) of the scatter's two point sets (its top set and the rest)."""
+    return {
+        cid: (x, y)
+        for trace in figure["data"][:2]
+        for cid, x, y in zip(trace["text"], trace["x"], trace["y"], strict=True)
+    }
+
+
 def test_a_report_is_attached_to_each_proxy_study_as_artifacts_a_figure_and_a_note(proxy, tmp_path):
     url = sqlite(tmp_path, "studies.db")
     copy = tmp_path / "copy.safetensors"  # a proxy set whose image grid is gone: drawn again
@@ -210,24 +237,8 @@ def test_a_report_is_attached_to_each_proxy_study_as_artifacts_a_figure_and_a_no
     with store.open_reader(again["ranking.csv"]) as f:
         assert f.read() == b"changed\n"
 
-    attrs = storage.get_study_system_attrs(dm._study_id)
-    figure = json.loads(
-        "".join(
-            attrs[f"dashboard:plot_data:{dashboard.GRAPH_ID}:{i}"]
-            for i in range(len([k for k in attrs if k.startswith(f"dashboard:plot_data:{dashboard.GRAPH_ID}:")]))
-        )
-    )
-    points = {
-        cid: (x, y)
-        for trace in figure["data"][:2]
-        for cid, x, y in zip(trace["text"], trace["x"], trace["y"], strict=True)
-    }
-    assert points == {
-        "d1-w8-relu-none-avg": (0.4, 0.9),
-        "d1-w8-relu-instancenorm-avg": (0.3, 0.7),
-        "d1-w16-relu-none-avg": (0.2, 0.8),
-        "d1-w16-relu-instancenorm-avg": (0.1, 0.6),
-    }
+    figure = stored_figure(storage, dm)
+    assert scatter_points(figure) == REPORT_POINTS
     assert figure["data"][1]["name"] == "its top set" and sorted(figure["data"][1]["text"]) == [
         "d1-w8-relu-instancenorm-avg",
         "d1-w8-relu-none-avg",
@@ -262,7 +273,9 @@ def test_a_postgresql_storage_needs_an_artifact_folder(caplog):
     assert dashboard.artifact_dir("postgresql+psycopg://u@h/db", "/srv/art") == Path("/srv/art")
 
 
-def test_without_optuna_dashboard_notes_are_skipped_with_one_log_line(proxy, space_file, tmp_path, monkeypatch, caplog):
+@contextlib.contextmanager
+def without_the_extra(monkeypatch) -> Iterator[None]:
+    """optuna_dashboard cannot be imported inside, as before ``pip install 'proxynas[dashboard]'``."""
     real_import = builtins.__import__
 
     def no_dashboard(name, *args, **kwargs):
@@ -271,15 +284,19 @@ def test_without_optuna_dashboard_notes_are_skipped_with_one_log_line(proxy, spa
         return real_import(name, *args, **kwargs)
 
     notes.dashboard_module.cache_clear()
-    monkeypatch.setattr(builtins, "__import__", no_dashboard)
-    try:
-        with caplog.at_level(logging.INFO, logger="proxynas.nas.notes"):
-            url = sqlite(tmp_path)
-            study = prepare(config(proxy, space_file, url)).study
-            notes.save_study_note(study, url)
-    finally:
-        monkeypatch.undo()
-        notes.dashboard_module.cache_clear()
+    with monkeypatch.context() as m:
+        m.setattr(builtins, "__import__", no_dashboard)
+        try:
+            yield
+        finally:
+            notes.dashboard_module.cache_clear()
+
+
+def test_without_optuna_dashboard_notes_are_skipped_with_one_log_line(proxy, space_file, tmp_path, monkeypatch, caplog):
+    with without_the_extra(monkeypatch), caplog.at_level(logging.INFO, logger="proxynas.nas.notes"):
+        url = sqlite(tmp_path)
+        study = prepare(config(proxy, space_file, url)).study
+        notes.save_study_note(study, url)
     skipped = [r.getMessage() for r in caplog.records if r.name == "proxynas.nas.notes"]
     assert skipped == [  # once, with the commands that write the notes later
         "optuna-dashboard notes and figures skipped (the dashboard extra is not installed); pip install "
@@ -352,6 +369,44 @@ def test_a_report_writes_the_note_of_every_study_the_whole_dataset_one_included(
         assert note == notes.study_note(study) and f"## {name}: {kind} study" in note, name
         assert "4 of ? configurations complete" in note, name  # these studies record no space
     assert "Against whole-dataset training" in od.get_note(optuna.load_study(study_name="dm", storage=url))
+
+
+def test_a_report_run_without_the_extra_gets_its_figure_when_the_dashboard_opens(proxy, tmp_path, monkeypatch, capsys):
+    """The figure needs only what the report records and the studies' trials: ``proxynas dashboard`` draws it
+    (and draws it again once trials change), with no report repeated."""
+    url = sqlite(tmp_path, "studies.db")
+    report_studies(url, proxy)
+    argv = ["--proxy-studies", "dm", "--whole", "whole", "--top", "2", "--k", "2", "--out-dir", tmp_path / "report"]
+    with without_the_extra(monkeypatch):
+        code, _, _ = run_cli(capsys, "report", "--storage", url, *argv)
+    assert code == 0
+    storage = open_storage(url)
+    dm, whole = (optuna.load_study(study_name=n, storage=storage) for n in ("dm", "whole"))
+    assert stored_figure(storage, dm) is None
+
+    monkeypatch.setattr(od, "run_server", lambda storage, **kw: None)
+    code, _, _ = run_cli(capsys, "dashboard", "--storage", url, "--port", _free_port())
+    assert code == 0
+    figure = stored_figure(storage, dm)
+    assert figure is not None and scatter_points(figure) == REPORT_POINTS
+    assert sorted(figure["data"][1]["text"]) == ["d1-w8-relu-instancenorm-avg", "d1-w8-relu-none-avg"]  # its top 2
+    assert figure["data"][2]["text"] == ["d1-w8-relu-none-avg"]  # the selected configuration
+    assert stored_figure(storage, whole) is None  # only proxy studies are compared
+    assert dashboard.refresh_figures(storage) == []  # the same figure: not written again
+
+    new = "d1-w16-relu-sigmoid-avg"  # a configuration both studies trained since the report
+    for study, acc in ((dm, 0.05), (whole, 0.5)):
+        study.add_trial(create_trial(value=acc, user_attrs={"config_id": new, "val_acc": acc, "test_acc": acc}))
+    assert dashboard.refresh_figures(storage) == ["dm"]
+    assert scatter_points(stored_figure(storage, dm)) == REPORT_POINTS | {new: (0.05, 0.5)}
+
+    # a study reported before reports recorded their top set keeps its figure until the next report
+    old_record = {k: v for k, v in dm.user_attrs[notes.REPORT_ATTR].items() if k not in ("method", "top_set")}
+    dm.set_user_attr(notes.REPORT_ATTR, old_record)
+    dm.add_trial(create_trial(value=0.01, user_attrs={"config_id": "d1-w8-relu-sigmoid-avg", "val_acc": 0.01}))
+    whole.add_trial(create_trial(value=0.2, user_attrs={"config_id": "d1-w8-relu-sigmoid-avg", "val_acc": 0.2}))
+    assert dashboard.refresh_figures(storage) == []
+    assert scatter_points(stored_figure(storage, dm)) == REPORT_POINTS | {new: (0.05, 0.5)}
 
 
 def test_dashboard_refuses_a_malformed_storage_url_in_one_line(capsys, tmp_path):

@@ -6,6 +6,9 @@ or out of date, as for studies run before the dashboard extra was installed). A 
 adds, for each proxy study it compares: the report files (CSVs and plots) and the proxy
 set's image grid as Optuna artifacts, its accuracies against whole-dataset training as a
 plotly figure (``save_plotly_graph_object``), and its summary row, which the note then shows.
+The row records what the figure is drawn from (the whole-dataset study, the method, its
+top set), so ``report`` and ``dashboard`` draw it again from the studies' current trials
+(``refresh_figures``), as for a study reported before the dashboard extra was installed.
 
 Artifacts are files in an ``optuna.artifacts.FileSystemArtifactStore``: a folder next to
 an SQLite database (``results/proxynas.db`` -> ``results/proxynas-artifacts/``), found
@@ -15,6 +18,10 @@ each file under its artifact id instead of adding a copy.
 
 optuna-dashboard and plotly are the ``dashboard`` extra; without them the note and the
 figure are skipped with one log line. Artifacts need only Optuna.
+
+optuna-dashboard 0.21's study list shows, on each study's card, its id, name and
+direction only (the best value was asked for in optuna-dashboard #511, merged into the
+open #252): a study's kind, metric and best configurations are in its note.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ __all__ = [
     "attach_report",
     "open_served",
     "percent_format",
+    "refresh_figures",
     "scatter_figure",
     "serve",
     "upload",
@@ -132,7 +140,6 @@ def attach_report(
             "proxynas dashboard)",
             storage_url.partition(":")[0],
         )
-    whole = study_frame(storage, report.studies[WHOLE])
     summary = report.summary.set_index("method")
     attached = []
     for method, name in report.studies.items():
@@ -145,15 +152,62 @@ def attach_report(
                 for path in [*paths.values(), *([grid] if grid else [])]:
                     upload(store, study, Path(path))
         row = {k: _plain(v) for k, v in summary.loc[method].items()}
-        record = {"whole": report.studies[WHOLE], "out": str(out), "summary": row}
+        # method and top set too: with them ``refresh_figures`` draws the scatter from the studies alone
+        record = {
+            "whole": report.studies[WHOLE],
+            "method": method,
+            "top_set": report.top.get(method, []),
+            "out": str(out),
+            "summary": row,
+        }
         _retry(functools.partial(study.set_user_attr, REPORT_ATTR, record))
-        if (od := dashboard_module()) is not None:
-            figure = scatter_figure(method, study_frame(storage, name), whole, report.top.get(method, []), row)
-            _retry(functools.partial(od.save_plotly_graph_object, study, figure, graph_object_id=GRAPH_ID))
         save_study_note(study, storage_url)
         attached.append(name)
+    refresh_figures(storage)
     refresh_notes(storage)  # the other studies too: those run before the dashboard extra was installed
     return attached
+
+
+def refresh_figures(storage: RDBStorage | WorkerGrpcStorage) -> list[str]:
+    """Draw the proxy-against-whole scatter on each proxy study whose report recorded what it is drawn from,
+    from the current trials of the study and of the whole-dataset study it was compared with; returns the
+    studies drawn on. Nothing is drawn without the dashboard extra.
+
+    A figure equal to the one stored is not written again. A study reported before reports recorded
+    their top set (``top_set`` in ``REPORT_ATTR``) keeps the figure it has until its next report.
+    """
+    if (od := dashboard_module()) is None:
+        return []
+    studies = {s.study_name: s.user_attrs for s in _retry(storage.get_all_studies)}
+    frame = functools.cache(functools.partial(study_frame, storage))  # a whole study compared often is read once
+    drawn = []
+    for name, attrs in studies.items():
+        record = attrs.get(REPORT_ATTR, {})
+        if attrs.get("kind") != PROXY or "top_set" not in record:
+            continue
+        if record["whole"] not in studies:
+            log.info("study %r: no figure drawn; its report's whole-dataset study %r is gone", name, record["whole"])
+            continue
+        figure = scatter_figure(
+            record["method"], frame(name), frame(record["whole"]), record["top_set"], record["summary"]
+        )
+        if _stored_figure(storage, name) != figure.to_json():
+            study = optuna.load_study(study_name=name, storage=storage)
+            _retry(functools.partial(od.save_plotly_graph_object, study, figure, graph_object_id=GRAPH_ID))
+            drawn.append(name)
+    if drawn:
+        log.info("figures drawn from what the studies record: %s", ", ".join(drawn))
+    return drawn
+
+
+def _stored_figure(storage: RDBStorage | WorkerGrpcStorage, name: str) -> str:
+    """The JSON of the study's scatter as optuna-dashboard 0.21 stores it: chunks in the system attributes
+    ``dashboard:plot_data:<id>:<i>`` (a shorter figure leaves empty ones past its end). Were that layout to
+    change, this reads "" and the figure is only written again, never lost."""
+    attrs = _retry(lambda: storage.get_study_system_attrs(storage.get_study_id_from_name(name)))
+    prefix = f"dashboard:plot_data:{GRAPH_ID}:"
+    chunks = {int(k[len(prefix) :]): v for k, v in attrs.items() if k.startswith(prefix) and k[len(prefix) :].isdigit()}
+    return "".join(chunks[i] for i in sorted(chunks))
 
 
 def _plain(v: Any) -> Any:
@@ -263,12 +317,14 @@ def open_served(given: str | None, defaults: Mapping[str, str], artifacts: str |
 
 
 def serve(served: Served, host: str, port: int) -> None:
-    """Run optuna-dashboard (blocks until Ctrl-C), first writing the notes missing or out of date.
+    """Run optuna-dashboard (blocks until Ctrl-C), first writing the notes and figures missing or out of date.
 
-    Studies run before the dashboard extra was installed get theirs then (``notes.refresh_notes``).
+    Studies run or reported before the dashboard extra was installed get theirs then
+    (``notes.refresh_notes``, ``refresh_figures``).
     """
     from optuna_dashboard import run_server
 
     refresh_notes(served.storage)
+    refresh_figures(served.storage)
     store = AtomicArtifactStore(served.artifacts) if served.artifacts is not None else None
     run_server(served.storage, host=host, port=port, artifact_store=store)

@@ -50,7 +50,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BEST_SHOWN = 10  # configurations listed in a note
-REPORT_ATTR = "report"  # study user attribute holding the latest report's summary row, for the note
+REPORT_ATTR = "report"  # study user attribute: the latest report's summary row (for the note), what its figure shows
 INSTALL_DASHBOARD = "pip install 'proxynas[dashboard]'"
 
 
