@@ -63,10 +63,17 @@ def test_condense_then_evaluate_on_digits(capsys, tmp_path):
     assert out.with_suffix(".png").exists()
 
     code, stdout, _ = run_cli(capsys, "evaluate", out, "--epochs", "2", "--num-nets", "2", "--quiet", "--device", "cpu")
-    assert code == 0 and "test accuracy" in stdout
     result = json.loads((tmp_path / f"dm.eval-{TINY_MODEL}.json").read_text())
     assert len(result["accuracies"]) == 2 and 0.0 <= result["mean"] <= 1.0
     assert result["train"]["epochs"] == 2 and result["train"]["dsa_strategy"] == "color_crop_cutout_scale_rotate"
+    said = f"test accuracy {100 * result['mean']:.2f} ± {100 * result['std']:.2f} % over 2 networks ->"
+    assert code == 0 and said in " ".join(stdout.split())
+
+    one = tmp_path / "one.safetensors"  # the same set: its evaluation file is another
+    one.write_bytes(out.read_bytes())
+    code, stdout, _ = run_cli(capsys, "evaluate", one, "--epochs", "2", "--num-nets", "1", "--quiet", "--device", "cpu")
+    (acc,) = json.loads((tmp_path / f"one.eval-{TINY_MODEL}.json").read_text())["accuracies"]
+    assert code == 0 and f"test accuracy {100 * acc:.2f} % over 1 network ->" in " ".join(stdout.split())
 
 
 def test_sharded_condense_and_merge(capsys, tmp_path):
@@ -145,9 +152,9 @@ def test_unknown_dataset_and_missing_data(capsys, tmp_path):
     code, _, err = run_cli(capsys, "condense", "--dataset", "nosuch")
     assert code == 2
     assert_one_line_error(err, "unknown dataset 'nosuch'", "cifar10", "digits")
-    code, _, err = run_cli(capsys, "condense", "--dataset", "cifar10", "--data-path", tmp_path / "missing")
+    code, _, err = run_cli(capsys, "condense", "--dataset", "cifar10", "--data-path", tmp_path / "missing.tar.gz")
     assert code == 3
-    assert_one_line_error(err, str(tmp_path / "missing"))
+    assert_one_line_error(err, f"--data-path {tmp_path / 'missing.tar.gz'} does not exist", "--download")
     (tmp_path / "empty" / "train").mkdir(parents=True)
     (tmp_path / "empty" / "test").mkdir()
     code, _, err = run_cli(capsys, "condense", "--dataset", "folder", "--data-path", tmp_path / "empty")
@@ -225,9 +232,10 @@ def test_kill_9_then_resume_completes_with_the_uninterrupted_result(tmp_path):
     assert not checkpoint_path(out).exists()
 
 
-def test_quickstart_runs_end_to_end_and_resumes_after_an_interruption(tmp_path):
+def test_quickstart_runs_end_to_end_and_resumes_after_an_interruption(capsys, monkeypatch, tmp_path):
     import optuna
 
+    from proxynas.cli import quickstart
     from proxynas.cli.quickstart import QuickstartPlan, run_quickstart
 
     plan = QuickstartPlan(
@@ -248,12 +256,23 @@ def test_quickstart_runs_end_to_end_and_resumes_after_an_interruption(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_quickstart(plan, on_stage=stop_before_whole)
     dm_trials = len(optuna.load_study(study_name="dm", storage=plan.storage).trials)
-    report, paths = run_quickstart(plan)
+    # continued by the command, on the small plan above (the command's own is minutes long)
+    reports = []
+
+    def small(_: QuickstartPlan, **kwargs):
+        reports.append(run_quickstart(plan, **kwargs))
+        return reports[-1]
+
+    monkeypatch.setattr(quickstart, "run_quickstart", small)
+    argv = ["quickstart", "--out-dir", str(plan.out), "--device", "cpu", "--quiet"]
+    assert run_cli(capsys, *argv)[0] == 0
+    report, paths = reports[0]
     assert len(optuna.load_study(study_name="dm", storage=plan.storage).trials) == dm_trials == 2  # not retrained
     assert list(report.summary["method"]) == ["dm", "random", "early-stop"]
     for path in paths.values():
         assert path.stat().st_size > 0
     assert (plan.out / "digits-dm-ipc2.safetensors").exists()
+    assert json.loads((plan.out / "report" / "config.json").read_text())["command"] == shlex.join(["proxynas", *argv])
 
 
 def test_dashboard_without_the_extra_names_the_fix(capsys, monkeypatch):

@@ -215,6 +215,16 @@ def test_torchvision_dataset_missing_offline_names_path_and_fix(name: str, tmp_p
     assert "pass --data-path to a folder holding" in message and "--download when online" in message
 
 
+@pytest.mark.parametrize("name", [n for n in DATASETS.names() if n != "digits"])  # digits is bundled: no path
+def test_a_data_path_that_does_not_exist_is_named_as_such(name: str, tmp_path: Path) -> None:
+    missing = tmp_path / "nothere.tar.gz"
+    with pytest.raises(DatasetError) as excinfo:
+        load_dataset(name, missing, cache_dir=tmp_path / "cache")
+    message = _error(excinfo)
+    assert message.startswith(f"--data-path {missing} does not exist; pass --data-path to ")
+    assert f"{missing}/" not in message  # not a file searched for inside it
+
+
 def test_download_flag_reaches_torchvision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
@@ -223,10 +233,11 @@ def test_download_flag_reaches_torchvision(tmp_path: Path, monkeypatch: pytest.M
         raise OSError("network is unreachable")
 
     monkeypatch.setattr("torchvision.datasets.cifar.download_and_extract_archive", offline)
+    root = tmp_path / "new"  # not there yet: a download creates it
     with pytest.raises(DatasetError) as excinfo:
-        load_dataset("cifar10", tmp_path, cache_dir=tmp_path / "cache", download=True)
+        load_dataset("cifar10", root, cache_dir=tmp_path / "cache", download=True)
     assert calls == ["https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"]
-    assert f"could not download CIFAR10 into {tmp_path} (network is unreachable)" in _error(excinfo)
+    assert f"could not download CIFAR10 into {root} (network is unreachable)" in _error(excinfo)
 
 
 def test_torchvision_rejecting_files_is_a_dataset_error(tmp_path: Path) -> None:

@@ -434,6 +434,25 @@ def test_spread_over_repeats_is_shown_per_configuration_and_per_method(storage, 
     assert "± val" in table and "0.050" in table
 
 
+def test_the_selection_table_says_which_training_each_test_accuracy_is(storage, capsys, monkeypatch):
+    import re
+
+    from proxynas import cli
+
+    # dm selects IDS[1] (val 0.7) and tests it at 0.25; whole-dataset training tests it at 0.79 (0.8 - 0.01)
+    add_study(storage, "dm", {IDS[0]: 0.6, IDS[1]: 0.7}, tests={IDS[0]: 0.2, IDS[1]: 0.25})
+    add_study(storage, "w", {IDS[0]: 0.9, IDS[1]: 0.8}, kind="whole")
+    monkeypatch.setattr(cli.out, "width", 200)  # wide enough that no header wraps
+    cli.ReportCommand.show(build_report(storage, ["dm"], "w", top=1), "labels", {})
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if "selected" in line and "┃" in line)
+    dm = next(line for line in lines[header:] if line.strip(" │").startswith("dm "))
+    cells = dict(zip(*([c.strip() for c in re.split("[│┃]", line)] for line in (lines[header], dm)), strict=True))
+    assert (cells["selected"], cells["whole-run test acc"], cells["method-run test acc"]) == (IDS[1], "0.79", "0.25")
+    shown = " ".join(" ".join(lines).split())
+    assert "trained on the whole dataset (whole-run) and as the method trained it (method-run)" in shown
+
+
 def test_zero_cost_values_are_scores_in_the_ranking(storage):
     add_study(storage, "dm", {IDS[0]: 0.5, IDS[1]: 0.7})
     add_study(storage, "syn", {IDS[0]: 3e9, IDS[1]: 2e9}, kind="zero-cost", method="synflow")

@@ -418,10 +418,11 @@ class EvaluateCommand(Command):
                 data_path=args.data_path,
                 report=report,
             )
+        n = res["num_nets"]
+        spread = f" ± {100 * res['std']:.2f}" if n > 1 else ""  # of one network, "± 0.00" would read as measured
         out.print(
-            f"{res['model']} on {args.proxy.name}: test accuracy {100 * res['mean']:.2f} ± "
-            f"{100 * res['std']:.2f} % over {res['num_nets']} networks -> "
-            f"{evaluation_path(args.proxy, res['model'])}"
+            f"{res['model']} on {args.proxy.name}: test accuracy {100 * res['mean']:.2f}{spread} % over {n} "
+            f"network{'s' * (n > 1)} -> {evaluation_path(args.proxy, res['model'])}"
         )
         return 0
 
@@ -759,8 +760,8 @@ class ReportCommand(Command):
             "n_shared": "shared",
             "topk_overlap": "top-k",
             "selected": "selected",
-            "selected_whole_test_acc": "its test",
-            "selected_own_test_acc": "own test",
+            "selected_whole_test_acc": "whole-run test acc",
+            "selected_own_test_acc": "method-run test acc",
             "mean_val_std": "± val",
             "train_steps": "steps",
             "repeats": "runs",
@@ -768,8 +769,13 @@ class ReportCommand(Command):
         }  # short; the CSV has full names
         # a spread over repeats of a few tenths of a percent still shows; counts NaN where unrecorded are floats
         digits = {"mean_val_std": 3, "train_steps": 0, "repeats": 0}
-        for heading, columns in zip((title, "selection and cost"), ReportCommand.summary_tables, strict=True):
-            table = Table(*(headers[c] for c in columns), title=heading)
+        selection = (
+            "selected: the method's best configuration; its test accuracy trained on the whole dataset "
+            "(whole-run) and as the method trained it (method-run)"
+        )
+        tables = ((title, None), ("selection and cost", selection))
+        for (heading, caption), columns in zip(tables, ReportCommand.summary_tables, strict=True):
+            table = Table(*(headers[c] for c in columns), title=heading, caption=caption, caption_justify="left")
             for row in rep.summary[list(columns)].itertuples(index=False):
                 table.add_row(
                     *(
@@ -845,7 +851,11 @@ class QuickstartCommand(Command):
 
         try:
             report, paths = run_quickstart(
-                plan, on_stage=stage, condense_progress=condense_progress, search_progress=search_progress
+                plan,
+                on_stage=stage,
+                condense_progress=condense_progress,
+                search_progress=search_progress,
+                command=shlex.join(["proxynas", *args.argv]),
             )
         finally:
             display.stop()

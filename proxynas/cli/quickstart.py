@@ -61,8 +61,13 @@ def run_quickstart(
     on_stage: Stage | None = None,
     condense_progress: Callable | None = None,
     search_progress: Callable[[dict[str, Any]], None] | None = None,
+    command: str | None = None,
 ) -> tuple[Report, dict[str, Path]]:
-    """Run (or continue) every stage; returns the report and the files it wrote."""
+    """Run (or continue) every stage; returns the report and the files it wrote.
+
+    ``command``: the command line that asked for it, recorded in the proxy sets and the report's
+    config.json, as condense and report record theirs.
+    """
     from proxynas.analysis.dashboard import attach_report
     from proxynas.analysis.report import build_report, write_report
     from proxynas.core.condense import CondenseConfig, SyntheticSet, condense
@@ -89,9 +94,12 @@ def run_quickstart(
             resume=True,
             device=plan.device,
             report=condense_progress,
+            command=command,
         )
         proxies[method] = path
 
+    # the studies record no command: the report suggests a study's with flags added (--configs, --steps),
+    # and quickstart takes none of them
     base = SearchConfig(
         study="",
         proxy="",
@@ -117,6 +125,6 @@ def run_quickstart(
 
     stage("report")
     report = build_report(plan.storage, list(proxies), "whole", "early-stop", top=plan.top, k=3)
-    paths = write_report(report, plan.out / "report")
+    paths = write_report(report, plan.out / "report", command=command)
     attach_report(plan.storage, report, paths, plan.out / "report")  # the dashboard shows it beside the studies
     return report, paths

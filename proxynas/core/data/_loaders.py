@@ -175,16 +175,16 @@ def _build_torchvision(spec: _TorchvisionSpec, root: Path, writer: CacheWriter) 
 
 def _locate_torchvision(spec: _TorchvisionSpec, data_path: Path | None, download: bool) -> Source:
     root = data_path or default_data_root()
-    if download:
+    fix = f"pass --data-path to a folder holding {spec.hint or spec.folder + '/'}, or --download when online"
+    if download:  # torchvision creates the folder it downloads into
         for kwargs in spec.split_kwargs:
             _torchvision(spec, root, True, kwargs)
+    else:
+        _require_given(data_path, fix)
     folder = (root / spec.folder).resolve()
     missing = next((f for f in spec.files if not (folder / f).is_file()), None)
     if missing is not None:
-        raise DatasetError(
-            f"{spec.title} not found under {root} (no {folder / missing}); "
-            f"pass --data-path to a folder holding {spec.hint or spec.folder + '/'}, or --download when online"
-        )
+        raise DatasetError(f"{spec.title} not found under {root} (no {folder / missing}); {fix}")
     return Source(
         f"{folder} (torchvision {spec.title})",
         tuple(folder / f for f in spec.files),
@@ -224,10 +224,17 @@ def _tree_source(
     return Source(f"{path} ({kind})", stamps, build, {"size": size, "mode": mode})
 
 
+def _require_given(data_path: Path | None, fix: str) -> None:
+    """A --data-path that is not there (a typo, an unmounted disk) is named as such, not as a file missing inside it."""
+    if data_path is not None and not data_path.exists():
+        raise DatasetError(f"--data-path {data_path} does not exist; {fix}")
+
+
 def _require_tree(title: str, data_path: Path | None, hint: str) -> Path:
-    if data_path is None or not data_path.exists():  # an existing non-tree fails later, naming what is missing
-        searched = "nowhere (no --data-path given)" if data_path is None else str(data_path)
-        raise DatasetError(f"{title} not found: searched {searched}; pass --data-path to {hint}")
+    fix = f"pass --data-path to {hint}"
+    if data_path is None:
+        raise DatasetError(f"{title} not found: searched nowhere (no --data-path given); {fix}")
+    _require_given(data_path, fix)  # an existing non-tree fails later, naming what is missing
     return data_path
 
 
@@ -253,14 +260,16 @@ def _folder(data_path: Path | None, download: bool) -> Source:
 
 def _tinyimagenet(data_path: Path | None, download: bool) -> Source:
     """TinyImageNet (200 classes, 64x64) in its official layout; the labelled val/ split is the test split."""
+    fix = (
+        "pass --data-path to the unpacked tiny-imagenet-200 folder (wnids.txt, train/, val/) "
+        "from http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+    )
+    _require_given(data_path, fix)
     root = data_path or default_data_root()
     if (root / "tiny-imagenet-200").is_dir():  # the folder that holds the unpacked zip
         root = root / "tiny-imagenet-200"
     if not (root / "wnids.txt").is_file():
-        raise DatasetError(
-            f"TinyImageNet not found under {root} (no wnids.txt); pass --data-path to the unpacked "
-            "tiny-imagenet-200 folder (wnids.txt, train/, val/) from http://cs231n.stanford.edu/tiny-imagenet-200.zip"
-        )
+        raise DatasetError(f"TinyImageNet not found under {root} (no wnids.txt); {fix}")
     return Source(f"{root} (TinyImageNet)", tinyimagenet_stamps(root), partial(_build_tinyimagenet, root))
 
 
