@@ -131,6 +131,7 @@ def test_launch_starts_each_worker_with_its_assigned_device(gpus, monkeypatch):
     monkeypatch.setattr(search, "prepare", lambda c: prepared)
     # the memory check has its own tests (test_resources.py); here every asked worker starts
     monkeypatch.setattr(search, "plan_search", lambda cfg, p, devices, trains: len(devices))
+    monkeypatch.setattr(search, "save_study_note", lambda study, storage: None)  # notes: test_dashboard.py
     monkeypatch.setattr(search.multiprocessing, "get_context", lambda method: FakeContext)
     assert launch(cfg(), 3) is prepared
     assert [(name, c.device) for name, c in started] == [

@@ -820,7 +820,10 @@ def stage_times(starts: dict[str, float], end: float) -> str:
 
 
 class QuickstartCommand(Command):
-    name, help = "quickstart", "the whole pipeline on the embedded digits dataset (minutes on a CPU: see BENCHMARKS.md)"
+    name, help = (
+        "quickstart",
+        "the whole pipeline on the embedded digits dataset (2-4 minutes on a 2-core Xeon, 2026-12-06: BENCHMARKS.md)",
+    )
     examples = ("proxynas quickstart", "proxynas quickstart --out-dir results/qs --device cpu --quiet")
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""The whole pipeline on the embedded digits dataset, in a few minutes on a laptop CPU.
+"""The whole pipeline on the embedded digits dataset, in minutes on a CPU (BENCHMARKS.md, Quickstart).
 
 condense (DM and random proxy sets, 10 images per class, the validation split held
 out) -> search a slice of the 720 space on each proxy -> early-stop and whole-dataset
