@@ -64,6 +64,12 @@ def always(error: Exception):
     return fn, calls
 
 
+def chained(error: Exception, cause: Exception) -> Exception:
+    """``error`` raised from ``cause``, as Optuna wraps SQLAlchemy's errors."""
+    error.__cause__ = cause
+    return error
+
+
 class RpcError(grpc.RpcError):
     """What a gRPC call raises: a status code and its details."""
 
@@ -103,6 +109,13 @@ def test_transient_errors_are_retried_until_the_call_succeeds(caplog):
         (RpcError(grpc.StatusCode.UNKNOWN, "Exception calling application: ValueError: bad"), False),
         (RpcError(grpc.StatusCode.NOT_FOUND, "no study"), False),
         (optuna.exceptions.StorageInternalError("An exception is raised during the commit."), False),
+        (
+            chained(
+                optuna.exceptions.StorageInternalError("An exception is raised during the commit."),
+                sqlalchemy.exc.PendingRollbackError("Can't reconnect until invalid transaction is rolled back."),
+            ),
+            True,
+        ),
         (sqlalchemy.exc.OperationalError("x", {}, Exception("database or disk is full")), False),
         (sqlalchemy.exc.OperationalError("x", {}, Exception("FATAL: the database system is shutting down")), True),
         (sqlalchemy.exc.OperationalError("x", {}, Exception("database is locked")), True),

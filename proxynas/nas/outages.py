@@ -60,6 +60,9 @@ _TRANSIENT_TEXT = (
     "terminating",
     "server closed",
     "did not answer",  # a storage server whose own database did not answer for its grace period (StorageUnavailable)
+    # SQLAlchemy's PendingRollbackError: a session whose connection died mid-transaction and whose rollback
+    # failed too (the database was down); Optuna rolls it back on the next failed call, and the retry after works
+    "invalid transaction",
     "alembic_version",  # two processes creating one schema
     "already exists",
 )

@@ -44,6 +44,7 @@ from proxynas.nas.footprint import plan_search
 from proxynas.nas.kinds import KINDS, PROXY
 from proxynas.nas.notes import save_study_note, set_metric_name
 from proxynas.nas.objectives import Objective, resolved_training
+from proxynas.nas.outages import first_line
 from proxynas.nas.schema import Run, begin_run, end_run, migrate
 from proxynas.nas.search_space import SearchSpace, load_space
 from proxynas.nas.sources import BASELINES, Source
@@ -374,7 +375,7 @@ def _worker_main(
         if (failure := classify(e, cfg.storage)) is not None:  # a full disk, a damaged or read-only database
             errors.put((index, str(failure)))
             raise SystemExit(failure.exit_code) from None
-        errors.put((index, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+        errors.put((index, f"{type(e).__name__}: {first_line(e)}"))  # a gRPC error: its status and details
         raise SystemExit(1) from None
     finally:
         processes.worker_done()
