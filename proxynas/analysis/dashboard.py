@@ -164,7 +164,7 @@ def attach_report(
         save_study_note(study, storage_url)
         attached.append(name)
     refresh_figures(storage)
-    refresh_notes(storage)  # the other studies too: those run before the dashboard extra was installed
+    refresh_notes(storage, done=attached)  # the other studies too: those run before the dashboard extra was installed
     return attached
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from types import ModuleType
 from typing import Any
 
@@ -234,9 +234,10 @@ def save_study_note(study: optuna.Study, storage: str) -> None:
         retry(functools.partial(od.save_note, study, note))
 
 
-def refresh_notes(storage: RDBStorage | WorkerGrpcStorage) -> list[str]:
+def refresh_notes(storage: RDBStorage | WorkerGrpcStorage, done: Collection[str] = ()) -> list[str]:
     """Write the note of each proxynas study in ``storage`` (one with a ``kind``) that lacks it or is out of
-    date; returns their names. Nothing is written without optuna-dashboard.
+    date; returns their names. Nothing is written without optuna-dashboard. ``done``: studies whose
+    note the caller has just saved, not read again.
 
     A note someone wrote in the dashboard in place of proxynas's (one that does not open with the
     study's heading) is kept: only an empty note or one proxynas wrote is replaced.
@@ -245,7 +246,7 @@ def refresh_notes(storage: RDBStorage | WorkerGrpcStorage) -> list[str]:
         return []
     written = []
     for frozen in retry(storage.get_all_studies):
-        if "kind" not in frozen.user_attrs:  # another tool's study in a shared database
+        if "kind" not in frozen.user_attrs or frozen.study_name in done:  # another tool's study, or noted
             continue
         study = optuna.load_study(study_name=frozen.study_name, storage=storage)
         old, note = retry(functools.partial(od.get_note, study)), study_note(study)
