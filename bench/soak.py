@@ -6,7 +6,8 @@ A private PostgreSQL (``initdb`` under a temp folder, a free port) behind a priv
 
   proxynas search --storage grpc://127.0.0.1:PORT --workers 4 --heartbeat 1 --grace 30 ...
 
-For ``--minutes``, a fault chosen at random (``--seed``) every 2-8 s:
+For ``--minutes``, a fault every 2-8 s, its kind drawn (``--seed``) from a shuffled round of all five
+first, so that even a short soak injects each kind, then at random (``FaultSchedule``):
 
 - ``worker``: kill -9 of one worker (its trial is re-queued once the server's grace lapses);
 - ``launcher``: kill -9 of the search command (its workers re-queue their trials), then a re-run;
@@ -20,9 +21,11 @@ to completion without faults. Then each study is checked: every configuration CO
 once, with the value of a fault-free run of the same study (same seeds, SQLite, 2 workers).
 Printed: the faults injected by kind, the search commands run and how each ended, and per
 run configurations, duplicates, missing and mismatches; the exit status is non-zero on any
-duplicate, missing configuration, mismatch, traceback or unexplained exit of a command.
+duplicate, missing configuration, mismatch, traceback or unexplained exit of a command, and on
+a kind of fault never injected. Without PostgreSQL's server binaries the soak is skipped (exit 0),
+or with ``--require-postgres`` fails (exit 1), in one line.
 
-  python -m bench.soak --minutes 1         # the short version .ci/run runs (about 2 minutes on 2 cores)
+  python -m bench.soak --minutes 1 --require-postgres   # the short version .ci/run runs (about 2 minutes on 2 cores)
   python -m bench.soak --minutes 15 --seed 1
 """
 
@@ -74,7 +77,7 @@ EXPLAINED = {
     (-signal.SIGTERM, "sigterm", ""),
     (-signal.SIGKILL, "launcher", ""),
     (7, "worker", "worker(s) ended early"),
-    (7, "storage-server", "no storage server answers"),
+    (8, "storage-server", "did not answer for"),  # a restart that outlasted the command's --grace
 }
 
 
@@ -409,6 +412,26 @@ class Soak:
         return True
 
 
+class FaultSchedule:
+    """The order in which to try the kinds of fault at each turn: a round of every kind first, in a seeded
+    shuffle, then all kinds in a fresh shuffle each turn. A kind of the round that cannot be injected at its
+    turn (``worker`` while no worker runs) stays first in line, and the next one is injected instead."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.round = rng.sample(FAULTS, len(FAULTS))  # the kinds of the first round not yet injected
+
+    def turn(self) -> list[str]:
+        """The kinds to try now, in order: the first that can be injected is."""
+        rest = [kind for kind in FAULTS if kind not in self.round]
+        self.rng.shuffle(rest)
+        return [*self.round, *rest]
+
+    def injected(self, kind: str) -> None:
+        if kind in self.round:
+            self.round.remove(kind)
+
+
 def _wait_gone(pids: list[int], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and any(_alive(p) for p in pids):
@@ -429,8 +452,9 @@ def _last_line(text: str) -> str:
 
 
 def run_with_faults(soak: Soak, minutes: float) -> None:
-    """Faults at random until ``minutes`` are up, then the study of the moment searched to completion."""
+    """Faults (``FaultSchedule``) until ``minutes`` are up, then the study of the moment searched to completion."""
     deadline = time.monotonic() + 60 * minutes
+    schedule = FaultSchedule(soak.rng)
     soak.launch()
     while time.monotonic() < deadline:
         time.sleep(soak.rng.uniform(*FAULT_EVERY))
@@ -442,11 +466,12 @@ def run_with_faults(soak: Soak, minutes: float) -> None:
                 soak.study = f"soak-{len(soak.studies)}"
             soak.launch()
             continue
-        kinds = list(FAULTS)
-        soak.rng.shuffle(kinds)
-        if any(soak.inject(kind) for kind in kinds) and soak.launcher.poll() is not None:
-            soak.ended()
-            soak.launch()  # after a launcher fault: the re-run
+        kind = next((kind for kind in schedule.turn() if soak.inject(kind)), None)
+        if kind is not None:
+            schedule.injected(kind)
+            if soak.launcher.poll() is not None:
+                soak.ended()
+                soak.launch()  # after a launcher fault: the re-run
     for _ in range(10):  # to completion, without faults
         assert soak.launcher is not None
         soak.launcher.wait()
@@ -462,9 +487,17 @@ def main() -> int:
     p.add_argument("--minutes", type=float, default=1.0, help="how long faults are injected")
     p.add_argument("--seed", type=int, default=0, help="seed of the faults' kinds and times")
     p.add_argument("--keep", action="store_true", help="keep the temp folder (logs, proxy set) and say where")
+    p.add_argument(
+        "--require-postgres",
+        action="store_true",
+        help="fail (exit 1) where no private PostgreSQL can be started, instead of skipping (exit 0): for CI",
+    )
     args = p.parse_args()
     reason = postgres_unavailable()
     if reason is not None:
+        if args.require_postgres:
+            print(f"soak: failed: {reason}, and --require-postgres was given", file=sys.stderr)
+            return 1
         print(f"soak: skipped: {reason}", file=sys.stderr)
         return 0
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -518,6 +551,9 @@ def report(soak: Soak, checks: list[Check], reference: dict[str, list[float]]) -
     """Print the figures; True if anything failed."""
     kinds = ", ".join(f"{k} {soak.faults[k]}" for k in FAULTS)
     print(f"faults injected: {kinds} (total {sum(soak.faults.values())})")
+    missed = [k for k in FAULTS if not soak.faults[k]]
+    if missed:  # the soak did not test what it says: too short a --minutes, or a kind that never found its target
+        print(f"  never injected: {', '.join(missed)}  FAILED")
     endings = ", ".join(f"exit {code}: {n}" for code, n in sorted(soak.endings.items()))
     print(f"search commands run: {soak.runs} ({endings})")
     for c in checks:
@@ -532,7 +568,7 @@ def report(soak: Soak, checks: list[Check], reference: dict[str, list[float]]) -
     )
     for line in soak.unexplained:
         print(f"  unexplained: {line}")
-    return not checks or not all(c.ok for c in checks) or bool(soak.unexplained)
+    return not checks or not all(c.ok for c in checks) or bool(soak.unexplained) or bool(missed)
 
 
 if __name__ == "__main__":

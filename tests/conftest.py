@@ -4,9 +4,11 @@ command line run in-process, a PostgreSQL server where one answers."""
 from __future__ import annotations
 
 import collections
+import errno
 import signal
+import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -197,3 +199,40 @@ def pg_url(postgres) -> Iterator[str]:
     yield postgres.rsplit("/", 1)[0] + "/" + name
     with psycopg.connect(POSTGRES, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def tmpfs(tmp_path) -> Iterator[Callable[..., Path]]:
+    """Mount a small tmpfs under ``tmp_path``: ``tmpfs(size_kib)`` -> its folder, for a full or read-only
+    file system that fails as a real one does (root writes into a chmod-ed folder; nothing stops a
+    write to a full tmpfs but the kernel). Skipped where this process may not mount (not root)."""
+    mounted: list[Path] = []
+
+    def mount(size_kib: int) -> Path:
+        where = tmp_path / f"tmpfs{len(mounted)}"
+        where.mkdir()
+        argv = ["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(where)]
+        done = subprocess.run(argv, capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip() or 'mount failed'})")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+def remount_read_only(where: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+
+
+def fill(where: Path) -> None:
+    """Write zeros under ``where`` until its file system is full."""
+    with open(where / "filler", "wb", buffering=0) as f:  # unbuffered: close has nothing left to write
+        try:
+            while True:
+                f.write(bytes(4096))
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise

@@ -128,9 +128,10 @@ def test_launch_starts_each_worker_with_its_assigned_device(gpus, monkeypatch):
 
     no_trials = SimpleNamespace(study_name="s", get_trials=lambda deepcopy: [])
     prepared = SimpleNamespace(study=no_trials, total=None, run=None)
-    monkeypatch.setattr(search, "prepare", lambda c: prepared)
+    monkeypatch.setattr(search, "load", lambda c: None)
+    monkeypatch.setattr(search, "prepare", lambda c, loaded: prepared)
     # the memory check has its own tests (test_resources.py); here every asked worker starts
-    monkeypatch.setattr(search, "plan_search", lambda cfg, p, devices, trains: len(devices))
+    monkeypatch.setattr(search, "_worker_count", lambda cfg, loaded, devices: len(devices))
     monkeypatch.setattr(search, "save_study_note", lambda study, storage: None)  # notes: test_dashboard.py
     monkeypatch.setattr(search.multiprocessing, "get_context", lambda method: FakeContext)
     assert launch(cfg(), 3) is prepared

@@ -9,7 +9,6 @@ import shutil
 
 import pytest
 import torch
-from conftest import make_dataset
 
 from proxynas.core import augment
 from proxynas.core.condense import CondenseConfig, condense, dm_loss_per_class
@@ -30,6 +29,7 @@ from proxynas.core.condense._plan import (
     sizes_to_try,
 )
 from proxynas.core.networks import build
+from tests.conftest import make_dataset
 
 K, B, IPC = 3, 6, 2
 

@@ -11,12 +11,11 @@ from optuna.trial import create_trial
 
 from proxynas.analysis.report import build_report
 from proxynas.core.train import TrainConfig
-from proxynas.exceptions import StudyError
-from proxynas.nas.kinds import ACCURACY, KINDS, OTHER, Measure, StudyKind, kind_of
+from proxynas.exceptions import StudyError, UnknownNameError
+from proxynas.nas.kinds import ACCURACY, KINDS, OTHER, Measure, StudyKind, baseline_budget, baseline_names, kind_of
 from proxynas.nas.notes import study_note
 from proxynas.nas.results import MEASURED_COLUMNS
 from proxynas.nas.search import SearchConfig, make_source
-from proxynas.nas.sources import BASELINES
 from proxynas.nas.study import open_storage
 
 IDS = [f"d{d}-w{w}-relu-none-avg" for d, w in itertools.product((1, 2), (32, 64))]
@@ -26,11 +25,15 @@ ATTRS = {"method": "dm", "ipc": 10, "proxy_path": "/p/dm.safetensors", "proxy_sh
 
 def test_every_kind_has_every_field_in_one_vocabulary():
     assert KINDS.names() == ["proxy", "whole", "early-stop", "zero-cost"]
-    assert set(BASELINES.names()) <= set(KINDS.names())  # `baseline --kind` names study kinds
+    assert baseline_names() == ["whole", "early-stop"]  # `baseline --kind` names study kinds
+    assert baseline_budget("whole").epochs == 100 and baseline_budget("early-stop").steps == 400  # §5's budgets
+    with pytest.raises(UnknownNameError, match="unknown baseline 'proxy'; choose one of: whole, early-stop"):
+        baseline_budget("proxy")
     for name in KINDS:
         kind = KINDS.get(name)
         for f in dataclasses.fields(StudyKind):
-            assert getattr(kind, f.name) is not None, (name, f.name)
+            if f.name != "budget":  # a baseline's only
+                assert getattr(kind, f.name) is not None, (name, f.name)
         assert all(callable(c) for c in (kind.source, kind.objective, kind.what, kind.check, kind.metric))
         assert kind.measure.column and kind.measure.words
         assert kind.test_side in MEASURED_COLUMNS

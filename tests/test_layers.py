@@ -111,6 +111,36 @@ def test_imports_point_down_the_layers():
     assert not edges, "imports from a higher layer (" + " < ".join(LAYERS) + "):\n" + "\n".join(edges)
 
 
+def private_imports(package_dir: Path) -> list[str]:
+    """Each ``from module import _name`` of a name private to another module (a package importing its own
+    private submodules, as ``core/condense`` registers its methods, is its own business)."""
+    modules = module_files(package_dir)
+    found = []
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or not node.module or node.module.split(".")[0] != package_dir.name:
+                continue
+            for alias in node.names:
+                private = alias.name.startswith("_") and not alias.name.startswith("__")
+                if private and f"{node.module}.{alias.name}" not in modules:
+                    found.append(f"{name} imports {node.module}.{alias.name}")
+    return found
+
+
+def test_no_module_imports_another_module_s_private_name():
+    assert not private_imports(PACKAGE_DIR), "make these public, or keep them where they are used"
+
+
+def test_every_type_ignore_says_why():
+    bare = [
+        f"{path.relative_to(PACKAGE_DIR.parent)}:{number}"
+        for path in sorted(PACKAGE_DIR.rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if "# type: ignore" in line and "#" not in line.split("# type: ignore", 1)[1]
+    ]
+    assert not bare, f"a '# type: ignore' needs its reason on the line, after another '#': {bare}"
+
+
 def _write(root: Path, files: dict[str, str]) -> Path:
     for relative, text in files.items():
         path = root / "pkg" / relative

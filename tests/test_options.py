@@ -9,25 +9,44 @@ from __future__ import annotations
 
 import argparse
 import ast
+import collections
 import dataclasses
+import importlib
 import inspect
+import pkgutil
 from pathlib import Path
 
 import pytest
 
+import proxynas
 import proxynas.cli as cli
+import proxynas.cli.quickstart as quickstart
+from proxynas.analysis.dashboard import Address
+from proxynas.analysis.statistics import DEFAULT_K
 from proxynas.cli import COMMANDS, build_parser, main
 from proxynas.cli.quickstart import QuickstartPlan
 from proxynas.core.condense import MMD_KERNELS, CondenseConfig
+from proxynas.core.networks import InputShape
 from proxynas.core.train import TrainConfig
+from proxynas.core.zero_cost import ZERO_COST
+from proxynas.nas.kinds import baseline_budget
 from proxynas.nas.search import SearchConfig
-from proxynas.nas.sources import BASELINES
 from proxynas.nas.storage_server import ServerConfig
 from proxynas.nas.study import HeartbeatSettings
 from proxynas.runtime.devices import Placement
 from proxynas.runtime.options import action_field, add_options, default_of, from_args, options_of
 
-CONFIGS = (CondenseConfig, TrainConfig, SearchConfig, HeartbeatSettings, ServerConfig, Placement, QuickstartPlan)
+CONFIGS = (
+    CondenseConfig,
+    TrainConfig,
+    SearchConfig,
+    HeartbeatSettings,
+    ServerConfig,
+    Placement,
+    QuickstartPlan,
+    InputShape,
+    Address,
+)
 
 
 def _parsers(parser: argparse.ArgumentParser):
@@ -117,12 +136,55 @@ def _literal_defaults(source: str) -> dict[str, set[tuple[str, str]]]:
     return {n.name: found(n, set()) for n in tree.body if isinstance(n, ast.ClassDef)}
 
 
-def test_the_cli_source_writes_no_default_of_a_flag_that_sets_a_config_field():
-    written = _literal_defaults(Path(inspect.getfile(cli)).read_text())
-    assert ("--port", "8080") in written["DashboardCommand"]  # the scan finds what is there
-    for name, cmd in COMMANDS.items():
-        flags = _config_flags(name)
-        assert not {(f, v) for f, v in written[type(cmd).__name__] if f in flags}, name
+CLI_SOURCES = [Path(inspect.getfile(cli)), Path(inspect.getfile(quickstart))]
+
+
+def _library_defaults() -> dict[str, list[tuple[str, object]]]:
+    """Name -> (where, default) of every default the library below the CLI holds: each dataclass field's,
+    and each parameter's of its functions and methods, module by module."""
+    held: dict[str, list[tuple[str, object]]] = collections.defaultdict(list)
+    for info in pkgutil.walk_packages(proxynas.__path__, "proxynas."):
+        if info.name.startswith("proxynas.cli") or info.name == "proxynas.__main__":
+            continue
+        module = importlib.import_module(info.name)
+        for owner in vars(module).values():
+            if getattr(owner, "__module__", None) != module.__name__:
+                continue  # imported, found where it is defined
+            if dataclasses.is_dataclass(owner) and isinstance(owner, type):
+                for f in dataclasses.fields(owner):
+                    if (value := default_of(owner, f.name)) is not dataclasses.MISSING:
+                        held[f.name].append((f"{owner.__qualname__}.{f.name}", value))
+            members = vars(owner).values() if isinstance(owner, type) else [owner]
+            for function in (m for m in members if inspect.isfunction(m)):
+                for p in inspect.signature(function).parameters.values():
+                    if p.default is not inspect.Parameter.empty:
+                        held[p.name].append((f"{function.__qualname__}({p.name})", p.default))
+    return held
+
+
+def test_the_cli_source_writes_no_default_that_the_library_also_holds():
+    """A literal default in the CLI is a second copy where a config field or a library function holds the same
+    value under the flag's name (``--k 10`` beside ``build_report(k=10)``): it must come from there instead."""
+    held = _library_defaults()
+    assert ("DashboardCommand", "--port", "8080") not in {  # the dashboard's port is Address.port's now
+        (c, f, v) for c, pairs in _literal_defaults(CLI_SOURCES[0].read_text()).items() for f, v in pairs
+    }
+    assert ("Address.port", 8080) in held["port"] and ("build_report(k)", DEFAULT_K) in held["k"]  # the scan sees
+    copies = []
+    for path in CLI_SOURCES:
+        for command, pairs in _literal_defaults(path.read_text()).items():
+            for flag, text in pairs:
+                value = eval(text, {"Path": Path, "ZERO_COST": ZERO_COST})  # a literal, or a call on literals
+                dest = flag.lstrip("-").replace("-", "_")
+                copies += [(command, flag, text, where) for where, d in held.get(dest, []) if _same(d, value)]
+    assert not copies
+
+
+def _same(a: object, b: object) -> bool:
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:  # a tensor or array default compares elementwise: not a flag's value
+        return False
 
 
 def test_the_scan_finds_a_literal_default_wherever_it_is_written():
@@ -255,6 +317,8 @@ ROUND_TRIPS = [
         SearchConfig(study="s", baseline="early-stop", dataset="digits"),
     ),
     (HeartbeatSettings, "--heartbeat 5 --grace 30", {}, HeartbeatSettings(5, 30)),
+    (InputShape, "--channels 1 --image-size 64 --num-classes 200", {}, InputShape(1, 64, 200)),
+    (Address, "--host 0.0.0.0 --port 8081", {}, Address("0.0.0.0", 8081)),
     (
         ServerConfig,
         "--storage sqlite:///x.db --host 0.0.0.0 --port 14000 --threads 2",
@@ -297,7 +361,7 @@ def test_from_args_of_no_flags_is_the_default_config(cls):
 
 
 def test_from_args_keeps_the_base_where_a_flag_is_unset():
-    budget = BASELINES.get("early-stop")
+    budget = baseline_budget("early-stop")
     unset = ("epochs", "steps", "batch_size")
     assert from_args(TrainConfig, _parse(TrainConfig, [], unset=unset), budget) == budget
     given = from_args(TrainConfig, _parse(TrainConfig, ["--steps", "12", "--lr", "0.1"], unset=unset), budget)
@@ -326,3 +390,49 @@ def test_the_top_level_help_builds_no_command_and_imports_no_torch():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+# QuickstartPlan states its own plan (digits at ipc 10, seed 0): it builds its flags without importing torch, and its
+# choices are the quickstart's, equal to condense's defaults today without being them
+OWN_PLAN = {("QuickstartPlan", "dataset"), ("QuickstartPlan", "ipc"), ("QuickstartPlan", "seed")}
+
+
+def _literal_field_defaults(source: str) -> list[tuple[str, str, str]]:
+    """(class, field, default) of each dataclass field in ``source`` whose default is written as a literal."""
+    found = []
+    for cls in (n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ClassDef)):
+        if not any("dataclass" in ast.unparse(d) for d in cls.decorator_list):
+            continue
+        for stmt in cls.body:
+            if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value):
+                continue
+            value = stmt.value
+            if isinstance(value, ast.Call) and ast.unparse(value.func) == "field":
+                value = next((k.value for k in value.keywords if k.arg == "default"), None)
+            own = isinstance(value, ast.Call) and not value.args and not value.keywords  # a config's own defaults
+            if value is not None and _literal(value) and not own and ast.unparse(value) not in ("None", "False", "()"):
+                found.append((cls.name, stmt.target.id, ast.unparse(value)))
+    return found
+
+
+def test_no_two_config_classes_write_the_same_default_for_one_setting():
+    """``seed: int = 0`` in two configs is one default typed twice: it lives in one constant both name."""
+    written = collections.defaultdict(list)
+    for path in sorted(Path(proxynas.__file__).parent.rglob("*.py")):
+        for cls, name, value in _literal_field_defaults(path.read_text()):
+            if (cls, name) not in OWN_PLAN:
+                written[name, value].append(cls)
+    assert not {key: classes for key, classes in written.items() if len(classes) > 1}
+
+
+def test_the_field_scan_finds_literal_defaults_and_not_named_ones():
+    source = """
+@dataclass(frozen=True)
+class A:
+    seed: int = 0
+    lr: float = field(default=0.01, metadata=option("--lr", help="x"))
+    device: str = DEFAULT_DEVICE
+    tags: tuple = ()
+    beat: Heartbeat = Heartbeat()
+"""
+    assert _literal_field_defaults(source) == [("A", "seed", "0"), ("A", "lr", "0.01")]

@@ -28,8 +28,9 @@ from optuna.storages import RDBStorage
 from optuna.trial import Trial, TrialState
 
 from bench.soak import PrivatePostgres, StorageServer, postgres_unavailable, trials
+from bench.storage_load import free_port
 from proxynas.core.train import TrainConfig
-from proxynas.exceptions import StorageUnavailable
+from proxynas.exceptions import StorageDamaged, StorageUnavailable, StudyError
 from proxynas.nas import outages
 from proxynas.nas.outages import is_transient, resilient, retry
 from proxynas.nas.search import SearchConfig, run_search
@@ -217,6 +218,84 @@ def test_a_configuration_whose_requeued_copy_was_lost_is_queued_again(tmp_path):
     assert enqueue_configs(storage, study, {"a": {"x": 0}, "b": {"x": 1}, "c": {"x": 2}}) == 1
 
 
+# --- opening a storage that does not answer (yet) ------------------------------------------------
+
+
+def dead_storages() -> list[str]:
+    """A gRPC address and a PostgreSQL URL (with a password, never shown) on ports nobody listens on."""
+    return [f"grpc://127.0.0.1:{free_port()}", f"postgresql+psycopg://u:secret@127.0.0.1:{free_port()}/db"]
+
+
+@pytest.mark.parametrize("url", dead_storages(), ids=["grpc", "postgresql"])
+def test_a_storage_that_never_answers_is_waited_for_the_grace_period_then_one_line_exit_8(url, caplog):
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="proxynas.nas.outages"), pytest.raises(StorageUnavailable) as e:
+        open_storage(url, HeartbeatSettings(1, 3))
+    waited = time.monotonic() - started
+    assert 2.9 <= waited < 10, waited
+    message = str(e.value)
+    assert e.value.exit_code == 8 and "\n" not in message and "secret" not in message
+    shown = url.replace("secret", "***")
+    assert message.startswith(f"the storage {shown} did not answer for 3 s (--grace): ")
+    assert "connection refused" in message.lower()  # the real cause
+    notices = [r.getMessage() for r in caplog.records if r.name == outages.log.name]
+    assert notices and "secret" not in notices[0] and f"storage {shown} not answering (" in notices[0]
+
+
+def test_without_a_grace_period_the_open_waits_the_short_budget_and_says_so_in_one_line():
+    """``report`` and ``dashboard`` have no --grace: they wait the contention budget, then exit 8 too."""
+    url = f"grpc://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailable) as e:
+        open_storage(url)
+    assert outages.CONTENTION_BUDGET - 0.1 <= time.monotonic() - started < outages.CONTENTION_BUDGET + 5
+    assert str(e.value).startswith(f"the storage {url} did not answer for {outages.CONTENTION_BUDGET:g} s: ")
+    assert "--grace" not in str(e.value) and "\n" not in str(e.value)
+
+
+def _opened_while_starting(start, url: str, caplog) -> list[str]:
+    """Open ``url`` (grace 30 s) while ``start`` brings it up, past the short budget a command without
+    --grace waits; the study it then opens, and the outage lines logged meanwhile."""
+    later = threading.Timer(outages.CONTENTION_BUDGET + 1, start)
+    began = time.monotonic()
+    later.start()
+    try:
+        with caplog.at_level(logging.INFO, logger="proxynas.nas.outages"):
+            storage = open_storage(url, HeartbeatSettings(1, 30))
+        assert time.monotonic() - began > outages.CONTENTION_BUDGET
+        assert open_study(storage, "late").study_name == "late"
+    finally:
+        later.join()
+    return [r.getMessage() for r in caplog.records if r.name == outages.log.name]  # and a server's probes
+
+
+def test_a_storage_server_started_while_the_open_waits_is_used(tmp_path, caplog):
+    """Started past the short budget, within the grace period: a launcher re-run during a restart waits for it."""
+    server = StorageServer(f"sqlite:///{tmp_path / 'served.db'}", tmp_path / "server.log")
+    try:
+        notices = _opened_while_starting(server.start, server.address, caplog)
+    finally:
+        server.close()
+    assert notices[0].startswith(f"storage {server.address} not answering (UNAVAILABLE: ")
+    assert notices[0].endswith("; retrying for up to 30 s")
+    assert any(n.startswith(f"storage {server.address} answers again") for n in notices)
+
+
+def test_a_port_that_answers_but_is_no_storage_server_is_refused_at_once():
+    import http.server
+
+    web = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(StorageDamaged) as e:
+            open_storage(f"grpc://127.0.0.1:{web.server_address[1]}", HeartbeatSettings(1, 30))
+    finally:
+        web.shutdown()
+    assert time.monotonic() - started < 5 and e.value.exit_code == 9 and "\n" not in str(e.value)
+    assert "is no proxynas storage server" in str(e.value)
+
+
 # --- against a private PostgreSQL and storage server ---------------------------------------------
 
 
@@ -254,6 +333,22 @@ def test_an_idle_connection_the_database_dropped_is_replaced_unseen(pg, caplog):
     with caplog.at_level(logging.INFO, logger="proxynas.nas.outages"):
         assert len(study.get_trials()) == 1
     assert not [r for r in caplog.records if r.name == outages.log.name]  # pool_pre_ping replaced it: no retry
+
+
+def test_a_postgresql_started_while_the_open_waits_is_used(pg, caplog):
+    pg.stop("fast")
+    notices = _opened_while_starting(pg.start, pg.url, caplog)
+    assert notices[0].startswith(f"storage {pg.url} not answering (") and notices[0].endswith("for up to 30 s")
+    assert notices[1].startswith(f"storage {pg.url} answers again")
+
+
+def test_a_postgresql_that_answers_and_refuses_is_not_waited_for(pg):
+    """A database that does not exist: the server answered, so a wait cannot help; one line at once."""
+    started = time.monotonic()
+    with pytest.raises(StudyError) as e:
+        open_storage(pg.url.rsplit("/", 1)[0] + "/nosuchdb", HeartbeatSettings(1, 30))
+    assert time.monotonic() - started < 5 and type(e.value) is StudyError
+    assert 'database "nosuchdb" does not exist' in str(e.value) and "\n" not in str(e.value)
 
 
 def test_a_worker_waits_out_a_postgresql_restart_and_completes_each_configuration_once(pg):

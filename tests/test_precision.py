@@ -11,7 +11,6 @@ import math
 import optuna
 import pytest
 import torch
-from conftest import make_dataset
 
 from proxynas.cli import build_parser
 from proxynas.core.condense import CondenseConfig, condense, merge
@@ -22,7 +21,7 @@ from proxynas.nas.search import prepare, run_search
 from proxynas.runtime import precision
 from proxynas.runtime.options import add_options, from_args
 from proxynas.runtime.precision import CACHE_FILE, device_key, probe, resolve_for_all, resolve_precision
-from tests.conftest import config
+from tests.conftest import config, make_dataset
 
 CPU = torch.device("cpu")
 FAST_BF16 = {"fp32": 1.0, "bf16": 0.25}

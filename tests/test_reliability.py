@@ -31,13 +31,13 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from proxynas.core.condense import CondenseConfig, SyntheticSet, condense
-from proxynas.core.condense._base import FORMAT
 from proxynas.core.data import load_dataset
+from proxynas.core.proxy_set import FORMAT
 from proxynas.core.train import TrainConfig
 from proxynas.exceptions import ArtifactError, DatasetError, StorageReadOnly, StudyError, UsageError
 from proxynas.nas.search import Prepared, SearchConfig, _check_outcome, run_search
 from proxynas.nas.study import CONFIG_KEY, open_storage, open_study, run_worker
-from tests.conftest import TINY_SPACE, assert_one_line_error, ctrl_c_default, run_cli
+from tests.conftest import TINY_SPACE, assert_one_line_error, ctrl_c_default, remount_read_only, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -349,6 +349,22 @@ def test_a_non_utf8_out_is_refused(capsys, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def _search_in(capsys, files, db: Path) -> tuple[int, str, str]:
+    return run_cli(
+        capsys,
+        "search",
+        "--proxy",
+        files.proxy,
+        "--study",
+        "s",
+        "--storage",
+        f"sqlite:///{db}",
+        "--space",
+        files.space,
+        "--quiet",
+    )
+
+
 @pytest.mark.parametrize(
     "where,fragments",
     [
@@ -359,47 +375,34 @@ def test_a_non_utf8_out_is_refused(capsys, tmp_path):
 def test_an_sqlite_url_that_cannot_be_written_is_one_line(capsys, files, tmp_path, where, fragments):
     (tmp_path / "file").write_text("not a folder")
     before = snapshot(tmp_path)
-    code, _, err = run_cli(
-        capsys,
-        "search",
-        "--proxy",
-        files.proxy,
-        "--study",
-        "s",
-        "--storage",
-        f"sqlite:///{tmp_path / where}",
-        "--space",
-        files.space,
-        "--quiet",
-    )
+    code, _, err = _search_in(capsys, files, tmp_path / where)
     assert code == (StorageReadOnly if "cannot be written" in fragments else StudyError).exit_code
     assert_one_line_error(err, *fragments)
     assert snapshot(tmp_path) == before
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder, so nothing fails")
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder (the read-only mount case runs)")
 def test_an_existing_database_in_a_read_only_folder_is_one_line(capsys, files, study):
     before = snapshot(study.parent)
     study.parent.chmod(0o555)
     try:
-        code, _, err = run_cli(
-            capsys,
-            "search",
-            "--proxy",
-            files.proxy,
-            "--study",
-            "s",
-            "--storage",
-            f"sqlite:///{study}",
-            "--space",
-            files.space,
-            "--quiet",
-        )
+        code, _, err = _search_in(capsys, files, study)
     finally:
         study.parent.chmod(0o755)
     assert code == StorageReadOnly.exit_code
     assert_one_line_error(err, "cannot be written")
     assert snapshot(study.parent) == before
+
+
+def test_an_existing_database_on_a_read_only_file_system_is_one_line(capsys, files, tmpfs):
+    folder = tmpfs(4 * 1024)
+    shutil.copy(files.db, folder / "db.sqlite")
+    remount_read_only(folder)
+    before = snapshot(folder)
+    code, _, err = _search_in(capsys, files, folder / "db.sqlite")
+    assert code == StorageReadOnly.exit_code, err
+    assert_one_line_error(err, "cannot be written")
+    assert snapshot(folder) == before
 
 
 def test_a_worker_error_comes_back_as_one_line(capfd, monkeypatch, files, tmp_path):
@@ -409,8 +412,8 @@ def test_a_worker_error_comes_back_as_one_line(capfd, monkeypatch, files, tmp_pa
     proxy = Path(shutil.copy(files.proxy, tmp_path / "p.safetensors"))
     prepare = search.prepare
 
-    def prepare_then_lose_the_proxy(cfg):
-        prepared = prepare(cfg)
+    def prepare_then_lose_the_proxy(cfg, loaded=None):
+        prepared = prepare(cfg, loaded)
         proxy.unlink()
         return prepared
 

@@ -614,11 +614,16 @@ def test_training_steps_are_shown_and_early_stopping_on_another_budget_is_refuse
     )
 
 
-def test_the_cli_tables_show_every_summary_column():
+def test_the_cli_tables_show_every_summary_column(capsys, storage, tmp_path):
     from proxynas.cli import ReportCommand
 
-    shown = [c for columns in ReportCommand.summary_tables for c in columns]
-    assert set(shown) == set(SUMMARY_COLUMNS) and len(shown) == len(SUMMARY_COLUMNS) + 1  # "method" in both
+    add_study(storage, "dm", descending(IDS[:4]))
+    add_study(storage, "w", descending(IDS[:4]))
+    ReportCommand.show(build_report(storage, ["dm"], "w", top=2, k=2), "title", {})
+    shown = capsys.readouterr().out
+    headers = [line for line in shown.splitlines() if "┃" in line]  # the header row of each of the two tables
+    assert len(headers) == 2 and all("method" in h for h in headers)
+    assert "ρ top val" in headers[0] and "selected" in headers[1] and "steps" in headers[1]
 
 
 def test_csv_columns_are_identifiers_with_integer_ranks(storage, tmp_path):

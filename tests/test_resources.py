@@ -14,20 +14,24 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
+import shlex
 import shutil
 import socket
 import sqlite3
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
+from optuna.trial import TrialState
 
 from proxynas.core.condense import Checkpoint, CondenseConfig, checkpoint_path, condense_sharded
 from proxynas.exceptions import DiskFull, StorageDamaged, StorageReadOnly, StorageUnavailable, UsageError
+from proxynas.nas.study import CONFIG_KEY
 from proxynas.runtime import processes, resources
 from proxynas.runtime.failures import classify
 from proxynas.runtime.outputs import staged_folder
-from tests.conftest import TINY_MODEL, assert_one_line_error, run_cli
+from tests.conftest import TINY_MODEL, assert_one_line_error, fill, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "study-272cd54"  # a real studies.db: studies 'done' and 'partial'
@@ -93,7 +97,30 @@ def test_workers_are_capped_at_the_configurations_left(capsys, caplog, monkeypat
     assert "2 trials complete" in out
 
 
-def test_workers_that_would_not_fit_in_memory_are_refused(capsys, monkeypatch, started, proxy, space_file, tmp_path):
+def test_a_sampler_s_workers_are_capped_at_the_configurations_not_yet_complete(
+    capsys, caplog, started, proxy, tmp_path
+):
+    space = tmp_path / "two.toml"
+    space.write_text(TWO)
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    random = ("--sampler", "random", "--n-trials", "1")
+    with caplog.at_level(logging.INFO):
+        code, _, err = run_cli(capsys, *_search(proxy, storage, space, *random, "--workers", "3"))
+    assert code == 0, err
+    assert started == [2]  # not 3: a third worker could only train a configuration twice
+    assert "--workers 3: 2 configurations left to run, so 2 workers start" in [r.getMessage() for r in caplog.records]
+    trials = optuna.load_study(study_name="s", storage=storage).get_trials(states=(TrialState.COMPLETE,))
+    done = {t.user_attrs[CONFIG_KEY] for t in trials}
+    if len(done) == 1:  # both workers' random draws took the same configuration: one is left
+        started.clear()
+        code, _, err = run_cli(capsys, *_search(proxy, storage, space, *random, "--workers", "3"))
+        assert code == 0, err
+        assert started == [1]
+
+
+def test_workers_that_would_not_fit_in_memory_are_refused_before_the_study_is_written(
+    capsys, monkeypatch, started, proxy, space_file, tmp_path
+):
     monkeypatch.setattr(resources, "available_memory", lambda: 1 << 30)  # 1 GiB
     code, _, err = run_cli(capsys, *_search(proxy, f"sqlite:///{tmp_path / 's.db'}", space_file, "--workers", "4"))
     assert code == UsageError.exit_code
@@ -101,6 +128,9 @@ def test_workers_that_would_not_fit_in_memory_are_refused(capsys, monkeypatch, s
     assert_one_line_error(err, "--workers 4 would not fit in memory", "1.0 GiB is available, enough for 2")
     assert "use --workers 2 or fewer" in err
     assert started == []
+    if (tmp_path / "s.db").exists():  # opened to look for the study, but nothing written in it
+        with sqlite3.connect(tmp_path / "s.db") as db:
+            assert db.execute("select count(*) from studies").fetchone() == (0,)
 
 
 def test_plan_workers_says_how_many_fit_and_never_refuses_one(monkeypatch):
@@ -136,6 +166,22 @@ def test_condense_workers_that_would_not_fit_are_refused_before_any_shard(monkey
     with pytest.raises(UsageError, match="--workers 3 would not fit in memory.*enough for 2"):
         condense_sharded(cfg, tmp_path / "x.safetensors", 3, [torch.device("cpu")])
     assert started == [] and list(tmp_path.iterdir()) == []
+
+
+def test_condense_workers_are_capped_at_the_classes(monkeypatch, caplog, tmp_path):
+    started: list[int] = []
+
+    def stop_before_starting(procs):
+        started.append(len(procs))
+        raise UsageError("stopped before the shards start")
+
+    monkeypatch.setattr(processes, "start", stop_before_starting)
+    monkeypatch.setattr(resources, "available_memory", lambda: 1 << 50)  # the memory check has its own test
+    cfg = CondenseConfig(dataset="digits", ipc=1, iterations=3, batch_real=8, model=TINY_MODEL, tune="no")
+    with caplog.at_level(logging.INFO), pytest.raises(UsageError, match="stopped before the shards start"):
+        condense_sharded(cfg, tmp_path / "x.safetensors", 1000, [torch.device("cpu")])
+    assert started == [10]  # digits has 10 classes: one shard each
+    assert "--workers 1000: 10 classes left to run, so 10 workers start" in [r.getMessage() for r in caplog.records]
 
 
 # --- a damaged study database ------------------------------------------------------------------
@@ -365,3 +411,20 @@ def test_each_failure_is_told_by_its_code_and_named_with_its_fix(tmp_path):
     gone = classify(wrapped(PgError("server closed the connection unexpectedly", "08006")), url)
     assert type(gone) is StorageUnavailable and "run the same command again" in str(gone)
     assert classify(ValueError("a bug")) is None and classify(OSError(errno.ENOENT, "No such file")) is None
+
+
+def test_a_full_disk_under_an_old_study_is_one_line_and_leaves_it_as_it_was(capsys, monkeypatch, tmpfs):
+    """The fixture's 'partial' study resumed with its recorded command on a file system with no space left."""
+    needed = sum(p.stat().st_size for p in FIXTURE.iterdir()) // 1024
+    folder = tmpfs(needed + 256)
+    for path in FIXTURE.iterdir():
+        shutil.copy(path, folder / path.name)
+        (folder / path.name).chmod(0o644)
+    fill(folder)
+    before = _digest(folder)
+    monkeypatch.chdir(folder)
+    recorded = optuna.load_study(study_name="partial", storage="sqlite:///studies.db").user_attrs["command"]
+    code, _, err = run_cli(capsys, *shlex.split(recorded)[1:])
+    assert code == DiskFull.exit_code, err
+    assert_one_line_error(err, "full", "free space")
+    assert _digest(folder) == before

@@ -97,6 +97,17 @@ def test_a_272cd54_study_migrates_to_the_current_schema_with_nothing_but_an_unkn
     assert migrated == {**AT_272CD54, "schema": SCHEMA, "data_fingerprint": None, "protocol": protocol}
 
 
+@pytest.mark.parametrize("amp, precision", [(True, "bf16"), (False, "fp32")])
+def test_a_schema_1_protocol_s_amp_becomes_its_precision(amp, precision):
+    recorded = {**AT_272CD54, "schema": 1, "protocol": {**AT_272CD54["protocol"], "amp": amp}}
+    migrated = migrate(recorded)
+    assert "amp" not in migrated["protocol"] and migrated["protocol"]["precision"] == precision
+    assert {k: v for k, v in migrated["protocol"].items() if k != "precision"} == {
+        k: v for k, v in AT_272CD54["protocol"].items() if k != "amp"
+    }
+    assert recorded["protocol"]["amp"] is amp  # the recorded attributes are left as they are
+
+
 def test_a_study_from_before_repeats_gets_the_settings_that_reproduce_what_its_version_did():
     protocol = migrate(before_repeats())["protocol"]
     # one training per candidate, a DSA family drawn per image, the dataset's DSA strategy of then

@@ -64,7 +64,6 @@ def test_parts_left_by_an_interrupted_run_need_resume(tmp_path):
     "cfg, workers, message",
     [
         (_cfg(method="dsa"), 2, "--method dsa cannot be split into class shards"),
-        (_cfg(), 11, "more than the 10 classes"),
         (_cfg(classes=(0, 1)), 2, "drop --classes"),
     ],
 )

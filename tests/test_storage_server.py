@@ -13,7 +13,7 @@ import pytest
 from optuna.trial import Trial, TrialState
 
 from bench.storage_load import run_load, storage_server
-from proxynas.exceptions import StudyError
+from proxynas.exceptions import StorageUnavailable, StudyError
 from proxynas.nas.study import (
     CONFIG_KEY,
     claim_waiting,
@@ -159,12 +159,14 @@ def test_no_server_at_the_address_names_the_command_that_starts_one():
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-        with pytest.raises(StudyError) as e:
+        with pytest.raises(StorageUnavailable) as e:
             open_grpc_storage(f"grpc://127.0.0.1:{port}", wait=0.5)
-    assert str(e.value) == (
-        f"no storage server answers at grpc://127.0.0.1:{port}; start one with: proxynas "
-        f"storage-server --storage <database URL> --port {port}"
-    )
+    message = str(e.value)
+    assert message.startswith(f"the storage grpc://127.0.0.1:{port} did not answer for 0.5 s: UNAVAILABLE: "), message
+    assert message.endswith(
+        f"(proxynas storage-server --storage <database URL> --port {port}) and that its database answers, "
+        "then run the same command again"
+    ), message
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,7 @@ import math
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -45,12 +45,15 @@ from proxynas.analysis.report import Report
 from proxynas.exceptions import StudyError, UsageError
 from proxynas.nas.kinds import PROXY
 from proxynas.nas.notes import INSTALL_DASHBOARD, REPORT_ATTR, dashboard_module, refresh_notes, save_study_note
+from proxynas.nas.outages import retry
 from proxynas.nas.results import study_frame
-from proxynas.nas.study import WorkerGrpcStorage, _retry, open_storage, sqlite_path
-from proxynas.runtime.outputs import atomic_write
+from proxynas.nas.study import WorkerGrpcStorage, open_storage, sqlite_path
+from proxynas.runtime.options import option
+from proxynas.runtime.outputs import LOCAL_ONLY, atomic_write
 
 __all__ = [
     "GRAPH_ID",
+    "Address",
     "Served",
     "artifact_dir",
     "attach_report",
@@ -105,7 +108,7 @@ def upload(store: FileSystemArtifactStore, study: optuna.Study, path: Path) -> s
         with open(path, "rb") as f:
             store.write(existing[path.name], f)
         return existing[path.name]
-    return _retry(lambda: upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study))
+    return retry(lambda: upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study))
 
 
 def _image_grid(study: optuna.Study, folder: Path) -> Path | None:
@@ -160,7 +163,7 @@ def attach_report(
             "out": str(out),
             "summary": row,
         }
-        _retry(functools.partial(study.set_user_attr, REPORT_ATTR, record))
+        retry(functools.partial(study.set_user_attr, REPORT_ATTR, record))
         save_study_note(study, storage_url)
         attached.append(name)
     refresh_figures(storage)
@@ -178,7 +181,7 @@ def refresh_figures(storage: RDBStorage | WorkerGrpcStorage) -> list[str]:
     """
     if (od := dashboard_module()) is None:
         return []
-    studies = {s.study_name: s.user_attrs for s in _retry(storage.get_all_studies)}
+    studies = {s.study_name: s.user_attrs for s in retry(storage.get_all_studies)}
     frame = functools.cache(functools.partial(study_frame, storage))  # a whole study compared often is read once
     drawn = []
     for name, attrs in studies.items():
@@ -193,7 +196,7 @@ def refresh_figures(storage: RDBStorage | WorkerGrpcStorage) -> list[str]:
         )
         if _stored_figure(storage, name) != figure.to_json():
             study = optuna.load_study(study_name=name, storage=storage)
-            _retry(functools.partial(od.save_plotly_graph_object, study, figure, graph_object_id=GRAPH_ID))
+            retry(functools.partial(od.save_plotly_graph_object, study, figure, graph_object_id=GRAPH_ID))
             drawn.append(name)
     if drawn:
         log.info("figures drawn from what the studies record: %s", ", ".join(drawn))
@@ -204,7 +207,7 @@ def _stored_figure(storage: RDBStorage | WorkerGrpcStorage, name: str) -> str:
     """The JSON of the study's scatter as optuna-dashboard 0.21 stores it: chunks in the system attributes
     ``dashboard:plot_data:<id>:<i>`` (a shorter figure leaves empty ones past its end). Were that layout to
     change, this reads "" and the figure is only written again, never lost."""
-    attrs = _retry(lambda: storage.get_study_system_attrs(storage.get_study_id_from_name(name)))
+    attrs = retry(lambda: storage.get_study_system_attrs(storage.get_study_id_from_name(name)))
     prefix = f"dashboard:plot_data:{GRAPH_ID}:"
     chunks = {int(k[len(prefix) :]): v for k, v in attrs.items() if k.startswith(prefix) and k[len(prefix) :].isdigit()}
     return "".join(chunks[i] for i in sorted(chunks))
@@ -316,7 +319,18 @@ def open_served(given: str | None, defaults: Mapping[str, str], artifacts: str |
     return Served(given, storage, folder)
 
 
-def serve(served: Served, host: str, port: int) -> None:
+@dataclass(frozen=True)
+class Address:
+    """Where optuna-dashboard listens."""
+
+    host: str = field(
+        default=LOCAL_ONLY,
+        metadata=option("--host", help="address to serve on: 127.0.0.1 is this machine only, 0.0.0.0 every interface"),
+    )
+    port: int = field(default=8080, metadata=option("--port", help="port to serve on"))
+
+
+def serve(served: Served, address: Address) -> None:
     """Run optuna-dashboard (blocks until Ctrl-C), first writing the notes and figures missing or out of date.
 
     Studies run or reported before the dashboard extra was installed get theirs then
@@ -327,4 +341,4 @@ def serve(served: Served, host: str, port: int) -> None:
     refresh_notes(served.storage)
     refresh_figures(served.storage)
     store = AtomicArtifactStore(served.artifacts) if served.artifacts is not None else None
-    run_server(served.storage, host=host, port=port, artifact_store=store)
+    run_server(served.storage, host=address.host, port=address.port, artifact_store=store)

@@ -6,7 +6,7 @@ study's frame (``nas.results.study_frame``). The table holds what describes each
 configuration (``nas.results.CONFIG_COLUMNS``), then per method, under its column
 prefix: its values (``<m>_val_acc``, or ``<m>_score`` for a zero-cost score, as its
 kind's ``Measure`` says), the test accuracy of the network trained on its data
-(accuracies only), the spread over repeats and its rank (1 = best).
+(kinds that train), the spread over repeats and its rank (1 = best).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import re
 import optuna
 import pandas as pd
 
-from proxynas.nas.kinds import ACCURACY, WHOLE, Measure
+from proxynas.nas.kinds import WHOLE, StudyKind
 from proxynas.nas.results import CONFIG_COLUMNS
 
 __all__ = ["WHOLE", "column_prefix", "method_names", "ranking_table"]
@@ -37,7 +37,7 @@ def column_prefix(method: str) -> str:
     return re.sub(r"\W+", "_", method).strip("_") or "method"
 
 
-def ranking_table(frames: dict[str, pd.DataFrame], measures: dict[str, Measure]) -> pd.DataFrame:
+def ranking_table(frames: dict[str, pd.DataFrame], kinds: dict[str, StudyKind]) -> pd.DataFrame:
     """One row per configuration in any method's frame, best whole-dataset rank first (see the module docstring)."""
     known = [f[list(CONFIG_COLUMNS)] for f in frames.values() if not f.empty]
     info = pd.concat(known) if known else pd.DataFrame(columns=list(CONFIG_COLUMNS))
@@ -45,8 +45,8 @@ def ranking_table(frames: dict[str, pd.DataFrame], measures: dict[str, Measure])
     for m, frame in frames.items():
         by_id, c = frame.set_index("config_id"), column_prefix(m)
         acc = by_id.val_acc
-        ranking[f"{c}_{measures[m].column}"] = acc
-        if measures[m] == ACCURACY:  # a score has no test side
+        ranking[f"{c}_{kinds[m].measure.column}"] = acc
+        if kinds[m].trains:  # a network trained on this method's data has a test accuracy; a score has none
             ranking[f"{c}_test_acc"] = by_id.test_acc  # of the network trained on this method's data
         ranking[f"{c}_val_std"] = by_id.val_std
         # 1 = best; ties share the best rank; <NA> where the study lacks the configuration

@@ -40,6 +40,7 @@ from optuna.storages import RDBStorage
 from proxynas.analysis.plots import plot_correlations, plot_top
 from proxynas.analysis.rankings import WHOLE, method_names, ranking_table
 from proxynas.analysis.statistics import (
+    DEFAULT_K,
     DEFAULT_TOP,
     SUMMARY_COLUMNS,
     compare,
@@ -48,7 +49,7 @@ from proxynas.analysis.statistics import (
     whole_reference,
 )
 from proxynas.exceptions import StudyError, UsageError
-from proxynas.nas.kinds import Measure, kind_of
+from proxynas.nas.kinds import EARLY_STOP, Measure, kind_of
 from proxynas.nas.results import (
     open_existing,
     planned_size,
@@ -90,7 +91,7 @@ def build_report(
     early_stop: str | None = None,
     extra: Sequence[str] = (),
     top: float | int = DEFAULT_TOP,
-    k: int = 10,
+    k: int = DEFAULT_K,
 ) -> Report:
     """Compare each method's study (proxies, early stopping, any extra) with the whole-dataset study.
 
@@ -164,7 +165,7 @@ def build_report(
         "dataset": next((s.user_attrs["dataset"] for s in studies.values() if "dataset" in s.user_attrs), None),
     }
     return Report(
-        ranking_table(frames, measures),
+        ranking_table(frames, kinds),
         pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS)),
         missing,
         fill,
@@ -236,7 +237,7 @@ def _check_equal_cost(
     elif proxy and not math.isnan(steps[early_stop]) and steps[early_stop] not in proxy.values():
         name, want = next(iter(proxy.items()))
         fixed = _with_flags(
-            _baseline_command(studies[early_stop], storage, "early-stop"),
+            _baseline_command(studies[early_stop], storage, EARLY_STOP),
             {"--steps": want, "--study": f"{early_stop}-{want}steps"},
         )
         raise StudyError(

@@ -46,8 +46,11 @@ from scipy import stats
 from proxynas.nas.results import top_configs, top_count, top_label
 
 __all__ = [
+    "DEFAULT_K",
     "DEFAULT_TOP",
     "MIN_PAIRS",
+    "RANKING_COLUMNS",
+    "SELECTION_COLUMNS",
     "SUMMARY_COLUMNS",
     "TEST_TEST",
     "VAL_VAL",
@@ -58,29 +61,34 @@ __all__ = [
 ]
 
 DEFAULT_TOP = 0.05  # the paper's top set: 5% of the space (36 of 720)
+DEFAULT_K = 10  # k of the top-k overlap
 MIN_PAIRS = 2  # the fewest configurations a rank correlation is defined on
 
-SUMMARY_COLUMNS = (
-    "method",
+# The summary's columns after "method", in two groups: how each ranking agrees with the whole-dataset one,
+# and what each method selects and costs (the CLI prints one table per group, so that neither is squeezed)
+RANKING_COLUMNS = (
     "spearman_top",
     "spearman_top_test",
     "n_top",
     "n_top_missing",
-    "n_unfinished",
     "spearman_all",
     "spearman_all_test",
     "kendall_all",
     "kendall_all_test",
     "n_shared",
     "topk_overlap",
+)
+SELECTION_COLUMNS = (
     "selected",
     "selected_whole_test_acc",
     "selected_own_test_acc",
     "mean_val_std",
+    "n_unfinished",
     "train_steps",
     "repeats",
     "train_hours",
 )
+SUMMARY_COLUMNS = ("method", *RANKING_COLUMNS, *SELECTION_COLUMNS)
 # (x, y) columns of a shared frame: the val-val correlation, and the test-test one (its x as the kind's test_side)
 VAL_VAL, TEST_TEST = ("val_acc", "val_acc_whole"), ("test_acc", "test_acc_whole")
 _NAN = float("nan")

@@ -47,8 +47,6 @@ out = Console(markup=False, highlight=False, width=shutil.get_terminal_size((140
 # config field has its help, and its default, on the field (runtime/options.py)
 QUIET_HELP = "timestamped progress lines instead of a live display (the default when stderr is not a terminal)"
 DEVICE_HELP = "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps"
-IMAGE_SIZE_HELP = "input height and width in pixels"
-NUM_CLASSES_HELP = "classifier outputs"
 STUDY_INTERRUPTED = "interrupted; the running trials were re-queued: run the same command again to continue the study"
 
 
@@ -197,20 +195,21 @@ class NetworksCommand(Command):
     interrupted = "interrupted"
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("--channels", type=int, default=3, help="input channels")
-        p.add_argument("--image-size", type=int, default=32, help=IMAGE_SIZE_HELP)
-        p.add_argument("--num-classes", type=int, default=10, help=NUM_CLASSES_HELP)
+        from proxynas.core.networks import InputShape
+
+        add_options(p, InputShape)
         p.add_argument("--filter", default="*", help="fnmatch pattern on names, e.g. 'ConvNet*'")
 
     def run(self, args: argparse.Namespace) -> int:
         from proxynas.core.data import default_cache_dir
-        from proxynas.core.networks import NETWORKS, describe_many
+        from proxynas.core.networks import NETWORKS, InputShape, describe_many
 
+        shape = from_args(InputShape, args)
         costs = describe_many(
             NETWORKS.names(args.filter),
-            args.channels,
-            args.num_classes,
-            args.image_size,
+            shape.channels,
+            shape.num_classes,
+            shape.image_size,
             cache=default_cache_dir() / "network_costs.json",
         )  # counted once per shape
         table = Table(
@@ -432,6 +431,8 @@ class SpaceCommand(Command):
     examples = ("proxynas space show", "proxynas space show --restrict 'depth=1,2;width=32' --sample 0")
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        from proxynas.core.networks import InputShape
+
         sub = p.add_subparsers(dest="action", required=True)
         show = sub.add_parser(
             "show",
@@ -442,24 +443,24 @@ class SpaceCommand(Command):
         show.add_argument("--space", help="bundled space name or a TOML file (default: convnet720)")
         show.add_argument("--restrict", help="a slice, e.g. 'depth=1,2;width=32'")
         show.add_argument("--proxy", type=Path, help="take the input shape and classes from this proxy set")
-        show.add_argument("--channels", type=int, default=3, help="input channels (default: CIFAR-10's 3)")
-        show.add_argument("--image-size", type=int, default=32, help=IMAGE_SIZE_HELP)
-        show.add_argument("--num-classes", type=int, default=10, help=NUM_CLASSES_HELP)
+        add_options(show, InputShape)
         show.add_argument(
             "--sample", type=int, default=12, help="how many configurations to list, covering every axis value (0: all)"
         )
 
     def run(self, args: argparse.Namespace) -> int:
         from proxynas.core.condense import SyntheticSet
+        from proxynas.core.networks import InputShape
         from proxynas.nas.search_space import describe_space, load_space
 
         space = load_space(args.space)
         if args.restrict:
             space = space.restrict(args.restrict)
-        channels, size, classes = args.channels, args.image_size, args.num_classes
+        shape = from_args(InputShape, args)
         if args.proxy:
             d = SyntheticSet.load(args.proxy).meta["dataset"]
-            channels, size, classes = d["channels"], d["image_size"], d["num_classes"]
+            shape = InputShape(d["channels"], d["image_size"], d["num_classes"])
+        channels, size, classes = shape.channels, shape.image_size, shape.num_classes
         axes = Table("axis", "values", "count", title=f"{space.name}: {len(space)} configurations")
         for axis, values in space.axes.items():
             axes.add_row(axis, ", ".join(map(str, values)), str(len(values)))
@@ -531,10 +532,10 @@ class BaselineCommand(Command):
     interrupted = STUDY_INTERRUPTED
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        from proxynas.nas.kinds import baseline_budget, baseline_names
         from proxynas.nas.search import SearchConfig
-        from proxynas.nas.sources import BASELINES
 
-        budgets = {name: BASELINES.get(name) for name in BASELINES}
+        budgets = {name: baseline_budget(name) for name in baseline_names()}
         kinds = "; ".join(
             f"{name}: {t.epochs} epochs" if t.steps is None else f"{name}: {t.steps} steps"
             for name, t in budgets.items()
@@ -554,7 +555,7 @@ class BaselineCommand(Command):
         training = _training_group(
             p,
             steps=True,
-            unset=("epochs", "steps", "batch_size"),  # each kind has its own budget (sources.BASELINES)
+            unset=("epochs", "steps", "batch_size"),  # each kind has its own budget (kinds.StudyKind.budget)
             helps={
                 "epochs": f"training epochs per candidate {kind_default}",
                 "steps": f"train exactly this many batches instead of --epochs {kind_default}",
@@ -568,12 +569,12 @@ class BaselineCommand(Command):
     def config(self, args: argparse.Namespace) -> SearchConfig:
         from proxynas.core.train import TrainConfig
         from proxynas.nas.baselines import select_configs
+        from proxynas.nas.kinds import baseline_budget
         from proxynas.nas.search import SearchConfig
-        from proxynas.nas.sources import BASELINES
         from proxynas.nas.study import HeartbeatSettings
         from proxynas.runtime.devices import Placement
 
-        train = from_args(TrainConfig, args, BASELINES.get(args.kind))  # the flags given, over the kind's budget
+        train = from_args(TrainConfig, args, baseline_budget(args.kind))  # the flags given, over the kind's budget
         if args.epochs is not None and args.steps is None:
             train = replace(train, steps=None)  # --epochs given: it replaces the kind's step budget
         return from_args(
@@ -665,35 +666,10 @@ class ReportCommand(Command):
         "proxynas report --proxy-studies dm dsa random --whole whole --extra naswot synflow --top 36 "
         "--out-dir results/report-top36",
     )
-    # the summary in two tables (rankings; selection and cost) so that neither is squeezed; every column is in one
-    summary_tables = (
-        (
-            "method",
-            "spearman_top",
-            "spearman_top_test",
-            "n_top",
-            "n_top_missing",
-            "spearman_all",
-            "spearman_all_test",
-            "kendall_all",
-            "kendall_all_test",
-            "n_shared",
-            "topk_overlap",
-        ),
-        (
-            "method",
-            "selected",
-            "selected_whole_test_acc",
-            "selected_own_test_acc",
-            "mean_val_std",
-            "n_unfinished",
-            "train_steps",
-            "repeats",
-            "train_hours",
-        ),
-    )
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        from proxynas.analysis.statistics import DEFAULT_K, DEFAULT_TOP
+        from proxynas.nas.results import parse_top
         from proxynas.nas.study import DEFAULT_STORAGE
 
         p.add_argument("--storage", default=DEFAULT_STORAGE, help="SQLAlchemy URL of the studies")
@@ -709,8 +685,13 @@ class ReportCommand(Command):
         p.add_argument("--whole", required=True, metavar="STUDY", help="the whole-dataset baseline study")
         p.add_argument("--early-stop", metavar="STUDY", help="the early-stopping baseline study")
         p.add_argument("--extra", nargs="*", default=[], metavar="STUDY", help="more studies to rank (zero-cost, ...)")
-        p.add_argument("--top", default="0.05", help="the top set: a fraction (0.05) or a count (36)")
-        p.add_argument("--k", type=int, default=10, help="k of the top-k overlap")
+        p.add_argument(
+            "--top",
+            type=parse_top,
+            default=DEFAULT_TOP,
+            help="the top set: a fraction (0.05) or a count (36)",
+        )
+        p.add_argument("--k", type=int, default=DEFAULT_K, help="k of the top-k overlap")
         add_argument(
             p,
             "--out-dir",
@@ -724,13 +705,10 @@ class ReportCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         from proxynas.analysis.dashboard import attach_report
         from proxynas.analysis.report import build_report, write_report
-        from proxynas.nas.results import parse_top
         from proxynas.runtime.outputs import check_output
 
         check_output(args.out_dir, "--out-dir", folder=True)
-        rep = build_report(
-            args.storage, args.proxy_studies, args.whole, args.early_stop, args.extra, parse_top(args.top), args.k
-        )
+        rep = build_report(args.storage, args.proxy_studies, args.whole, args.early_stop, args.extra, args.top, args.k)
         paths = write_report(rep, args.out_dir, command=shlex.join(["proxynas", *args.argv]))
         attached = attach_report(args.storage, rep, paths, args.out_dir, args.artifacts)
         self.show(rep, f"proxy rankings against {args.whole!r} (top {args.top})", paths)
@@ -745,6 +723,8 @@ class ReportCommand(Command):
     def show(rep, title: str, paths: dict) -> None:
         """The summary as two rich tables (rankings; selection and cost), the notes, the commands, the files."""
         import math
+
+        from proxynas.analysis.statistics import RANKING_COLUMNS, SELECTION_COLUMNS
 
         headers = {
             "method": "method",
@@ -773,8 +753,11 @@ class ReportCommand(Command):
             "selected: the method's best configuration; its test accuracy trained on the whole dataset "
             "(whole-run) and as the method trained it (method-run)"
         )
-        tables = ((title, None), ("selection and cost", selection))
-        for (heading, caption), columns in zip(tables, ReportCommand.summary_tables, strict=True):
+        tables = (
+            (title, None, ("method", *RANKING_COLUMNS)),
+            ("selection and cost", selection, ("method", *SELECTION_COLUMNS)),
+        )  # two tables, so that neither is squeezed
+        for heading, caption, columns in tables:
             table = Table(*(headers[c] for c in columns), title=heading, caption=caption, caption_justify="left")
             for row in rep.summary[list(columns)].itertuples(index=False):
                 table.add_row(
@@ -886,6 +869,8 @@ class DashboardCommand(Command):
         return {DEFAULT_STORAGE: "'proxynas search'", QuickstartPlan().storage: "'proxynas quickstart'"}
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        from proxynas.analysis.dashboard import Address
+
         first, then = self.defaults()
         p.add_argument(
             "--storage",
@@ -893,25 +878,21 @@ class DashboardCommand(Command):
             f"and score write, else {then} where quickstart does)",
         )
         p.add_argument("--artifacts", type=Path, metavar="DIR", help=ARTIFACTS_HELP)
-        p.add_argument("--port", type=int, default=8080, help="port to serve on (default: 8080)")
-        p.add_argument(
-            "--host",
-            default="127.0.0.1",
-            help="address to serve on (default: 127.0.0.1, this machine only; 0.0.0.0: every interface)",
-        )
+        add_options(p, Address)
 
     def run(self, args: argparse.Namespace) -> int:
-        from proxynas.analysis.dashboard import open_served, serve
+        from proxynas.analysis.dashboard import Address, open_served, serve
         from proxynas.runtime.outputs import check_port
 
-        check_port(args.host, args.port)
+        address = from_args(Address, args)
+        check_port(address.host, address.port)
         served = open_served(args.storage, self.defaults(), args.artifacts)
         out.print(
-            f"optuna-dashboard on http://{args.host}:{args.port} for {served.url}, artifacts in "
+            f"optuna-dashboard on http://{address.host}:{address.port} for {served.url}, artifacts in "
             f"{served.artifacts or '(none: give --artifacts DIR)'} (Ctrl-C to stop)",
             soft_wrap=True,
         )
-        serve(served, args.host, args.port)
+        serve(served, address)
         return 0
 
 
@@ -1012,14 +993,16 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own display says what Optuna would log
     argv = sys.argv[1:] if argv is None else argv
     # no command named (--help, --version, a typo): the top-level parser needs no command's flags
-    args = build_parser(_command_in(argv) or "").parse_args(argv, argparse.Namespace(argv=argv))
+    try:  # a flag's type that checks its value (parse_top) raises its own error, told as any other
+        args = build_parser(_command_in(argv) or "").parse_args(argv, argparse.Namespace(argv=argv))
+    except ProxyNASError as e:
+        return _told(e)
     command = COMMANDS[args.command]
     try:
         with sigterm_interrupts():
             return command.run(args)
     except ProxyNASError as e:
-        console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
-        return e.exit_code
+        return _told(e)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM as Terminated
         console.print(command.interrupted, highlight=False, soft_wrap=True)
         return e.exit_code if isinstance(e, Terminated) else 130
@@ -1027,8 +1010,13 @@ def main(argv: list[str] | None = None) -> int:
         failure = classify(e, getattr(args, "storage", None))  # exit codes: exceptions.STORAGE_FAILURES
         if failure is None:  # anything else is a bug: its traceback helps
             raise
-        console.print(f"[red]error:[/red] {escape(str(failure))}", highlight=False, soft_wrap=True)
-        return failure.exit_code
+        return _told(failure)
+
+
+def _told(e: ProxyNASError) -> int:
+    """``e`` in one line on stderr; its exit code."""
+    console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+    return e.exit_code
 
 
 if __name__ == "__main__":

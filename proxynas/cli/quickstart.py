@@ -72,6 +72,7 @@ def run_quickstart(
     from proxynas.analysis.report import build_report, write_report
     from proxynas.core.condense import CondenseConfig, SyntheticSet, condense
     from proxynas.core.train import TrainConfig
+    from proxynas.nas.kinds import EARLY_STOP, WHOLE, baseline_budget
     from proxynas.nas.search import SearchConfig, launch
 
     stage = on_stage or (lambda name: None)
@@ -115,8 +116,8 @@ def run_quickstart(
         launch(replace(base, study=method, proxy=str(path)), 1, search_progress)
     steps = base.train.total_steps(len(SyntheticSet.load(proxies["dm"]).labels))  # early stopping costs as much
     for kind, train in (
-        ("early-stop", TrainConfig(steps=steps, batch_size=250)),
-        ("whole", TrainConfig(epochs=plan.whole_epochs, batch_size=250)),
+        (EARLY_STOP, replace(baseline_budget(EARLY_STOP), steps=steps)),
+        (WHOLE, replace(baseline_budget(WHOLE), epochs=plan.whole_epochs)),
     ):
         stage(f"baseline {kind}")
         launch(
@@ -124,7 +125,7 @@ def run_quickstart(
         )
 
     stage("report")
-    report = build_report(plan.storage, list(proxies), "whole", "early-stop", top=plan.top, k=3)
+    report = build_report(plan.storage, list(proxies), WHOLE, EARLY_STOP, top=plan.top, k=3)
     paths = write_report(report, plan.out / "report", command=command)
     attach_report(plan.storage, report, paths, plan.out / "report")  # the dashboard shows it beside the studies
     return report, paths

@@ -18,10 +18,10 @@ from proxynas.core.data import Dataset, load_dataset
 from proxynas.core.networks import build
 from proxynas.core.train import TrainConfig, accuracy, train_network
 from proxynas.exceptions import UsageError
-from proxynas.runtime.devices import resolve_device
+from proxynas.runtime.devices import DEFAULT_DEVICE, resolve_device
 from proxynas.runtime.outputs import check_output
 from proxynas.runtime.provenance import versions
-from proxynas.runtime.seeding import derive_seed, generator
+from proxynas.runtime.seeding import DEFAULT_SEED, derive_seed, generator
 
 
 def evaluation_path(proxy: str | Path, model: str) -> Path:
@@ -35,8 +35,8 @@ def evaluate(
     model: str | None = None,
     num_nets: int = 5,
     cfg: TrainConfig | None = None,
-    seed: int = 0,
-    device: str = "auto",
+    seed: int = DEFAULT_SEED,
+    device: str = DEFAULT_DEVICE,
     data_path: str | None = None,
     dataset: Dataset | None = None,
     report: Callable[[int, int, float | None], None] | None = None,  # (done, total, last accuracy)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from itertools import chain
 from pathlib import Path
@@ -40,6 +40,7 @@ from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from proxynas.exceptions import UnknownNameError, UsageError
+from proxynas.runtime.options import option
 from proxynas.runtime.outputs import write_json
 from proxynas.runtime.registry import Registry
 from proxynas.version import __version__
@@ -47,6 +48,7 @@ from proxynas.version import __version__
 __all__ = [
     "NETWORKS",
     "ConvNet",
+    "InputShape",
     "Net",
     "NetConfig",
     "build",
@@ -86,10 +88,19 @@ _POOL: dict[str, tuple[Callable[[], nn.Module], int]] = {
     "max": (partial(nn.MaxPool2d, 2, 2), 2),
     "avg": (partial(nn.AvgPool2d, 2, 2), 2),
 }
-_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 _ID_RE = re.compile(r"d(\d+)-w(\d+)-([a-z]+)-([a-z]+)-([a-z]+)")
 _ID_FORMAT = "d<depth>-w<width>-<act>-<norm>-<pool>"
+
+
+@dataclass(frozen=True)
+class InputShape:
+    """The inputs and outputs a network is built for: CIFAR-10's unless given."""
+
+    channels: int = field(default=3, metadata=option("--channels", help="input channels"))
+    image_size: int = field(default=32, metadata=option("--image-size", help="input height and width in pixels"))
+    num_classes: int = field(default=10, metadata=option("--num-classes", help="classifier outputs"))
 
 
 @dataclass(frozen=True)
@@ -103,14 +114,14 @@ class NetConfig:
     pool: str = "avg"  # none | max | avg
 
     def __post_init__(self) -> None:
-        for field in ("depth", "width"):
-            value = getattr(self, field)
+        for axis in ("depth", "width"):
+            value = getattr(self, axis)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UsageError(f"NetConfig {field} must be an integer >= 1, got {value!r}")
-        for field, allowed in (("act", _ACT), ("norm", _NORM), ("pool", _POOL)):
-            value = getattr(self, field)
+                raise UsageError(f"NetConfig {axis} must be an integer >= 1, got {value!r}")
+        for axis, allowed in (("act", _ACT), ("norm", _NORM), ("pool", _POOL)):
+            value = getattr(self, axis)
             if value not in allowed:
-                raise UsageError(f"NetConfig {field} {value!r} is not one of: {', '.join(allowed)}")
+                raise UsageError(f"NetConfig {axis} {value!r} is not one of: {', '.join(allowed)}")
         if self.norm == "groupnorm" and self.width % 4:
             raise UsageError(f"groupnorm uses 4 groups, so width must be a multiple of 4, got {self.width}")
 
@@ -474,4 +485,4 @@ def uses_batch_stats(model: nn.Module) -> bool:
 
     DM feeds such embedding networks all classes in one batch (docs/protocol.md §1).
     """
-    return any(isinstance(m, _BATCH_NORMS) for m in model.modules())
+    return any(isinstance(m, BATCH_NORMS) for m in model.modules())

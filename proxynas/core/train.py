@@ -31,7 +31,7 @@ from proxynas.exceptions import UnknownNameError, UsageError
 from proxynas.runtime.allocator import hot_loop_memory
 from proxynas.runtime.devices import synchronize, warn_if_slow_bf16
 from proxynas.runtime.options import option
-from proxynas.runtime.precision import PRECISIONS, check_precision, resolve_precision
+from proxynas.runtime.precision import DEFAULT_PRECISION, PRECISIONS, check_precision, resolve_precision
 
 EVAL_BATCH = 1024
 LR_DECAY = 0.1  # x0.1 at half the steps
@@ -81,7 +81,7 @@ class TrainConfig:
         ),
     )
     precision: str = field(  # "auto" is resolved per device before training (resolved_precision)
-        default="fp32",
+        default=DEFAULT_PRECISION,
         metadata=option(
             "--precision",
             choices=PRECISIONS,

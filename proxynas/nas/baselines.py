@@ -1,6 +1,6 @@
 """Which configurations a baseline study trains (docs/protocol.md §5).
 
-A baseline (``sources.BASELINES``: whole-dataset or early-stopping training) is a search
+A baseline (a study kind with a ``budget``, ``kinds.KINDS``: whole-dataset or early-stopping training) is a search
 whose source is the real training split: same configuration ids, same user attributes,
 same storage, so the dashboard and the report treat every study alike. It need not
 cover the whole space: the paper's metric needs whole-dataset results only for the

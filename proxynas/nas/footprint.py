@@ -1,4 +1,4 @@
-"""What one search worker holds in memory, for ``runtime.resources.plan_workers``.
+"""What one search worker holds in memory, for ``runtime.resources.plan_workers`` (``search.launch``).
 
 A worker (``search._worker_main``) imports torch and proxynas (``resources.WORKER_BASE_BYTES``),
 loads its own copy of what candidates train on (a proxy set, or the real training split copied
@@ -12,43 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
 
 import torch
-from optuna.trial import TrialState
 
 from proxynas.core.train import EVAL_BATCH
-from proxynas.nas.search_space import SearchSpace, _meta_net
+from proxynas.nas.search_space import SearchSpace, meta_net
 from proxynas.nas.sources import Source
-from proxynas.nas.study import CONFIG_KEY
-from proxynas.runtime.resources import WORKER_BASE_BYTES, gib, plan_workers, tensor_bytes, training_bytes
+from proxynas.runtime.resources import WORKER_BASE_BYTES, gib, tensor_bytes, training_bytes
 
-__all__ = ["plan_search", "search_worker_bytes"]
-
-
-def plan_search(cfg: Any, p: Any, devices: Sequence[str], trains: bool) -> int:
-    """How many of the workers on ``devices`` (one each) ``search.launch`` starts on the study it prepared
-    (``cfg``: a ``search.SearchConfig``, ``p``: its ``search.Prepared``, typed loosely since search imports
-    this module): at most one per configuration left, and as many as fit in memory (``resources.plan_workers``)."""
-    left = None
-    if p.total is not None:  # exhaustive: the queue is all there is
-        done = p.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        left = p.total - len({t.user_attrs.get(CONFIG_KEY) for t in done})
-    return plan_workers(
-        len(devices),
-        lambda: search_worker_bytes(
-            p.source,
-            p.space,
-            devices,
-            batch=cfg.train.batch_size if trains else cfg.zero_cost_batch,
-            repeats=cfg.repeats,
-            stacked=cfg.train.repeat_mode == "stacked",
-            trains=trains,
-            config_ids=cfg.configs,
-        ),
-        devices,
-        left=left,
-    )
+__all__ = ["search_worker_bytes"]
 
 
 def search_worker_bytes(
@@ -79,7 +51,7 @@ def search_worker_bytes(
         net_bytes, name = max(
             (
                 training_bytes(
-                    _meta_net(space.source, c, info.channels, info.num_classes, info.image_size),
+                    meta_net(space.source, c, info.channels, info.num_classes, info.image_size),
                     shape,
                     repeats=repeats if trains else 1,
                     stacked=stacked and trains,

@@ -4,13 +4,15 @@ A study records its kind as its user attribute ``kind``, in one vocabulary used
 everywhere (``proxynas baseline --kind`` takes the baselines' names):
 
 - ``proxy``: candidates trained on a condensed proxy set;
-- ``whole``: trained on the real training split for the full budget, the ranking a
-  proxy tries to predict;
-- ``early-stop``: trained on the real training split for the proxies' budget;
+- ``whole``: trained on the real training split (the 90% outside the validation
+  split) for 100 epochs: the ranking a proxy tries to predict;
+- ``early-stop``: the same data, for only as many steps as proxy training takes (400
+  batches of 250), so that it costs what a proxy search costs;
 - ``zero-cost``: scored at initialisation by a zero-cost proxy; nothing is trained.
 
 A ``StudyKind`` holds all that depends on the kind: where a search of that kind gets
-its source and its objective (read off its configuration, ``search.SearchConfig``),
+its source and its objective (read off its configuration, ``search.SearchConfig``), a
+baseline's training budget,
 the name of its trial values, the note's line on what the study is, what the report
 calls its values and ranks against whole-dataset test accuracy, and how to rebuild it
 on another validation split. A study whose kind is not registered (written by hand,
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from proxynas.core.train import TrainConfig
-from proxynas.exceptions import StudyError
+from proxynas.exceptions import StudyError, UnknownNameError
 from proxynas.nas.objectives import CandidateObjective, Objective, ZeroCostObjective, check_minibatch
 from proxynas.nas.search_space import SearchSpace
 from proxynas.nas.sources import Source, proxy_source, real_split_source
@@ -33,19 +35,25 @@ from proxynas.runtime.registry import Registry
 __all__ = [
     "ACCURACY",
     "ACCURACY_METRIC",
+    "EARLY_STOP",
     "KINDS",
     "OTHER",
     "PROXY",
     "WHOLE",
+    "ZERO_COST",
     "Measure",
     "SearchSettings",
     "StudyKind",
+    "baseline_budget",
+    "baseline_names",
     "kind_of",
 ]
 
 ACCURACY_METRIC = "val_acc"  # a trained candidate's trial value: mean validation accuracy over its repeats
 PROXY = "proxy"  # the kind of a study whose candidates train on a proxy set
 WHOLE = "whole"  # the kind of the whole-dataset baseline, which every other study is compared with
+EARLY_STOP = "early-stop"  # the early-stopping baseline: the real split for the proxies' budget
+ZERO_COST = "zero-cost"  # candidates scored at initialisation
 
 
 class SearchSettings(Protocol):
@@ -101,6 +109,7 @@ class StudyKind:
     measure: Measure = ACCURACY
     test_side: str = "test_acc"  # its frame column ranked against whole-dataset test accuracy (a score has none)
     split_fix: str = "run its command again into a new --study with"  # how to rank it on another split: + the flags
+    budget: TrainConfig | None = None  # a baseline's training budget on the real split; None: not a baseline
 
 
 def _named(value: str | None) -> str:
@@ -119,12 +128,13 @@ def _real_split(cfg: SearchSettings, attrs: dict[str, Any]) -> Source:
     return real_split_source(cfg.dataset, cfg.data_path, cfg.val_fraction, cfg.split_seed, attrs)
 
 
-def _baseline(name: str, what: str) -> StudyKind:
-    """A baseline: the search's candidates trained on the real training split (its budget: sources.BASELINES)."""
+def _baseline(name: str, what: str, budget: TrainConfig) -> StudyKind:
+    """A baseline: the search's candidates trained on the real training split for ``budget``."""
     return StudyKind(
         source=lambda cfg: _real_split(cfg, {"kind": name, "method": name}),
         objective=_training,
         what=lambda a: f"candidates trained on the real training split{what}",
+        budget=budget,
     )
 
 
@@ -132,7 +142,7 @@ KINDS: Registry[StudyKind] = Registry("study kind")
 KINDS.add(
     PROXY,
     StudyKind(
-        source=lambda cfg: proxy_source(_named(cfg.proxy), cfg.data_path),
+        source=lambda cfg: proxy_source(_named(cfg.proxy), cfg.data_path, {"kind": PROXY}),
         objective=_training,
         what=lambda a: (
             f"candidates trained on the proxy set `{a.get('proxy_path', '?')}` ({a.get('method')}, "
@@ -141,13 +151,20 @@ KINDS.add(
         split_fix="condense its proxy set again, then search it into a new study, with",  # the set holds the split out
     ),
 )
-KINDS.add(WHOLE, _baseline(WHOLE, ": the whole-dataset baseline"))
-KINDS.add("early-stop", _baseline("early-stop", " for the proxies' budget: the early-stopping baseline"))
+KINDS.add(WHOLE, _baseline(WHOLE, ": the whole-dataset baseline", TrainConfig(epochs=100, batch_size=250)))
 KINDS.add(
-    "zero-cost",
+    EARLY_STOP,
+    _baseline(
+        EARLY_STOP,
+        " for the proxies' budget: the early-stopping baseline",
+        TrainConfig(steps=400, batch_size=250),
+    ),
+)
+KINDS.add(
+    ZERO_COST,
     StudyKind(
         source=lambda cfg: _real_split(
-            cfg, {"kind": "zero-cost", "method": cfg.zero_cost, "minibatch": cfg.zero_cost_batch}
+            cfg, {"kind": ZERO_COST, "method": cfg.zero_cost, "minibatch": cfg.zero_cost_batch}
         ),
         objective=lambda cfg, source, space: ZeroCostObjective(
             source,
@@ -183,3 +200,16 @@ OTHER = StudyKind(  # a kind proxynas does not know: read like an accuracy study
 def kind_of(name: object) -> StudyKind:
     """The registered kind of that name (a study's ``kind`` attribute), else ``OTHER``."""
     return KINDS.get(name) if isinstance(name, str) and name in KINDS else OTHER
+
+
+def baseline_names() -> list[str]:
+    """The kinds that are baselines (``proxynas baseline --kind``)."""
+    return [name for name in KINDS if KINDS.get(name).budget is not None]
+
+
+def baseline_budget(name: str) -> TrainConfig:
+    """The training budget of the baseline ``name``; an error that lists the baselines for any other name."""
+    budget = KINDS.get(name).budget if name in KINDS else None
+    if budget is None:
+        raise UnknownNameError(f"unknown baseline {name!r}; choose one of: {', '.join(baseline_names())}")
+    return budget

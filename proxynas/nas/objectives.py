@@ -34,9 +34,9 @@ from proxynas.exceptions import UsageError
 from proxynas.nas.search_space import SearchSpace
 from proxynas.nas.sources import Source
 from proxynas.nas.study import CONFIG_KEY
-from proxynas.runtime.devices import resolve_device
+from proxynas.runtime.devices import DEFAULT_DEVICE, resolve_device
 from proxynas.runtime.precision import autocast, resolve_precision
-from proxynas.runtime.seeding import derive_seed, generator
+from proxynas.runtime.seeding import DEFAULT_SEED, derive_seed, generator
 
 __all__ = [
     "PRUNE_CHECKS",
@@ -84,8 +84,8 @@ class CandidateObjective:
         train: TrainConfig,
         *,
         repeats: int,
-        seed: int = 0,
-        device: str = "auto",
+        seed: int = DEFAULT_SEED,
+        device: str = DEFAULT_DEVICE,
         prune: bool = False,
     ) -> None:
         self.space, self.source, self.dataset = space, source, source.dataset
@@ -177,8 +177,8 @@ class ZeroCostObjective:
         proxy: str,
         *,
         batch: int,
-        seed: int = 0,
-        device: str = "auto",
+        seed: int = DEFAULT_SEED,
+        device: str = DEFAULT_DEVICE,
         precision: str = "fp32",
     ) -> None:
         self.space, self.proxy, self.seed = space, ZERO_COST.get(proxy), seed

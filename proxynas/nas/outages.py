@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 S = TypeVar("S", bound=type)
 
-CONTENTION_BUDGET = 6.0  # seconds a storage is waited for when opened, and a call outside one retries (schema races)
+CONTENTION_BUDGET = 6.0  # s a storage is waited for when a command without --grace opens it (study.first_contact),
+# and a call outside a resilient storage retries (schema races)
 FIRST_DELAY, MAX_DELAY = 0.1, 2.0  # seconds between attempts: doubling from the first, capped at the last
 
 # Words of an error message that mark a storage outage or a contended lock: what a retry can outwait.
@@ -68,6 +69,19 @@ _TRANSIENT_TEXT = (
 )
 # gRPC codes of a server that is down, restarting or overloaded; UNKNOWN (a server-side exception) is read by its text
 _TRANSIENT_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "RESOURCE_EXHAUSTED", "CANCELLED"})
+# ...but an UNAVAILABLE with these words came from a port that answered in another protocol than gRPC's (HTTP/2)
+_NOT_GRPC_TEXT = ("failed parsing http/2", "http1.x")
+# Words of a database server that answered and refused the connection (a wrong database name, user or password),
+# which no wait changes though the driver says "connection failed"; drivers give no SQLSTATE before a connection
+# is made, so their words (PostgreSQL's libpq, then MySQL's), whitespace squeezed
+_REFUSED_TEXT = (
+    'fatal: database "',
+    'fatal: role "',
+    "password authentication failed",
+    "no pg_hba.conf entry",
+    "access denied for user",
+    "unknown database",
+)
 
 # The storage calls retried: BaseStorage's API, the heartbeat's, and the RDBStorage hooks Optuna's cache calls.
 STORAGE_CALLS = (
@@ -87,8 +101,12 @@ def is_transient(e: BaseException) -> bool:
         return False
     grpc = sys.modules.get("grpc")  # imported by a gRPC storage, the only source of its errors
     if grpc is not None and isinstance(e, grpc.RpcError) and callable(getattr(e, "code", None)):
-        code = e.code().name
-        return code in _TRANSIENT_CODES or (code in ("UNKNOWN", "INTERNAL") and _transient_text(e.details() or ""))
+        code, details = e.code().name, (e.details() or "").lower()
+        if code == "UNAVAILABLE" and any(s in details for s in _NOT_GRPC_TEXT):
+            return False
+        return code in _TRANSIENT_CODES or (code in ("UNKNOWN", "INTERNAL") and _transient_text(details))
+    if _refused(e):
+        return False
     if isinstance(e, sqlalchemy.exc.DBAPIError) and e.connection_invalidated:
         return True
     if isinstance(e, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)):
@@ -96,17 +114,26 @@ def is_transient(e: BaseException) -> bool:
     return False
 
 
+def _refused(e: BaseException) -> bool:
+    """Whether the database server answered and refused the connection (``_REFUSED_TEXT``)."""
+    text = " ".join(f"{e} {e.__cause__}".lower().split())  # Optuna's StorageInternalError wraps SQLAlchemy's
+    return any(s in text for s in _REFUSED_TEXT)
+
+
 def _transient_text(text: str) -> bool:
     text = text.lower()
     return any(s in text for s in _TRANSIENT_TEXT)
 
 
-def retry(fn: Callable[[], T], budget: float = CONTENTION_BUDGET, storage: str | None = None) -> T:
+def retry(
+    fn: Callable[[], T], budget: float = CONTENTION_BUDGET, storage: str | None = None, flag: str | None = "--grace"
+) -> T:
     """``fn()``, retried with backoff while it fails transiently, for up to ``budget`` seconds.
 
-    Past the budget: ``StorageUnavailable`` naming ``storage`` (a URL) and its fix, the last error
-    as its cause. The first retry of a call logs one line at INFO (the launcher shows it; a
-    worker's log shows warnings only), and so does its recovery.
+    Past the budget: ``StorageUnavailable`` naming ``storage`` (a URL), the option that set the
+    budget (``flag``; None for a command without one) and its fix, the last error as its cause.
+    The first retry of a call logs one line at INFO (the launcher shows it; a worker's log shows
+    warnings only), and so does its recovery.
     """
     start, delay, failed = time.monotonic(), FIRST_DELAY, None
     while True:
@@ -117,7 +144,7 @@ def retry(fn: Callable[[], T], budget: float = CONTENTION_BUDGET, storage: str |
                 raise
             waited = time.monotonic() - start
             if waited >= budget:
-                raise StorageUnavailable(unavailable_message(storage, budget, e)) from e
+                raise StorageUnavailable(unavailable_message(storage, budget, e, flag)) from e
             if failed is None:
                 log.info(
                     "storage %s not answering (%s); retrying for up to %g s",
@@ -146,15 +173,19 @@ def first_line(e: BaseException) -> str:
     return " ".join(text.split("\n")[0].split())
 
 
-def unavailable_message(storage: str | None, budget: float, e: BaseException) -> str:
-    """One line: which storage did not answer, for how long, why, and what to do."""
+def unavailable_message(storage: str | None, budget: float, e: BaseException, flag: str | None = "--grace") -> str:
+    """One line: which storage did not answer, for how long (and the ``flag`` that said so), why, and what to do."""
     shown = shown_url(storage) if storage else None
     what = f"the storage {shown}" if shown else "the storage"
-    return f"{what} did not answer for {budget:g} s (--grace): {first_line(e)}; {_fix(storage)}"
+    setting = f" ({flag})" if flag else ""
+    return f"{what} did not answer for {budget:g} s{setting}: {first_line(e)}; {_fix(storage, flag is not None)}"
 
 
-def _fix(storage: str | None) -> str:
-    again = "then run the same command again: its running trials are re-queued and nothing finished is lost"
+def _fix(storage: str | None, running: bool) -> str:
+    """What to do; ``running``: for a command that runs trials (it has --grace), what a re-run does with them."""
+    again = "then run the same command again" + (
+        ": its running trials are re-queued and nothing finished is lost" if running else ""
+    )
     if storage and storage.startswith("grpc://"):
         port = urllib.parse.urlsplit(storage).port
         return (

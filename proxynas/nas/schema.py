@@ -40,6 +40,7 @@ import optuna
 from optuna.trial import TrialState
 
 from proxynas.exceptions import StudyError
+from proxynas.nas.kinds import kind_of
 from proxynas.nas.outages import retry
 from proxynas.nas.search_space import DEFAULT_SPACE
 from proxynas.runtime.provenance import versions
@@ -92,7 +93,7 @@ def _from_schema_0(attrs: dict[str, Any]) -> dict[str, Any]:
     attrs.setdefault("data_fingerprint", None)
     protocol = attrs.get("protocol")
     if isinstance(protocol, dict) and "repeat_mode" not in protocol:
-        trains = attrs.get("kind") != "zero-cost"
+        trains = kind_of(attrs.get("kind")).trains
         if protocol.get("steps") is not None:
             protocol["epochs"] = None  # a step budget, as schema 1 records one
         if trains:

@@ -31,6 +31,8 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from proxynas.core.data import SPLIT_SEED, SPLIT_SEED_OPTION, VAL_FRACTION
+from proxynas.core.networks import NetConfig
 from proxynas.core.train import TrainConfig
 from proxynas.exceptions import (
     STORAGE_FAILURES,
@@ -40,14 +42,14 @@ from proxynas.exceptions import (
     Terminated,
     UsageError,
 )
-from proxynas.nas.footprint import plan_search
-from proxynas.nas.kinds import KINDS, PROXY
+from proxynas.nas.footprint import search_worker_bytes
+from proxynas.nas.kinds import KINDS, PROXY, ZERO_COST, baseline_budget, baseline_names
 from proxynas.nas.notes import save_study_note, set_metric_name
 from proxynas.nas.objectives import Objective, resolved_training
 from proxynas.nas.outages import first_line
 from proxynas.nas.schema import Run, begin_run, end_run, migrate
 from proxynas.nas.search_space import SearchSpace, load_space
-from proxynas.nas.sources import BASELINES, Source
+from proxynas.nas.sources import Source
 from proxynas.nas.study import (
     CONFIG_KEY,
     DEFAULT_STORAGE,
@@ -59,12 +61,13 @@ from proxynas.nas.study import (
     summary,
 )
 from proxynas.runtime import processes
-from proxynas.runtime.devices import assign, default_devices, resolve_device
+from proxynas.runtime.devices import DEFAULT_DEVICE, assign, default_devices, resolve_device
 from proxynas.runtime.failures import classify
 from proxynas.runtime.options import option
 from proxynas.runtime.precision import resolve_for_all
 from proxynas.runtime.registry import Registry
-from proxynas.runtime.seeding import derive_seed
+from proxynas.runtime.resources import plan_workers
+from proxynas.runtime.seeding import DEFAULT_SEED, derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +90,7 @@ class SearchConfig:
     )
     baseline: str | None = field(  # ... or a baseline kind ("whole", "early-stop") trained on real data ...
         default=None,
-        metadata=option(
-            "--kind", choices=lambda: BASELINES.names(), help="the baseline: its training budget on the real split"
-        ),
+        metadata=option("--kind", choices=baseline_names, help="the baseline: its training budget on the real split"),
     )
     zero_cost: str | None = None  # ... or a zero-cost proxy ("naswot", ...) scored at initialisation
     zero_cost_batch: int = field(  # minibatch size the zero-cost proxy sees
@@ -102,7 +103,7 @@ class SearchConfig:
         default=None, metadata=option("--dataset", help="registered dataset name (see 'proxynas datasets')")
     )
     val_fraction: float = field(
-        default=0.1,
+        default=VAL_FRACTION,
         metadata=option(
             "--exclude-split",
             metavar="FRACTION",
@@ -110,12 +111,7 @@ class SearchConfig:
             "ranked on (as for the proxy sets)",
         ),
     )
-    split_seed: int = field(
-        default=0,
-        metadata=option(
-            "--split-seed", help="seed of the validation split (every study of one comparison needs the same)"
-        ),
-    )
+    split_seed: int = field(default=SPLIT_SEED, metadata=SPLIT_SEED_OPTION)
     configs: tuple[str, ...] | None = field(  # only these configuration ids (None: the whole space)
         default=None,
         metadata=option(
@@ -160,12 +156,12 @@ class SearchConfig:
         ),
     )
     seed: int = field(
-        default=0,
+        default=DEFAULT_SEED,
         metadata=option(
             "--seed", help="seed of the sampler and of every candidate's initialisation and training draws"
         ),
     )
-    device: str = "auto"  # this worker's device (launch gives each worker its own; the CLI's --device: Placement)
+    device: str = DEFAULT_DEVICE  # this worker's (launch gives each worker its own; the CLI's --device: Placement)
     data_path: str | None = field(  # a proxy set's: overrides the data location it records
         default=None,
         metadata=option(
@@ -182,7 +178,7 @@ class SearchConfig:
         if len(self._kinds()) != 1:
             raise StudyError("give exactly one of a proxy set, a baseline kind or a zero-cost proxy")
         if self.baseline is not None:
-            BASELINES.get(self.baseline)
+            baseline_budget(self.baseline)
         if self.repeats < 1:
             raise UsageError(f"--repeats must be at least 1 (trainings per candidate); not {self.repeats}")
         if self.prune and self.sampler == "exhaustive":
@@ -210,7 +206,7 @@ class SearchConfig:
             )
 
     def _kinds(self) -> list[str]:
-        given = ((PROXY, self.proxy), (str(self.baseline), self.baseline), ("zero-cost", self.zero_cost))
+        given = ((PROXY, self.proxy), (str(self.baseline), self.baseline), (ZERO_COST, self.zero_cost))
         return [k for k, v in given if v is not None]
 
     @property
@@ -274,8 +270,17 @@ def _open_study(cfg: SearchConfig, storage: Any) -> optuna.Study:
     return open_study(storage, cfg.study, sampler=sampler, pruner=pruner)
 
 
-def prepare(cfg: SearchConfig) -> Prepared:
-    """Open the storage and study, record its attributes, enqueue the configurations (idempotent)."""
+@dataclass
+class Loaded:
+    """What a search runs on, loaded and checked before anything is written to the study."""
+
+    source: Source
+    space: SearchSpace
+    configs: list[NetConfig]  # the configurations this run asks for
+
+
+def load(cfg: SearchConfig) -> Loaded:
+    """Load the source and space and check that the configurations asked for can run; writes nothing."""
     source, space = make_source(cfg), _space(cfg)
     KINDS.get(cfg.kind).check(cfg, source)
     info = source.dataset.info
@@ -290,6 +295,13 @@ def prepare(cfg: SearchConfig) -> Prepared:
                 "unknown); check --configs against 'proxynas space show'"
             )
         configs = [c for c in configs if c.id in set(cfg.configs)]
+    return Loaded(source, space, configs)
+
+
+def prepare(cfg: SearchConfig, loaded: Loaded | None = None) -> Prepared:
+    """Open the storage and study, record its attributes, enqueue the configurations (idempotent)."""
+    loaded = loaded or load(cfg)
+    source, space, configs = loaded.source, loaded.space, loaded.configs
     storage = open_storage(cfg.storage, cfg.heartbeat)
     study = _open_study(cfg, storage)
     run = begin_run(study, study_attrs(cfg, source, space), cfg.command)
@@ -301,8 +313,7 @@ def prepare(cfg: SearchConfig) -> Prepared:
     total = None
     if cfg.sampler == "exhaustive":
         enqueue_configs(storage, study, {c.id: {a: getattr(c, a) for a in space.varying()} for c in configs})
-        done = {t.user_attrs.get(CONFIG_KEY) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-        total = len(done | {c.id for c in configs})  # a baseline study grows as --configs adds to it
+        total = len(_completed(study) | {c.id for c in configs})  # a baseline study grows as --configs adds to it
     save_study_note(study, cfg.storage)  # what the study is, for the dashboard while it runs; the end adds results
     return Prepared(storage, study, space, source, total, run)
 
@@ -312,7 +323,7 @@ def attach(cfg: SearchConfig) -> Prepared:
 
     Its parent just opened the storage, so one that does not answer now is restarting: waited for up to --grace.
     """
-    storage = open_storage(cfg.storage, cfg.heartbeat, wait=cfg.heartbeat.grace_period)
+    storage = open_storage(cfg.storage, cfg.heartbeat)
     return Prepared(storage, _open_study(cfg, storage), _space(cfg), make_source(cfg), None)
 
 
@@ -327,12 +338,49 @@ def with_precision(cfg: SearchConfig, devices: Sequence[str]) -> SearchConfig:
 
 
 def _recorded_precision(cfg: SearchConfig) -> str | None:
-    try:
-        study = open_study(open_storage(cfg.storage, cfg.heartbeat), cfg.study, create=False)
-    except StudyError:  # a new study
+    if (study := _existing_study(cfg)) is None:
         return None
     protocol = migrate(study.user_attrs, cfg.study).get("protocol")
     return protocol.get("precision") if isinstance(protocol, dict) else None
+
+
+def _existing_study(cfg: SearchConfig) -> optuna.Study | None:
+    """The study as it stands, read without writing; None where it does not exist yet."""
+    try:
+        return open_study(open_storage(cfg.storage, cfg.heartbeat), cfg.study, create=False)
+    except STORAGE_FAILURES:  # the storage itself failing is not a new study
+        raise
+    except StudyError:
+        return None
+
+
+def _completed(study: optuna.Study) -> set[str]:
+    """The configurations the study has completed."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return {c for t in trials if (c := t.user_attrs.get(CONFIG_KEY)) is not None}
+
+
+def _worker_count(cfg: SearchConfig, loaded: Loaded, devices: Sequence[str]) -> int:
+    """How many of the workers on ``devices`` (one each) to start: at most one per configuration left to
+    run, whatever the sampler, and as many as fit in memory (``resources.plan_workers``)."""
+    study = _existing_study(cfg)
+    done = set() if study is None else _completed(study)
+    trains = KINDS.get(cfg.kind).trains
+    return plan_workers(
+        len(devices),
+        lambda: search_worker_bytes(
+            loaded.source,
+            loaded.space,
+            devices,
+            batch=cfg.train.batch_size if trains else cfg.zero_cost_batch,
+            repeats=cfg.repeats,
+            stacked=cfg.train.repeat_mode == "stacked",
+            trains=trains,
+            config_ids=cfg.configs,
+        ),
+        devices,
+        left=len({c.id for c in loaded.configs} - done),
+    )
 
 
 def run_search(cfg: SearchConfig, prepared: Prepared | None = None) -> int:
@@ -405,9 +453,9 @@ def launch(
     configs = worker_configs(cfg, workers, devices)  # a bad device or worker count fails before the study exists
     cfg = with_precision(cfg, [c.device for c in configs])
     configs = [dataclasses.replace(c, train=cfg.train) for c in configs]
-    p = prepare(cfg)
-    # no more workers than configurations left, and only as many as fit in memory (footprint.py)
-    configs = configs[: plan_search(cfg, p, [c.device for c in configs], KINDS.get(cfg.kind).trains)]
+    loaded = load(cfg)
+    configs = configs[: _worker_count(cfg, loaded, [c.device for c in configs])]  # a refusal writes nothing
+    p = prepare(cfg, loaded)
     ctx = multiprocessing.get_context("spawn")
     threads = max(1, torch.get_num_threads() // len(configs))
     verbosity = optuna.logging.get_verbosity()

@@ -164,7 +164,7 @@ class SearchSpace:
         on the meta device, shapes only (see BENCHMARKS.md, 'Search throughput').
         """
         for cfg in self.configs():
-            _meta_net(self.source, cfg, channels, 2, image_size)  # any class count builds the same
+            meta_net(self.source, cfg, channels, 2, image_size)  # any class count builds the same
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-able record of the space, e.g. for a study's user attributes."""
@@ -199,7 +199,7 @@ def _checked_values(where: str, axis: str, values: object) -> tuple[Value, ...]:
     return tuple(values)
 
 
-def _meta_net(source: str, cfg: NetConfig, channels: int, num_classes: int, image_size: int) -> ConvNet:
+def meta_net(source: str, cfg: NetConfig, channels: int, num_classes: int, image_size: int) -> ConvNet:
     """The network ``networks.build(cfg, ...)`` makes, on the meta device: real shapes, no weights."""
     try:
         with torch.device("meta"):
@@ -268,7 +268,7 @@ def describe_space(
     rows = []
     for net_id in by_id if ids is None else ids:
         cfg = by_id[net_id]
-        model = _meta_net(space.source, cfg, channels, num_classes, image_size)
+        model = meta_net(space.source, cfg, channels, num_classes, image_size)
         settings = {axis: getattr(cfg, axis) for axis in space.axes}
         counts = {"params": count_params(model), "flops": count_flops(model, channels, image_size)}
         rows.append({"id": net_id, **settings, **counts})

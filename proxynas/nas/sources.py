@@ -1,18 +1,14 @@
 """What a study's candidates train on: a proxy set, or the real training split (docs/protocol.md §5).
 
 Either way the candidates are ranked on the validation split the source excluded (10%
-of the training set), so every study of one dataset ranks on the same images.
-
-``BASELINES`` holds the training budget of each baseline a proxy ranking is judged against:
-``whole``: every candidate trained on the whole training split (the 90% outside the
-validation split) for 100 epochs: the ranking a proxy tries to predict.
-``early-stop``: the same data, but only as many steps as proxy training takes (400
-batches of 250), so it costs what a proxy search costs.
+of the training set), so every study of one dataset ranks on the same images. Which
+study kind trains on which source, and for what budget, is ``kinds.KINDS``'s to say.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,15 +17,9 @@ import torch
 
 from proxynas.core.condense import SyntheticSet
 from proxynas.core.data import Dataset, TrainValSplit, load_dataset, train_val_split
-from proxynas.core.train import TrainConfig
 from proxynas.exceptions import StudyError, UsageError
-from proxynas.runtime.registry import Registry
 
-__all__ = ["BASELINES", "Source", "proxy_source", "real_split_source", "sha256"]
-
-BASELINES: Registry[TrainConfig] = Registry("baseline")
-BASELINES.add("whole", TrainConfig(epochs=100, batch_size=250))
-BASELINES.add("early-stop", TrainConfig(steps=400, batch_size=250))
+__all__ = ["Source", "proxy_source", "real_split_source", "sha256"]
 
 
 @dataclass
@@ -52,8 +42,11 @@ def sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def proxy_source(path: str | Path, data_path: str | None = None) -> Source:
-    """A proxy set condensed with --exclude-split; ``data_path`` overrides the data location it records."""
+def proxy_source(path: str | Path, data_path: str | None = None, attrs: Mapping[str, Any] = {}) -> Source:
+    """A proxy set condensed with --exclude-split; ``data_path`` overrides the data location it records.
+
+    ``attrs``: the study attributes that say what ranks on it (``kind``); the set's method and size join them.
+    """
     syn = SyntheticSet.load(path)
     if not syn.meta.get("split"):
         raise StudyError(
@@ -64,7 +57,7 @@ def proxy_source(path: str | Path, data_path: str | None = None) -> Source:
     dataset = load_dataset(meta["dataset"]["name"], data_path or meta["config"].get("data_path"))
     syn.check_data(dataset, path)
     split = TrainValSplit.from_dict(meta["split"])
-    attrs = {"kind": "proxy", "method": meta["method"], "ipc": meta["ipc"], "proxy_sha256": sha256(path)}
+    attrs = {**attrs, "method": meta["method"], "ipc": meta["ipc"], "proxy_sha256": sha256(path)}
     return Source(dataset, syn.images, syn.labels, True, split, attrs)
 
 

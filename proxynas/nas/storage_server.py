@@ -42,7 +42,7 @@ from optuna.storages._cached_storage import _CachedStorage
 from proxynas.exceptions import StudyError, UsageError
 from proxynas.nas.study import GRPC_SCHEME, HEARTBEAT_ATTR, HeartbeatSettings, open_storage, stable_api
 from proxynas.runtime.options import option
-from proxynas.runtime.outputs import check_port
+from proxynas.runtime.outputs import LOCAL_ONLY, check_port
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class ServerConfig:
         metadata=option("--storage", help="the database served: a PostgreSQL or SQLite URL")
     )
     host: str = field(
-        default="127.0.0.1", metadata=option("--host", help="interface to listen on (no TLS, no authentication)")
+        default=LOCAL_ONLY, metadata=option("--host", help="interface to listen on (no TLS, no authentication)")
     )
     port: int = field(default=13000, metadata=option("--port", help="workers then give --storage grpc://HOST:PORT"))
     threads: int = field(  # concurrent gRPC calls; the database connections are these plus the sweeper's

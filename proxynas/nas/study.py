@@ -46,10 +46,9 @@ from optuna.storages import GrpcStorageProxy, RDBStorage, RetryHeartbeatStaleTri
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from proxynas.exceptions import StorageReadOnly, StorageUnavailable, StudyError, UsageError
-from proxynas.nas.outages import CONTENTION_BUDGET, ResilientRDBStorage, resilient
-from proxynas.nas.outages import retry as _retry
-from proxynas.runtime.failures import classify
+from proxynas.exceptions import StorageDamaged, StorageReadOnly, StorageUnavailable, StudyError, UsageError
+from proxynas.nas.outages import CONTENTION_BUDGET, ResilientRDBStorage, first_line, resilient, retry
+from proxynas.runtime.failures import classify, shown_url
 from proxynas.runtime.options import option
 from proxynas.runtime.outputs import can_write_in, nearest_existing
 
@@ -100,21 +99,24 @@ def check_storage_url(url: str) -> None:
 
 def open_storage(
     url: str = DEFAULT_STORAGE,
-    heartbeat: HeartbeatSettings = HeartbeatSettings(),
+    heartbeat: HeartbeatSettings | None = None,
     connections: int = 2,
-    wait: float = CONTENTION_BUDGET,
+    wait: float | None = None,
 ) -> RDBStorage | WorkerGrpcStorage:
     """An RDB storage with heartbeats and stale-trial retry; SQLite made safe for several writers.
 
     A ``grpc://host:port`` URL opens a ``proxynas storage-server`` instead, which holds the
     database and its heartbeat settings itself. A client-server database (PostgreSQL) keeps at most
     ``connections`` connections per process (optuna #1347, "too many clients"): one for the
-    trial and one for its heartbeat thread, the most any proxynas process uses at once. The
-    storage is waited for up to ``wait`` s to answer first, and then through any outage of up to
-    the grace period (outages.py).
+    trial and one for its heartbeat thread, the most any proxynas process uses at once.
+    ``heartbeat``: the command's --heartbeat and --grace, None for a command without them (a report,
+    the dashboard). A storage that does not answer is waited for (``first_contact``), and then
+    through any outage of up to the grace period (outages.py).
     """
     if url.startswith(GRPC_SCHEME):
-        return open_grpc_storage(url, wait=wait, grace=heartbeat.grace_period)
+        return open_grpc_storage(url, heartbeat, wait)
+    settings, wait, flag = first_contact(heartbeat, wait)
+    shown = shown_url(url)
     check_storage_url(url)
     is_sqlite = url.startswith("sqlite")
     if is_sqlite and (path := sqlite_path(url)) is not None:
@@ -122,7 +124,7 @@ def open_storage(
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:  # /proc and the like: os.access may call a folder writable that is not
             raise StudyError(
-                f"the storage {url!r} cannot be created ({e.strerror}: {path.parent}); choose "
+                f"the storage {shown!r} cannot be created ({e.strerror}: {path.parent}); choose "
                 "another path for the database"
             ) from None
     # SQLAlchemy's default pool (5 + 10 overflow) lets one process open 15; max_overflow=0 makes
@@ -143,36 +145,39 @@ def open_storage(
         }
     try:
         with stable_api():
-            storage = _retry(
+            storage = retry(
                 lambda: ResilientRDBStorage(
                     url,
-                    outage_budget=heartbeat.grace_period,
+                    outage_budget=settings.grace_period,
                     engine_kwargs=kwargs,
-                    heartbeat_interval=heartbeat.interval,
-                    grace_period=heartbeat.grace_period,
+                    heartbeat_interval=settings.interval,
+                    grace_period=settings.grace_period,
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(),
                 ),
                 wait,
+                url,
+                flag,
             )
+    except StorageUnavailable as e:  # unless the last error says more (a full disk, a read-only file)
+        failure = classify(e.__cause__ or e, url)
+        if failure is not None and not isinstance(failure, StorageUnavailable):
+            raise failure from None
+        raise
     except (ImportError, ModuleNotFoundError) as e:
         raise StudyError(
-            f"the storage {url!r} needs a database driver ({e.name or e}); for PostgreSQL install proxynas[postgres]"
+            f"the storage {shown!r} needs a database driver ({e.name or e}); for PostgreSQL install proxynas[postgres]"
         ) from None
     except (sqlalchemy.exc.ArgumentError, ValueError) as e:
         raise StudyError(
-            f"{url!r} is not a usable SQLAlchemy URL ({e}); e.g. sqlite:///results/proxynas.db "
+            f"{shown!r} is not a usable SQLAlchemy URL ({e}); e.g. sqlite:///results/proxynas.db "
             "or postgresql+psycopg://user@host/db"
         ) from None
-    except (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError, StorageUnavailable) as e:
-        cause = (e.__cause__ or e) if isinstance(e, StorageUnavailable) else e
-        if (failure := classify(cause, url)) is not None and not isinstance(failure, StorageUnavailable):
-            raise failure from None  # a full disk or a read-only file: said as such
-        raise StudyError(
-            f"cannot open the storage {url!r} ({str(cause.__cause__ or cause).splitlines()[0]}); "
-            "check that the database exists and is reachable"
+    except (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError) as e:  # answered, and refused
+        raise classify(e, url) or StudyError(
+            f"cannot open the storage {shown!r} ({first_line(e)}); check that the database exists and is reachable"
         ) from None
     except sqlalchemy.exc.DatabaseError as e:  # SQLite's for a damaged file, or one that is no database
-        raise classify(e, url) or StudyError(f"cannot open the storage {url!r} ({e.orig})") from None
+        raise classify(e, url) or StudyError(f"cannot open the storage {shown!r} ({e.orig})") from None
     if is_sqlite:
         _begin_immediate(storage.engine)
     return storage
@@ -220,12 +225,13 @@ class WorkerGrpcStorage(GrpcStorageProxy):
 
 
 def open_grpc_storage(
-    url: str, wait: float = CONTENTION_BUDGET, grace: float = HeartbeatSettings.grace_period
+    url: str, heartbeat: HeartbeatSettings | None = None, wait: float | None = None
 ) -> WorkerGrpcStorage:
-    """A client of the ``proxynas storage-server`` at ``grpc://host:port``, once it answers (within ``wait`` s).
+    """A client of the ``proxynas storage-server`` at ``grpc://host:port``, once it answers (``first_contact``).
 
-    Later calls wait up to ``grace`` s for a server that stops answering (outages.py).
+    Later calls wait up to the grace period for a server that stops answering (outages.py).
     """
+    settings, wait, flag = first_contact(heartbeat, wait)
     parts = urllib.parse.urlsplit(url)
     try:
         port = parts.port
@@ -235,18 +241,42 @@ def open_grpc_storage(
         raise StudyError(f"{url!r} is not a storage-server address; give grpc://host:port, e.g. grpc://127.0.0.1:13000")
     try:
         with stable_api():
-            storage = WorkerGrpcStorage(url, parts.hostname, port, grace)
-        storage.wait_server_ready(timeout=wait)
+            storage = WorkerGrpcStorage(url, parts.hostname, port, settings.grace_period)
     except ImportError as e:
         raise StudyError(
             f"the storage {url!r} needs grpcio and protobuf ({e.name or e} is missing); pip install 'proxynas[grpc]'"
         ) from None
-    except ConnectionError:
-        raise StudyError(
-            f"no storage server answers at {url}; start one with: proxynas storage-server "
-            f"--storage <database URL> --port {port}"
+    import grpc  # imported by WorkerGrpcStorage already
+
+    try:
+        # A real call rather than a wait for the channel: its error names the cause (refused, no such host) and it
+        # needs the server's database to answer too. GrpcStorageProxy's own, not retried again for the grace period.
+        retry(functools.partial(GrpcStorageProxy.get_all_studies, storage), wait, url, flag)
+    except grpc.RpcError as e:  # an answer that no wait changes
+        storage.close()
+        failure = None if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNIMPLEMENTED) else classify(e, url)
+        raise failure or StorageDamaged(
+            f"{url} answers but is no proxynas storage server ({first_line(e)}); give the address of one, which "
+            f"proxynas storage-server --storage <database URL> --port {port} starts"
         ) from None
+    except StorageUnavailable:
+        storage.close()
+        raise
     return storage
+
+
+def first_contact(
+    heartbeat: HeartbeatSettings | None, wait: float | None
+) -> tuple[HeartbeatSettings, float, str | None]:
+    """The settings a storage is opened with, how long its first answer is waited for, and the flag that set it.
+
+    A command with --grace waits that long (a launcher re-run or a worker started while the storage
+    restarts carries on); one without (``heartbeat`` None: a report, the dashboard) the short
+    contention budget. ``wait`` overrides either (a benchmark probing a server it starts).
+    """
+    if heartbeat is None:
+        return HeartbeatSettings(), CONTENTION_BUDGET if wait is None else wait, None
+    return heartbeat, heartbeat.grace_period if wait is None else wait, "--grace"
 
 
 @contextlib.contextmanager
@@ -329,7 +359,7 @@ def open_study(
     """Create (or load) a maximising study by name."""
     try:
         if create:
-            return _retry(
+            return retry(
                 lambda: optuna.create_study(
                     storage=storage,
                     study_name=name,
@@ -354,7 +384,7 @@ def enqueue_configs(
     Idempotent, so a connection lost under the queue lock (which PostgreSQL then releases) repeats it all.
     """
     budget = getattr(storage, "outage_budget", CONTENTION_BUDGET)  # an RDBStorage not from open_storage: the least
-    return _retry(functools.partial(_enqueue_missing, storage, study, params), budget, storage.url)
+    return retry(functools.partial(_enqueue_missing, storage, study, params), budget, storage.url)
 
 
 def _enqueue_missing(
@@ -384,8 +414,8 @@ def claim_waiting(study: optuna.Study) -> Trial | None:
             # heartbeat thread ran) must still leave a heartbeat that goes stale, or its
             # trial would stay RUNNING forever. FrozenTrial._trial_id is the storage key
             # Optuna's own queue pop uses.
-            _retry(functools.partial(storage.record_heartbeat, frozen._trial_id))
-            if _retry(functools.partial(storage.set_trial_state_values, frozen._trial_id, TrialState.RUNNING)):
+            retry(functools.partial(storage.record_heartbeat, frozen._trial_id))
+            if retry(functools.partial(storage.set_trial_state_values, frozen._trial_id, TrialState.RUNNING)):
                 return Trial(study, frozen._trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
@@ -412,7 +442,7 @@ def requeue_lost(study: optuna.Study) -> int:
     }
     for cid, params in lost.items():
         log.warning("configuration %s lost its re-queued trial; queued again", cid)
-        _retry(functools.partial(study.enqueue_trial, params, user_attrs={CONFIG_KEY: cid}))
+        retry(functools.partial(study.enqueue_trial, params, user_attrs={CONFIG_KEY: cid}))
     return len(lost)
 
 
@@ -478,12 +508,12 @@ def run_worker(
     start, done = time.monotonic(), 0
     while (n_trials is None or done < n_trials) and (timeout is None or time.monotonic() - start < timeout):
         with stable_api():
-            _retry(lambda: fail_stale_trials(study))
+            retry(lambda: fail_stale_trials(study))
         trial = claim_waiting(study)
         if trial is None and not queue_only:
             with warnings.catch_warnings():  # "heartbeat is meant for optimize()": run_trial beats itself
                 warnings.simplefilter("ignore", UserWarning)
-                trial = _retry(study.ask)
+                trial = retry(study.ask)
         if trial is None:
             if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 if queue_only and requeue_lost(study):
@@ -492,7 +522,7 @@ def run_worker(
             time.sleep(poll)
             continue
         if is_duplicate(study, trial):
-            _retry(functools.partial(study.tell, trial, state=TrialState.FAIL))
+            retry(functools.partial(study.tell, trial, state=TrialState.FAIL))
             continue
         _run_trial(study, trial, objective, heartbeat_interval)
         done += 1
@@ -509,7 +539,7 @@ def _run_trial(study: optuna.Study, trial: Trial, objective: Callable[[Trial], f
         try:
             value = objective(trial)
         except optuna.TrialPruned:
-            _retry(lambda: study.tell(trial, state=TrialState.PRUNED))
+            retry(lambda: study.tell(trial, state=TrialState.PRUNED))
             return
         except optuna.exceptions.UpdateFinishedTrialError:
             log.warning(_STALE, trial.number)
@@ -523,18 +553,18 @@ def _run_trial(study: optuna.Study, trial: Trial, objective: Callable[[Trial], f
             # Recorded and skipped; re-running the search retries failed configurations.
             error = f"{type(e).__name__}: {e}"
             log.warning("trial %d (%s) failed: %s", trial.number, trial.user_attrs.get(CONFIG_KEY), error)
-            _retry(lambda: trial.set_user_attr("error", error))
-            _retry(lambda: study.tell(trial, state=TrialState.FAIL))
+            retry(lambda: trial.set_user_attr("error", error))
+            retry(lambda: study.tell(trial, state=TrialState.FAIL))
             return
         except BaseException:
             # Interrupted (Ctrl-C, SIGTERM): back to the queue at once, not after the grace period.
-            _retry(lambda: study.tell(trial, state=TrialState.FAIL))
+            retry(lambda: study.tell(trial, state=TrialState.FAIL))
             with stable_api():
-                retry = RetryHeartbeatStaleTrialCallback()
-            _retry(lambda: retry(study, study._storage.get_trial(trial._trial_id)))
+                requeue = RetryHeartbeatStaleTrialCallback()
+            retry(lambda: requeue(study, study._storage.get_trial(trial._trial_id)))
             raise
     try:
-        _retry(lambda: study.tell(trial, value))
+        retry(lambda: study.tell(trial, value))
     except (ValueError, optuna.exceptions.UpdateFinishedTrialError):  # failed as stale meanwhile ("Cannot tell a FAIL")
         if not study._storage.get_trial(trial._trial_id).state.is_finished():
             raise

@@ -22,6 +22,7 @@ from proxynas.exceptions import UsageError
 from proxynas.runtime.options import option
 
 __all__ = [
+    "DEFAULT_DEVICE",
     "Placement",
     "assign",
     "default_devices",
@@ -36,9 +37,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _EXAMPLE = "e.g. cuda:0,cuda:2 or 0,2"
+DEFAULT_DEVICE = "auto"  # every command's --device unless told
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: str = DEFAULT_DEVICE) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -100,7 +102,7 @@ def _parse_one(item: str, spec: str) -> torch.device:
     return device
 
 
-def default_devices(name: str = "auto") -> list[torch.device]:
+def default_devices(name: str = DEFAULT_DEVICE) -> list[torch.device]:
     """What workers spread over without ``--devices``: every visible CUDA GPU for ``auto``, else the one device."""
     if name == "auto" and torch.cuda.is_available():
         return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
@@ -121,7 +123,7 @@ class Placement:
     """Where a command's work runs: one device, or worker processes dealt over several (``assign``)."""
 
     device: str = field(
-        default="auto",
+        default=DEFAULT_DEVICE,
         metadata=option(
             "--device",
             help="auto (cuda, then mps, then cpu; several workers spread over every visible GPU), cpu, cuda, "

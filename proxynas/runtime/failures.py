@@ -117,7 +117,7 @@ def _by_code(link: BaseException) -> tuple[type[ProxyNASError] | None, str]:
     if callable(code) and type(link).__module__.startswith("grpc"):
         try:
             name = getattr(code(), "name", "")
-            details = link.details() or ""  # type: ignore[attr-defined]
+            details = link.details() or ""  # type: ignore[attr-defined]  # grpc's Call errors have it; stubs lack it
         except Exception:  # an RpcError without a status: nothing to read
             name, details = "", ""
         if name == "UNAVAILABLE":
@@ -135,7 +135,7 @@ def _by_words(link: BaseException) -> tuple[type[ProxyNASError] | None, str]:
     text = str(link)
     if type(link).__module__.startswith("grpc") and callable(getattr(link, "details", None)):
         try:
-            text = link.details() or text  # type: ignore[attr-defined]  # the server's words
+            text = link.details() or text  # type: ignore[attr-defined]  # the server's words; grpc stubs lack it
         except Exception:  # an RpcError without a status: its own words then
             pass
     lowered = text.lower()

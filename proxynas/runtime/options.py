@@ -30,7 +30,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
-__all__ = ["Option", "action_field", "add_argument", "add_options", "default_of", "from_args", "option", "options_of"]
+__all__ = [
+    "Option",
+    "action_field",
+    "add_argument",
+    "add_options",
+    "default_of",
+    "from_args",
+    "option",
+    "options_of",
+]
 
 T = TypeVar("T", bound="DataclassInstance")
 _KEY = "proxynas.option"  # the field-metadata key an Option is stored under
@@ -112,7 +121,8 @@ def action_field(action: argparse.Action) -> tuple[type, object | None, str] | N
 
 
 class _Renamed(argparse.Action):
-    """An old spelling of a renamed flag: it still works, and says what replaced it."""
+    """An old spelling of a renamed flag, or (``nargs=0``) an old switch that set what a valued flag now
+    sets, ``--amp`` for ``--precision bf16``: it still works, and says what replaced it."""
 
     def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs: Any) -> None:
         super().__init__(option_strings, dest, **kwargs)
@@ -125,26 +135,10 @@ class _Renamed(argparse.Action):
         values: Any,
         option_string: str | None = None,
     ) -> None:
-        print(f"warning: {option_string} is deprecated; use {self.new}", file=sys.stderr)
-        setattr(namespace, self.dest, values)
-
-
-class _RenamedSwitch(argparse.Action):
-    """An old switch that set what a valued flag now sets: ``--amp`` for ``--precision bf16``."""
-
-    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs: Any) -> None:
-        super().__init__(option_strings, dest, nargs=0, **kwargs)
-        self.new = new
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        print(f"warning: {option_string} is deprecated; use {self.new} {self.const}", file=sys.stderr)
-        setattr(namespace, self.dest, self.const)
+        switch = self.nargs == 0
+        use = f"{self.new} {self.const}" if switch else self.new
+        print(f"warning: {option_string} is deprecated; use {use}", file=sys.stderr)
+        setattr(namespace, self.dest, self.const if switch else values)
 
 
 def add_argument(container: Any, flag: str, *old: str, **kwargs: Any) -> argparse.Action:
@@ -239,8 +233,9 @@ def add_options(
             container.add_argument(
                 spelling,
                 dest=made[0].dest,
-                action=_RenamedSwitch,
+                action=_Renamed,
                 new=opt.flag,
+                nargs=0,
                 const=value,
                 default=argparse.SUPPRESS,
                 help=argparse.SUPPRESS,

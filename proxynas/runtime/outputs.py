@@ -4,9 +4,10 @@ A condensation or a report that runs for an hour and then fails on an unwritable
 ``--out`` loses the hour; ``check_output`` refuses such a path at once, with one line.
 It sits at the bottom of the import graph (only ``exceptions`` and ``failures`` below it).
 
-``atomic_write`` and ``write_json`` write an output whole, through a temporary name, with the
-mode the user's umask gives (not ``mkstemp``'s 0o600); ``staged_folder`` does the same for an
-output of several files (a report): no failure leaves a half-written file or folder behind.
+``atomic_write``, ``write_json`` and ``atomic_save`` (tensors, as safetensors) write an output whole,
+through a temporary name, with the mode the user's umask gives (not ``mkstemp``'s 0o600);
+``staged_folder`` does the same for an output of several files (a report): no failure leaves a
+half-written file or folder behind.
 """
 
 from __future__ import annotations
@@ -19,12 +20,16 @@ import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proxynas.exceptions import UsageError
 from proxynas.runtime.failures import classify
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = [
+    "atomic_save",
     "atomic_write",
     "cache_dir",
     "can_write_in",
@@ -83,6 +88,9 @@ def can_write_in(folder: Path) -> bool:
         return False
 
 
+LOCAL_ONLY = "127.0.0.1"  # where a server listens unless told: none of them authenticates its clients
+
+
 def check_port(host: str, port: int, flag: str = "--port") -> None:
     """A UsageError unless a server can listen on ``host``:``port`` now (in range, free, an address of this host)."""
     if not 1 <= port <= 65535:
@@ -137,6 +145,14 @@ def write_json(path: str | Path, record: Any) -> Path:
     """``record`` as indented, key-ordered JSON at ``path``, written as ``atomic_write`` writes."""
     text = json.dumps(record, indent=2, sort_keys=False, default=str) + "\n"
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def atomic_save(tensors: dict[str, torch.Tensor], header: dict[str, str], path: Path) -> None:
+    """``tensors`` and the string ``header`` as a safetensors file at ``path``, written as ``atomic_write``
+    writes (proxy sets and checkpoints)."""
+    from safetensors.torch import save_file  # imports torch: not for the commands that only check their outputs
+
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
 
 @contextlib.contextmanager

@@ -2,7 +2,7 @@
 
 bf16 autocast is several times faster where the hardware has bf16 units (CUDA GPUs, CPUs
 with AMX or AVX-512 BF16) and many times slower where it has not (torch falls back to a
-plain loop: 1 GFLOP/s on the AMD EPYC machines of BENCHMARKS.md, 'Machines'). So ``auto``
+plain loop: see the AMD EPYC of BENCHMARKS.md, 'Machines'). So ``auto``
 does not guess from the device type: ``probe`` times a small convolution's forward and
 backward, the layer candidates and DM spend their time in, in both precisions, interleaved
 (the fastest of a few rounds each, so a load spike on a shared machine does not decide),
@@ -34,6 +34,7 @@ from proxynas.runtime.outputs import cache_dir, write_json
 __all__ = [
     "BF16_MARGIN",
     "CACHE_FILE",
+    "DEFAULT_PRECISION",
     "PRECISIONS",
     "autocast",
     "check_precision",
@@ -46,6 +47,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16")
+# every command's default: auto's timed probe can choose differently from one machine or cache to the
+# next, so one command would train a study in bf16 on one CPU and in fp32 on another (BENCHMARKS.md)
+DEFAULT_PRECISION = "fp32"
 CACHE_FILE = "precision.json"
 BF16_MARGIN = 1.1  # bf16 must be this much faster: a tie is not worth its rounding
 PROBE_ROUNDS = 3  # timed passes per precision, after one untimed warm-up each (the fastest counts)

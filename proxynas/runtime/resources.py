@@ -42,23 +42,20 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # The memory one worker process takes before it holds any data or network: Python, torch, Optuna,
-# SQLAlchemy and proxynas imported. Measured as the private memory (USS: Private_Clean +
-# Private_Dirty in /proc/<pid>/smaps_rollup) of a process started with multiprocessing's "spawn"
-# context, as workers are, after `import torch, optuna, proxynas.nas.search`: 406 MiB (torch 2.14.1
-# CPU build, optuna 5.1.0, Python 3.11, x86-64 Linux). Shared pages (torch's libraries: its RSS is
-# 953 MiB) are counted once for all workers, so they are left out. Rounded up to 450 MiB. A CUDA
-# worker also holds its CUDA context's host memory, not measured here (no GPU was at hand).
+# SQLAlchemy and proxynas imported, as the private memory (USS) of a process started with
+# multiprocessing's "spawn" context, as workers are; shared pages (torch's libraries) are counted
+# once for all workers, so they are left out. The measurement this rounds up is in BENCHMARKS.md,
+# 'Worker memory'. A CUDA worker also holds its CUDA context's host memory, not measured (no GPU
+# was at hand).
 WORKER_BASE_BYTES = 450 << 20
 
 # A training step's peak, over the tensors a forward saves for backward (counted on the meta
-# device): the backward's gradients and the optimiser's buffers come on top. Measured as the peak
-# RSS (VmHWM) above the start of a spawned process that trains one ConvNet on 32x32 inputs at batch
-# 250 on a CPU (proxynas.core.train.train_repeats, sequential): 4,600 MiB for
-# d4-w256-sigmoid-layernorm-none (3,028 MiB saved: 1.52x), 3,075 MiB for d2-w256-relu-batchnorm-none
-# (1,515 MiB: 2.03x), 987 MiB for d3-w128-relu-instancenorm-avg (538 MiB: 1.83x).
+# device): the backward's gradients and the optimiser's buffers come on top. Set above the largest
+# ratio of peak RSS to saved tensors measured for ConvNets at batch 250 (BENCHMARKS.md, 'Worker
+# memory').
 STEP_PEAK_FACTOR = 2.1
-# Stacked repeats (repeat_mode "stacked") hold every repeat's step at once, each heavier: 2.5x to
-# 2.65x its saved tensors in the same measurement, with 2 repeats stacked.
+# Stacked repeats (repeat_mode "stacked") hold every repeat's step at once, each heavier: set above
+# the same measurement with 2 repeats stacked.
 STACKED_PEAK_FACTOR = 2.7
 # An evaluation without a graph holds about two activations of its batch at a time.
 EVAL_LIVE_ACTIVATIONS = 2

@@ -13,6 +13,8 @@ import hashlib
 
 import torch
 
+DEFAULT_SEED = 0  # a run's seed unless told: every command's
+
 
 def derive_seed(seed: int, *keys: object) -> int:
     """A 63-bit seed that depends only on ``seed`` and ``keys``."""

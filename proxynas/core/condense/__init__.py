@@ -6,7 +6,8 @@ matching with Siamese augmentation), and the ``random``, ``herding`` and ``kcent
 coresets; ``factor`` learns dm or m3d images at a lower resolution, decoded by
 upsampling (``_factor.py``). ``condense_distributed`` runs one rank of a condensation over a
 torch.distributed group (``torchrun -m proxynas condense``; ``distributed.py``), and
-``condense_sharded`` launches such a group on this machine (``--workers``).
+``condense_sharded`` launches such a group on this machine (``--workers``). The proxy set they
+write, ``SyntheticSet``, and its file format are ``proxynas.core.proxy_set``'s (re-exported here).
 
 A new method is one function in one module, registered with its traits by one decorator,
 ``@register_method(name, ...)`` (``Condenser`` lists them); an iterative one runs its
@@ -24,8 +25,6 @@ from proxynas.core.condense._base import (
     MethodResult,
     Problem,
     Reporter,
-    SyntheticSet,
-    config_path,
     describe_methods,
     register_method,
 )
@@ -36,6 +35,7 @@ from proxynas.core.condense._m3d import mmd_loss
 from proxynas.core.condense._shards import condense_sharded
 from proxynas.core.condense.distributed import Ranks, condense_distributed
 from proxynas.core.condense.run import checkpoint_path, condense, merge, parse_classes, save_grid
+from proxynas.core.proxy_set import SyntheticSet, config_path
 
 __all__ = [
     "CONDENSERS",

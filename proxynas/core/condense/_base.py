@@ -1,11 +1,6 @@
-"""What every condensation method shares: its config, the problem it is given, the
-proxy-set artifact it produces, and the registry that names the methods.
-
-A proxy set is one ``.safetensors`` file: the images (normalised float32, sorted by
-class), the labels, and a JSON metadata block that makes the file self-describing
-(dataset, normalisation, class names, method, config, split, versions, loss curve).
-safetensors loads without running pickled code, so a proxy set from a stranger is
-safe to open.
+"""What every condensation method shares: its config, the problem it is given, the registry that
+names the methods, and the checkpoint an iterative one resumes from. The proxy set a method
+produces, and its file format, are ``proxynas.core.proxy_set``'s.
 """
 
 from __future__ import annotations
@@ -19,18 +14,17 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from proxynas.core.condense._plan import QUICK_MIN_ITERATIONS, TUNE_MIN_ITERATIONS
-from proxynas.core.data import Dataset, train_val_split
-from proxynas.exceptions import ArtifactError, DatasetError, UsageError
+from proxynas.core.data import SPLIT_SEED, SPLIT_SEED_OPTION, VAL_FRACTION, Dataset, train_val_split
+from proxynas.core.proxy_set import FORMAT, read_safetensors
+from proxynas.exceptions import ArtifactError, UsageError
 from proxynas.runtime.options import option, options_of
-from proxynas.runtime.outputs import atomic_write, write_json
-from proxynas.runtime.precision import PRECISIONS, check_precision
+from proxynas.runtime.outputs import atomic_save
+from proxynas.runtime.precision import DEFAULT_PRECISION, PRECISIONS, check_precision
 from proxynas.runtime.registry import Registry
+from proxynas.runtime.seeding import DEFAULT_SEED
 
-FORMAT = "proxynas.proxyset/1"
 TUNE_CHOICES = ("auto", "yes", "no")
 
 
@@ -85,7 +79,7 @@ class CondenseConfig:
         ),
     )
     seed: int = field(
-        default=0,
+        default=DEFAULT_SEED,
         metadata=option(
             "--seed", help="seed of every draw (networks, batches, augmentation); the output name records it"
         ),
@@ -98,7 +92,7 @@ class CondenseConfig:
     # made to be searched on, and 'proxynas search' ranks candidates on the split it holds out (it refuses
     # a set without one); 0 (all of train, the paper's Table 1) is the special case, asked for by name.
     val_fraction: float = field(
-        default=0.1,
+        default=VAL_FRACTION,
         metadata=option(
             "--exclude-split",
             metavar="FRACTION",
@@ -106,22 +100,16 @@ class CondenseConfig:
             "on (the paper's 10%); 0 condenses all of train (Table 1)",
         ),
     )
-    split_seed: int = field(
-        default=0,
-        metadata=option(
-            "--split-seed", help="seed of the validation split (every study of one comparison needs the same)"
-        ),
-    )
+    split_seed: int = field(default=SPLIT_SEED, metadata=SPLIT_SEED_OPTION)
     classes: tuple[int, ...] | None = field(  # None: every class; else this shard's classes
         default=None,
         metadata=option(
             "--classes", derived=True, help="condense only these classes: '0,3,7' or a shard 'i/n'"
         ),  # parse_classes needs the dataset's class count
     )
-    # of the embedding passes (DM, M3D). fp32 by default: auto's timed probe can choose differently from one
-    # machine or cache to the next, and what bf16 changes in a proxy set has not been measured yet
+    # of the embedding passes (DM, M3D); fp32 by default, as every command (runtime.precision.DEFAULT_PRECISION)
     precision: str = field(
-        default="fp32",
+        default=DEFAULT_PRECISION,
         metadata=option(
             "--precision",
             choices=PRECISIONS,
@@ -253,123 +241,6 @@ class Problem:
         """Normalised float images for train indices, on the problem's device."""
         images = self.dataset.train.images[indices.reshape(-1)].to(self.device, non_blocking=True)
         return self.dataset.normalise(images)
-
-
-def config_path(path: str | Path) -> Path:
-    """The readable record beside a proxy set: ``x.safetensors`` -> ``x.config.json``."""
-    return Path(path).with_suffix(".config.json")
-
-
-_CONFIG_FIRST = ("command", "created", "method", "ipc", "model", "seed", "config", "dataset", "versions")
-_BULK = ("loss_curve", "selected_indices")  # per-iteration and per-image lists: in the set, not its config
-
-
-@dataclass
-class SyntheticSet:
-    """A proxy set: images (N, C, H, W) normalised, labels (N,), and metadata."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def save(self, path: str | Path) -> None:
-        """Write the set, and beside it its metadata as readable JSON (``config_path``)."""
-        path = Path(path)
-        tensors = {
-            "images": self.images.detach().float().cpu().contiguous(),
-            "labels": self.labels.cpu().long().contiguous(),
-        }
-        atomic_save(tensors, {"format": FORMAT, "meta": json.dumps(self.meta)}, path)
-        first = {k: self.meta[k] for k in _CONFIG_FIRST if k in self.meta}  # what a reader looks for first
-        rest = {k: v for k, v in self.meta.items() if k not in first and k not in _BULK}
-        write_json(config_path(path), {"file": path.name, **first, **rest})
-
-    @classmethod
-    def load(cls, path: str | Path) -> SyntheticSet:
-        tensors, header = read_safetensors(path)
-        if header.get("format") != FORMAT or not {"images", "labels"} <= tensors.keys():
-            raise ArtifactError(
-                f"{path} is not a proxynas proxy set (no '{FORMAT}' header); pass a file written by 'proxynas condense'"
-            )
-        meta = _read_meta(path, header.get("meta"))
-        images, labels = tensors["images"], tensors["labels"]
-        d = meta["dataset"]
-        if images.shape[1:] != (d["channels"], d["image_size"], d["image_size"]) or labels.shape != (len(images),):
-            raise ArtifactError(
-                f"{path} is inconsistent: images {tuple(images.shape)}, labels "
-                f"{tuple(labels.shape)} for {d['channels']}x{d['image_size']}x{d['image_size']} "
-                "data; re-create it with 'proxynas condense'"
-            )
-        return cls(images, labels, meta)
-
-    def check_data(self, dataset: Dataset, where: str | Path) -> None:
-        """Refuse data other than what the set was condensed from: another shape, classes or content.
-
-        The content check compares fingerprints (``Dataset.fingerprint``); a set condensed
-        before they were recorded, or data built in memory, has none and is checked by shape only.
-        """
-        d, info = self.meta["dataset"], dataset.info
-        recorded = (d["channels"], d["image_size"], d["num_classes"])
-        found = (info.channels, info.image_size, info.num_classes)
-        fix = "pass --data-path to the data it was condensed from"
-        if recorded != found:
-            raise DatasetError(
-                f"{where} was condensed from {d['name']} data of {recorded[0]}x{recorded[1]}x"
-                f"{recorded[1]} images in {recorded[2]} classes, but {dataset.source} has "
-                f"{found[0]}x{found[1]}x{found[1]} in {found[2]}; {fix}"
-            )
-        if d.get("fingerprint") and dataset.fingerprint and d["fingerprint"] != dataset.fingerprint:
-            raise DatasetError(
-                f"{where} was condensed from other images than those in {dataset.source} (data "
-                f"fingerprint {d['fingerprint']}, found {dataset.fingerprint}); {fix}"
-            )
-
-
-# what the rest of proxynas reads from a proxy set's metadata, so a damaged block fails here, in one line
-_META_KEYS = {"dataset": dict, "method": str, "ipc": int, "model": str, "classes": list, "config": dict}
-_DATASET_KEYS = {"name": str, "channels": int, "image_size": int, "num_classes": int, "mean": list, "std": list}
-_RECREATE = "re-create it with 'proxynas condense'"
-
-
-def _read_meta(path: str | Path, text: str | None) -> dict[str, Any]:
-    try:
-        meta = json.loads(text or "")
-    except ValueError:
-        raise ArtifactError(f"{path} has a proxynas header but no readable metadata; {_RECREATE}") from None
-    _require(path, meta, _META_KEYS, "")
-    _require(path, meta["dataset"], _DATASET_KEYS, "dataset.")
-    return meta
-
-
-def _require(path: str | Path, block: Any, keys: dict[str, type], prefix: str) -> None:
-    if not isinstance(block, dict):
-        raise ArtifactError(f"{path} has a proxynas header but its metadata is not a record; {_RECREATE}")
-    bad = [k for k, kind in keys.items() if not isinstance(block.get(k), kind)]
-    if bad:
-        raise ArtifactError(
-            f"{path} has a proxynas header but its metadata lacks {prefix}{bad[0]} (or it is not "
-            f"a {keys[bad[0]].__name__}); {_RECREATE}"
-        )
-
-
-def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and header metadata of a safetensors file, or an ArtifactError."""
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"{path} does not exist; check the path")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ArtifactError(
-            f"{path} is unreadable ({str(e).splitlines()[0]}); pass a .safetensors file written by proxynas"
-        ) from None
-
-
-def atomic_save(tensors: dict[str, torch.Tensor], header: dict[str, str], path: Path) -> None:
-    """Write through a temp file in the same folder, then rename (``outputs.atomic_write``): a kill
-    leaves the old file, and the new one gets the user's umask."""
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
 
 class Reporter(Protocol):

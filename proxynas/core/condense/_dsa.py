@@ -45,7 +45,7 @@ from proxynas.core.condense._base import Checkpoint, CondenseConfig, MethodResul
 from proxynas.core.condense._dm import initial_images
 from proxynas.core.condense._loop import ResumableLoop
 from proxynas.core.condense._sampling import sample_per_class
-from proxynas.core.networks import _BATCH_NORMS, build, uses_batch_stats
+from proxynas.core.networks import BATCH_NORMS, build, uses_batch_stats
 from proxynas.exceptions import UsageError
 from proxynas.runtime.seeding import derive_seed, generator
 
@@ -125,7 +125,7 @@ def freeze_batch_norm(net: nn.Module, real: Tensor) -> None:
     with torch.no_grad():
         net(real)
     for m in net.modules():
-        if isinstance(m, _BATCH_NORMS):
+        if isinstance(m, BATCH_NORMS):
             m.eval()
 
 

@@ -17,9 +17,9 @@ second run on the same machine pays nothing) and recorded in the proxy set.
 
 A short run (``QUICK_MIN_ITERATIONS`` to ``TUNE_MIN_ITERATIONS``) cannot repay the whole
 search, but the memory rule alone can cost it several times over (one forward of every class's
-real images, eager: 5.6 s an iteration where the measured plan took 1.6 s on CIFAR-10): it gets
-a quick race of the rule against the rule with layout and compilation on, one timed step each
-(``quick``), cached apart from the searched plans.
+real images, eager; see BENCHMARKS.md, 'DM step against the reference'): it gets a quick race
+of the rule against the rule with layout and compilation on, one timed step each (``quick``),
+cached apart from the searched plans.
 
 The search is greedy, one knob at a time: real images per forward (with every class's
 synthetic images together, up to what the memory budget allows), then classes per

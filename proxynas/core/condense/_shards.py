@@ -19,11 +19,13 @@ from pathlib import Path
 
 import torch
 
-from proxynas.core.condense._base import CONDENSERS, CondenseConfig, Reporter, SyntheticSet
+from proxynas.core.condense._base import CONDENSERS, CondenseConfig, Reporter
 from proxynas.core.condense._memory import class_bytes, default_budget
 from proxynas.core.condense.distributed import Ranks, check_split, condense_distributed, part_path
+from proxynas.core.condense.run import finish_set
 from proxynas.core.data import DatasetInfo, load_dataset
 from proxynas.core.networks import build
+from proxynas.core.proxy_set import SyntheticSet
 from proxynas.exceptions import STORAGE_FAILURES, OutputExistsError, ProxyNASError
 from proxynas.runtime import processes
 from proxynas.runtime.outputs import check_output
@@ -111,13 +113,21 @@ def condense_sharded(
 
     out = check_output(out)
     info = load_dataset(cfg.dataset, cfg.data_path).info
-    check_split(cfg, info.num_classes, workers, f"--workers {workers}")
     where = [devices[i % len(devices)] for i in range(workers)]
-    plan_workers(workers, lambda: shard_bytes(cfg, info, workers, where), where)  # they fit in memory, or one line
+    # one worker a class at most, and only as many as fit in memory (one line otherwise); a shard's classes are
+    # as many as the asked split gives, which is the capped one's wherever the cap applies
+    asked, workers = (
+        workers,
+        plan_workers(
+            workers, lambda: shard_bytes(cfg, info, workers, where), where, left=info.num_classes, what="classes"
+        ),
+    )
+    check_split(cfg, info.num_classes, workers, f"--workers {asked}")
+    where = where[:workers]
     if out.exists() and not resume:
         raise OutputExistsError(f"{out} already exists; pass --resume to finish it, or choose another --out")
     if out.exists():
-        return SyntheticSet.load(out)
+        return finish_set(out)  # with the grid or config a kill may have left unwritten
     parts = [part_path(out, i, workers) for i in range(1, workers + 1)]
     left = [q for p in parts for q in (p, p.with_name(p.name + ".ckpt")) if q.exists()]
     if left and not resume:

@@ -40,14 +40,13 @@ from proxynas.core.condense._base import (
     CondenseConfig,
     ModuleT,
     Reporter,
-    SyntheticSet,
-    config_path,
 )
-from proxynas.core.condense.run import condense, merge, parse_classes
+from proxynas.core.condense.run import condense, finish_set, merge, parse_classes
 from proxynas.core.data import Dataset, load_dataset
 from proxynas.core.networks import build, uses_batch_stats
+from proxynas.core.proxy_set import SyntheticSet, config_path
 from proxynas.exceptions import OutputExistsError, ProxyNASError, UsageError
-from proxynas.runtime.devices import resolve_device
+from proxynas.runtime.devices import DEFAULT_DEVICE, resolve_device
 from proxynas.runtime.outputs import check_output
 from proxynas.runtime.precision import resolve_precision
 
@@ -308,7 +307,7 @@ def condense_distributed(
     ranks: Ranks,
     *,
     resume: bool = False,
-    device: str = "auto",
+    device: str = DEFAULT_DEVICE,
     report: Reporter | None = None,
     dataset: Dataset | None = None,
     command: str | None = None,
@@ -336,6 +335,8 @@ def condense_distributed(
             dist.barrier()
         if not out.exists():
             _condense_share(cfg, out, ranks, here, resume, report, dataset, command)
+        elif ranks.rank == 0:
+            finish_set(out)  # with the grid or config a kill may have left unwritten
         dist.barrier()
         return SyntheticSet.load(out)
     finally:

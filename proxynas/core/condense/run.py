@@ -17,15 +17,14 @@ from proxynas.core.condense._base import (
     Coupling,
     Problem,
     Reporter,
-    SyntheticSet,
     class_pools,
-    config_path,
 )
 from proxynas.core.data import Dataset, load_dataset
 from proxynas.core.networks import build, uses_batch_stats
+from proxynas.core.proxy_set import SyntheticSet, config_path, grid_path
 from proxynas.exceptions import ArtifactError, OutputExistsError, ProxyNASError, UsageError
 from proxynas.runtime.allocator import hot_loop_memory
-from proxynas.runtime.devices import resolve_device
+from proxynas.runtime.devices import DEFAULT_DEVICE, resolve_device
 from proxynas.runtime.failures import classify
 from proxynas.runtime.outputs import atomic_write, check_output
 from proxynas.runtime.provenance import versions
@@ -59,7 +58,7 @@ def condense(
     out: str | Path,
     *,
     resume: bool = False,
-    device: str = "auto",
+    device: str = DEFAULT_DEVICE,
     report: Reporter | None = None,
     dataset: Dataset | None = None,
     command: str | None = None,
@@ -71,7 +70,7 @@ def condense(
     ``coupling``: other processes condense the other classes in lockstep (``distributed.py``),
     so a ``cfg.classes`` shard of a model with batch statistics is one run's share.
 
-    Refuses an existing ``out`` unless ``resume`` (then the finished set is returned).
+    Refuses an existing ``out`` unless ``resume`` (then the finished set is returned, ``finish_set``).
     Iterative methods checkpoint to ``out + '.ckpt'``; ``resume`` continues from it.
     """
     out = check_output(out)
@@ -81,7 +80,7 @@ def condense(
             raise OutputExistsError(
                 f"{out} already exists; pass --resume to continue or finish it, or choose another --out"
             )
-        return SyntheticSet.load(out)
+        return finish_set(out)
     ckpt = Checkpoint(checkpoint_path(out), cfg) if coupling is None else coupling.checkpoint(checkpoint_path(out), cfg)
     if ckpt.path.exists() and not resume:
         raise OutputExistsError(
@@ -152,20 +151,40 @@ def condense(
 
 
 def save_set(syn: SyntheticSet, out: Path, ckpt: Checkpoint | None = None, again: str = "--resume") -> None:
-    """Write the set, its config and its image grid: all three, or none of them (each is written whole,
-    and those written are removed when a later one fails). A full disk or a read-only file system is
-    raised as one line that says to run the same command with ``again`` ("--resume"; "" for a command
-    that needs no flag to start over) and that ``ckpt`` (the checkpoint a resumed run continues from) is kept."""
-    made = (out, config_path(out), out.with_suffix(".png"))
+    """Write the set's image grid, its config and the set: each whole, and the ``.safetensors`` last, so
+    that a set is all three files or none even under a kill -9 (``proxy_set``'s commit marker). A failure
+    removes the companions already written. A full disk or a read-only file system is raised as one line
+    that says to run the same command with ``again`` ("--resume"; "" for a command that needs no flag to
+    start over) and that ``ckpt`` (the checkpoint a resumed run continues from) is kept."""
     try:
+        save_grid(syn, grid_path(out))
         syn.save(out)
-        save_grid(syn, out.with_suffix(".png"))
     except BaseException as e:
-        for path in made:
-            path.unlink(missing_ok=True)
+        if not out.exists():  # once the set is in place it is whole, with both companions
+            for path in (grid_path(out), config_path(out)):
+                path.unlink(missing_ok=True)
         if isinstance(e, Exception) and (failure := _write_failure(e, out, ckpt, again)) is not None:
             raise failure from None
         raise
+
+
+def finish_set(out: Path) -> SyntheticSet:
+    """The set a run finished at ``out``, with what a kill may have left undone done: the companion
+    files it lacks written again from it (a proxynas that wrote the ``.safetensors`` first could be
+    killed before them; the set holds everything they show), and the checkpoint removed (a kill
+    after the set was written and before ``condense`` removed it)."""
+    syn = SyntheticSet.load(out)
+    try:
+        if not grid_path(out).exists():
+            save_grid(syn, grid_path(out))
+        if not config_path(out).exists():
+            syn.save_config(out)
+    except Exception as e:
+        if (failure := _write_failure(e, out, None)) is not None:
+            raise failure from None
+        raise
+    checkpoint_path(out).unlink(missing_ok=True)
+    return syn
 
 
 def _write_failure(e: Exception, where: Path, ckpt: Checkpoint | None, again: str = "--resume") -> ProxyNASError | None:

@@ -17,7 +17,16 @@ from proxynas.core.data._loaders import (
     default_data_root,
     load_dataset,
 )
-from proxynas.core.data._types import Dataset, DatasetInfo, Split, TrainValSplit, train_val_split
+from proxynas.core.data._types import (
+    SPLIT_SEED,
+    SPLIT_SEED_OPTION,
+    VAL_FRACTION,
+    Dataset,
+    DatasetInfo,
+    Split,
+    TrainValSplit,
+    train_val_split,
+)
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -25,6 +34,9 @@ __all__ = [
     "DSA_STRATEGY",
     "DSA_STRATEGY_DIGITS",
     "PUBLISHED_STATS",
+    "SPLIT_SEED",
+    "SPLIT_SEED_OPTION",
+    "VAL_FRACTION",
     "CatalogEntry",
     "Dataset",
     "DatasetInfo",

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from proxynas.exceptions import ArtifactError, DatasetError, UsageError
+from proxynas.runtime.options import option
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,15 @@ class Dataset:
         return self.info.denormalise(x)
 
 
+# The NAS validation hold-out (docs/protocol.md §5): 10 % of each class, drawn by seed 0. A proxy set
+# and every study it is compared with must hold out the same split, so condense and search share these.
+VAL_FRACTION = 0.1
+SPLIT_SEED = 0
+SPLIT_SEED_OPTION = option(
+    "--split-seed", help="seed of the validation split (every study of one comparison needs the same)"
+)
+
+
 @dataclass(frozen=True, eq=False)
 class TrainValSplit:
     """A class-balanced hold-out of a training set (docs/protocol.md §5: 10% of CIFAR-10 train)."""
@@ -148,7 +158,7 @@ class TrainValSplit:
         return split
 
 
-def train_val_split(labels: torch.Tensor, val_fraction: float = 0.1, seed: int = 0) -> TrainValSplit:
+def train_val_split(labels: torch.Tensor, val_fraction: float = VAL_FRACTION, seed: int = SPLIT_SEED) -> TrainValSplit:
     """Hold out ``round(val_fraction * n_c)`` examples of every class c, chosen by ``seed``.
 
     Python's ``round`` (half to even) sets each class's share; a private
