@@ -202,6 +202,39 @@ def test_a_trial_declared_stale_while_running_is_completed_once_by_its_requeued_
     completed_once(storage.url, "stale", total=2)
 
 
+@pytest.mark.parametrize("where", ["claim", "duplicate check", "objective", "after the result"])
+def test_an_interrupted_worker_re_queues_its_trial_wherever_the_signal_lands(tmp_path, monkeypatch, where):
+    """Ctrl-C or SIGTERM from the claim to the told result: nothing is left RUNNING; a told result stays."""
+    import proxynas.nas.study as study_module
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    study = open_study(storage, "i")
+    enqueue_configs(storage, study, {"a": {"x": 0}, "b": {"x": 1}})
+    if where == "claim":  # inside claim_waiting, after the trial is RUNNING
+        monkeypatch.setattr(study_module, "Trial", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    elif where == "duplicate check":
+        monkeypatch.setattr(study_module, "is_duplicate", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    elif where == "after the result":
+        tell = study.tell
+        monkeypatch.setattr(study, "tell", lambda *a, **k: (tell(*a, **k), (_ for _ in ()).throw(KeyboardInterrupt())))
+
+    def objective(trial):
+        if where == "objective":
+            raise KeyboardInterrupt
+        return float(trial.suggest_categorical("x", [0, 1]))
+
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(study, objective, queue_only=True)
+    states = sorted(t.state.name for t in study.get_trials(deepcopy=False))
+    if where == "after the result":
+        assert states == ["COMPLETE", "WAITING"]  # the told result is kept, not failed and run again
+    else:
+        assert states == ["FAIL", "WAITING", "WAITING"]  # re-queued: its copy and the other configuration
+    monkeypatch.undo()
+    run_worker(study, lambda trial: float(trial.suggest_categorical("x", [0, 1])), queue_only=True)
+    completed_once(storage.url, "i", total=2)
+
+
 def test_a_worker_killed_between_claim_and_first_heartbeat_still_gets_its_trial_requeued(tmp_path):
     from proxynas.nas.study import HeartbeatSettings, claim_waiting
 

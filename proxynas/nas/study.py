@@ -416,7 +416,11 @@ def claim_waiting(study: optuna.Study) -> Trial | None:
             # Optuna's own queue pop uses.
             retry(functools.partial(storage.record_heartbeat, frozen._trial_id))
             if retry(functools.partial(storage.set_trial_state_values, frozen._trial_id, TrialState.RUNNING)):
-                return Trial(study, frozen._trial_id)
+                try:
+                    return Trial(study, frozen._trial_id)  # reads the storage: an interruption can land here
+                except KeyboardInterrupt:
+                    requeue(study, frozen._trial_id)
+                    raise
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
     return None
@@ -521,12 +525,27 @@ def run_worker(
                 break
             time.sleep(poll)
             continue
-        if is_duplicate(study, trial):
-            retry(functools.partial(study.tell, trial, state=TrialState.FAIL))
-            continue
-        _run_trial(study, trial, objective, heartbeat_interval)
+        try:
+            if is_duplicate(study, trial):
+                retry(functools.partial(study.tell, trial, state=TrialState.FAIL))
+                continue
+            _run_trial(study, trial, objective, heartbeat_interval)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM, anywhere from the claim to the result
+            requeue(study, trial._trial_id)
+            raise
         done += 1
     return done
+
+
+def requeue(study: optuna.Study, trial_id: int) -> None:
+    """An interrupted trial back to the queue at once (failed, and a WAITING copy), not after the grace
+    period; one that finished before the interruption (its result told) is left as it is."""
+    if retry(lambda: study._storage.get_trial(trial_id)).state.is_finished():
+        return
+    retry(lambda: study._storage.set_trial_state_values(trial_id, TrialState.FAIL))
+    with stable_api():
+        callback = RetryHeartbeatStaleTrialCallback()
+    retry(lambda: callback(study, study._storage.get_trial(trial_id)))
 
 
 # A trial declared stale while it ran (heartbeats starved for longer than the grace period)
@@ -556,13 +575,6 @@ def _run_trial(study: optuna.Study, trial: Trial, objective: Callable[[Trial], f
             retry(lambda: trial.set_user_attr("error", error))
             retry(lambda: study.tell(trial, state=TrialState.FAIL))
             return
-        except BaseException:
-            # Interrupted (Ctrl-C, SIGTERM): back to the queue at once, not after the grace period.
-            retry(lambda: study.tell(trial, state=TrialState.FAIL))
-            with stable_api():
-                requeue = RetryHeartbeatStaleTrialCallback()
-            retry(lambda: requeue(study, study._storage.get_trial(trial._trial_id)))
-            raise
     try:
         retry(lambda: study.tell(trial, value))
     except (ValueError, optuna.exceptions.UpdateFinishedTrialError):  # failed as stale meanwhile ("Cannot tell a FAIL")
