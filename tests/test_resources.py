@@ -127,10 +127,20 @@ def test_workers_that_would_not_fit_in_memory_are_refused_before_the_study_is_wr
     # each worker takes at least WORKER_BASE_BYTES (450 MiB): two fit in 1 GiB
     assert_one_line_error(err, "--workers 4 would not fit in memory", "1.0 GiB is available, enough for 2")
     assert "use --workers 2 or fewer" in err
-    assert started == []
-    if (tmp_path / "s.db").exists():  # opened to look for the study, but nothing written in it
-        with sqlite3.connect(tmp_path / "s.db") as db:
-            assert db.execute("select count(*) from studies").fetchone() == (0,)
+    assert started == [] and not (tmp_path / "s.db").exists()  # nothing written, not even a new database
+
+
+def test_workers_refused_on_an_existing_storage_leave_it_as_it_was(capsys, monkeypatch, started, proxy, tmp_path):
+    space = tmp_path / "two.toml"
+    space.write_text(TWO)
+    db = tmp_path / "s.db"
+    code, _, err = run_cli(capsys, *_search(proxy, f"sqlite:///{db}", space, "--study", "other"))
+    assert code == 0, err
+    before = _digest(tmp_path)
+    monkeypatch.setattr(resources, "available_memory", lambda: 1 << 29)  # 512 MiB: not 2 workers of 450 MiB
+    code, _, err = run_cli(capsys, *_search(proxy, f"sqlite:///{db}", space, "--workers", "4"))
+    assert code == UsageError.exit_code and "would not fit in memory" in err
+    assert _digest(tmp_path) == before  # no study 's', no history entry, no lock left
 
 
 def test_plan_workers_says_how_many_fit_and_never_refuses_one(monkeypatch):

@@ -58,6 +58,7 @@ from proxynas.nas.study import (
     open_storage,
     open_study,
     run_worker,
+    sqlite_path,
     summary,
 )
 from proxynas.runtime import processes
@@ -346,6 +347,8 @@ def _recorded_precision(cfg: SearchConfig) -> str | None:
 
 def _existing_study(cfg: SearchConfig) -> optuna.Study | None:
     """The study as it stands, read without writing; None where it does not exist yet."""
+    if cfg.storage.startswith("sqlite") and (path := sqlite_path(cfg.storage)) is not None and not path.exists():
+        return None  # opening would create the database file
     try:
         return open_study(open_storage(cfg.storage, cfg.heartbeat), cfg.study, create=False)
     except STORAGE_FAILURES:  # the storage itself failing is not a new study
