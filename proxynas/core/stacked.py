@@ -20,6 +20,7 @@ verdict for that device and network shape (:data:`VERDICTS`).
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import logging
 import os
@@ -132,6 +133,8 @@ _COMPILER: dict[str, Callable[[], bool]] = {
 _last_compiled: str | None = None
 
 
+@functools.cache  # once a process: the module stays imported
+@functools.cache  # once a process: the module stays imported
 def quiet_compile_imports() -> None:
     """Import ``torch.utils.cpp_extension`` (inductor's C++ builder does, at its first compilation) with its
     logger raised: the import warns "No CUDA runtime is found, using CUDA_HOME=..." wherever a CUDA toolkit

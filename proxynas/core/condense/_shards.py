@@ -113,14 +113,11 @@ def condense_sharded(
 
     out = check_output(out)
     info = load_dataset(cfg.dataset, cfg.data_path).info
-    where = [devices[i % len(devices)] for i in range(workers)]
+    asked, where = workers, [devices[i % len(devices)] for i in range(workers)]
     # one worker a class at most, and only as many as fit in memory (one line otherwise); a shard's classes are
     # as many as the asked split gives, which is the capped one's wherever the cap applies
-    asked, workers = (
-        workers,
-        plan_workers(
-            workers, lambda: shard_bytes(cfg, info, workers, where), where, left=info.num_classes, what="classes"
-        ),
+    workers = plan_workers(
+        asked, lambda: shard_bytes(cfg, info, asked, where), where, left=info.num_classes, what="classes"
     )
     check_split(cfg, info.num_classes, workers, f"--workers {asked}")
     where = where[:workers]
